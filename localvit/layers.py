@@ -1,0 +1,121 @@
+"""Building blocks shared by every LocalViT backbone.
+
+Module and parameter names follow the official LocalViT code (`conv.{j}`, SE `fc.0`/`fc.2`,
+ECA `conv`) so that official checkpoints load with `strict=True`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .spec import LayerSpec
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu6": nn.ReLU6, "hswish": nn.Hardswish, "gelu": nn.GELU}
+
+
+def make_activation(name: str) -> nn.Module:
+    """`hswish` is the official `x * relu6(x + 3) / 6`, which torch implements natively."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"act={name!r} is invalid; accepted: {', '.join(_ACTIVATIONS)}") from None
+
+
+class SqueezeExcite(nn.Module):
+    """SE of LocalViT: the reduction ratio divides the hidden width, the gate is h-sigmoid."""
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        squeezed = channels // reduction
+        if squeezed < 1:
+            raise ValueError(f"se_ratio={reduction} is invalid; accepted: at most the hidden width {channels}")
+        self.fc = nn.Sequential(
+            nn.Linear(channels, squeezed), nn.ReLU(inplace=True), nn.Linear(squeezed, channels), nn.Hardsigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x.mean((2, 3)))[:, :, None, None]
+
+
+def eca_kernel_size(channels: int) -> int:
+    """ECA-Net's adaptive kernel: |(log2 C + 1) / 2| rounded down, then up to the next odd size."""
+    t = int(abs((math.log(channels, 2) + 1) / 2))
+    return t if t % 2 else t + 1
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA: a 1-D convolution across the pooled channels, sigmoid gate."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k = eca_kernel_size(channels)
+        self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=k // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.conv(x.mean((2, 3))[:, None, :]).sigmoid()
+        return x * gate[:, 0, :, None, None]
+
+
+class LocalityFeedForward(nn.Module):
+    """The locality FFN: an inverted residual on the 2-D token grid, residual inside.
+
+    1x1 conv -> BN -> act, [k x k depth-wise conv -> BN -> act], [SE | ECA], 1x1 conv -> BN.
+    Without the depth-wise conv (`ffn='conv'`) it is the paper's 1x1-conv FFN of Table I.
+    """
+
+    def __init__(self, dim: int, layer: LayerSpec) -> None:
+        super().__init__()
+        if layer.ffn == "mlp":
+            raise ValueError("ffn='mlp' is invalid for LocalityFeedForward; accepted: 'conv', 'local'")
+        hidden = layer.hidden_dim(dim)
+        layers: list[nn.Module] = [
+            nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), make_activation(layer.act)]
+        if layer.ffn == "local":
+            k = layer.kernel
+            layers += [nn.Conv2d(hidden, hidden, k, padding=k // 2, groups=hidden, bias=False),
+                       nn.BatchNorm2d(hidden), make_activation(layer.act)]
+        if layer.attn == "se":
+            layers.append(SqueezeExcite(hidden, layer.se_ratio))
+        elif layer.attn == "eca":
+            layers.append(EfficientChannelAttention(hidden))
+        layers += [nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def apply_on_grid(ffn: nn.Module, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+    """Run a 2-D FFN on the image tokens of `x` (B, prefix + H*W, C); prefix tokens bypass it.
+
+    The (B, N, C) -> (B, C, H, W) view is channels-last in memory, so no copy is made.
+    """
+    prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+    batch, num_tokens, channels = tokens.shape
+    height, width = grid
+    if num_tokens != height * width:
+        raise ValueError(f"{num_tokens} image tokens do not fit the {height}x{width} grid this block was built for")
+    y = ffn(tokens.transpose(1, 2).reshape(batch, channels, height, width)).flatten(2).transpose(1, 2)
+    return torch.cat([prefix, y], dim=1) if num_prefix_tokens else y
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a convolution in a `Sequential` into it.
+
+    Exact in eval mode (up to float rounding); the model is changed in place and put in
+    eval mode, since folded statistics can no longer be updated by training.
+    """
+    model.eval()
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                fused = fuse_conv_bn_eval(conv, bn)
+                conv.weight, conv.bias = fused.weight, fused.bias
+                setattr(module, bn_name, nn.Identity())
+    return model
