@@ -9,6 +9,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .spec import LayerSpec
@@ -36,7 +37,7 @@ class SqueezeExcite(nn.Module):
             nn.Linear(channels, squeezed), nn.ReLU(inplace=True), nn.Linear(squeezed, channels), nn.Hardsigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.fc(x.mean((2, 3)))[:, :, None, None]
+        return x * self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))[:, :, None, None]
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -54,7 +55,7 @@ class EfficientChannelAttention(nn.Module):
         self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=k // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.conv(x.mean((2, 3))[:, None, :]).sigmoid()
+        gate = self.conv(F.adaptive_avg_pool2d(x, 1).flatten(1)[:, None, :]).sigmoid()
         return x * gate[:, 0, :, None, None]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -193,7 +194,7 @@ class ArchSpec:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(indent=2) + "\n")
 
-    @property
+    @cached_property
     def id(self) -> str:
         """Stable short id: the first 12 hex digits of the SHA-1 of the canonical JSON."""
         return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
