@@ -155,9 +155,12 @@ def _checkpoint_filter(state_dict: dict[str, Any], model: nn.Module) -> dict[str
 
 
 def _create(variant: str, spec: ArchSpec, pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    # timm fills img_size, in_chans and num_classes from the cfg: make the cfg say what the spec says.
+    overlay = {"input_size": (spec.in_chans, spec.img_size, spec.img_size), "num_classes": spec.num_classes,
+               **(kwargs.pop("pretrained_cfg_overlay", None) or {})}
     return build_model_with_cfg(
         LocalVisionTransformer, variant, pretrained, spec=spec, pretrained_filter_fn=_checkpoint_filter,
-        feature_cfg=dict(out_indices=3, feature_cls="getter"), **kwargs)
+        pretrained_cfg_overlay=overlay, feature_cfg=dict(out_indices=3, feature_cls="getter"), **kwargs)
 
 
 def _register(name: str, spec_name: str, doc: str) -> None:

@@ -1,0 +1,34 @@
+"""Shared test helpers: one intra-op thread (tests run beside other work on 2 cores)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL = FIXTURES / "official"
+
+
+def fvcore_cost(model: torch.nn.Module, img_size: int, in_chans: int = 3) -> tuple[int, int]:
+    """fvcore's FLOPs (fused attention off, so its matmuls are counted) and the parameter count."""
+    from fvcore.nn import FlopCountAnalysis
+
+    model = model.eval()
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    analysis = FlopCountAnalysis(model, torch.randn(1, in_chans, img_size, img_size))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return int(analysis.total()), sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="session")
+def official_full_size() -> dict:
+    import json
+
+    """The official full-size models by registered name: params, [key, shape] list, buffers."""
+    return {m["factory_name"]: m for m in json.loads((OFFICIAL / "full_size.json").read_text())["models"]}
