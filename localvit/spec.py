@@ -13,6 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
+from .presets import PRESETS, StagePreset, stage_geometry
+
 FFN_TYPES = ("mlp", "conv", "local")
 """`mlp`: DeiT MLP (LayerNorm, Linear, GELU, Linear); `conv`: the locality FFN without its
 depth-wise conv (the paper's Table I); `local`: the locality FFN of LocalViT."""
@@ -96,44 +98,93 @@ class LayerSpec:
 class ArchSpec:
     """A whole model: the global shape plus one `LayerSpec` per block.
 
-    `backbone` names the family the layers plug into; `vit` is the DeiT/LocalViT plain
-    transformer whose width, heads and depth are given here.
+    `backbone` names the family the layers plug into. `vit` is the DeiT/LocalViT plain
+    transformer whose width, heads, patch and depth are given here (None means 192, 4, 16).
+    Any other value names a stage backbone preset of `localvit.presets` (`pvt_tiny`,
+    `swin_tiny`, `swin_mini`, `tnt_tiny`, `t2t_7`) that fixes widths and heads per stage:
+    there `embed_dim` and `num_heads` must be None, `patch_size` is the stem patch (None means
+    the preset's; T2T has no patch and takes None), `window_size` is Swin's attention window
+    (None means the preset's 7; only Swin has one), and `layers` holds one LayerSpec per block
+    of every stage in the preset's block order. Fields that do not apply are left out of the
+    JSON, so `vit` specs serialise exactly as before `window_size` existed.
     """
 
     layers: tuple[LayerSpec, ...]
-    embed_dim: int = 192
-    num_heads: int = 4
+    embed_dim: int | None = None
+    num_heads: int | None = None
     img_size: int = 224
-    patch_size: int = 16
+    patch_size: int | None = None
     in_chans: int = 3
     num_classes: int = 1000
     drop_path_rate: float = 0.0
     backbone: str = "vit"
+    window_size: int | None = None
 
     def __post_init__(self) -> None:
         layers = tuple(LayerSpec.from_dict(x) if isinstance(x, Mapping) else x for x in self.layers)
         if not layers or not all(isinstance(x, LayerSpec) for x in layers):
             _fail("layers", self.layers, "a non-empty sequence of LayerSpec (or dicts)")
         object.__setattr__(self, "layers", layers)
-        for name in ("embed_dim", "num_heads", "img_size", "patch_size", "in_chans", "num_classes"):
+        for name in ("embed_dim", "num_heads", "img_size", "patch_size", "in_chans", "num_classes", "window_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 _fail(name, value, "a positive integer")
-        if self.backbone != "vit":
-            _fail("backbone", self.backbone, "vit")
+        if self.backbone == "vit":
+            self._resolve_vit()
+        elif self.backbone in PRESETS:
+            self._resolve_stages(PRESETS[self.backbone])
+        else:
+            _fail("backbone", self.backbone, ", ".join(["vit", *PRESETS]))
+        if not 0.0 <= float(self.drop_path_rate) < 1.0:
+            _fail("drop_path_rate", self.drop_path_rate, "a number in [0, 1)")
+        object.__setattr__(self, "drop_path_rate", float(self.drop_path_rate))
+        for i, (layer, dim) in enumerate(zip(layers, self.block_dims)):
+            hidden = layer.hidden_dim(dim)
+            if hidden < 1:
+                _fail(f"layers[{i}].gamma", layer.gamma, f"a ratio giving at least 1 hidden channel at dim {dim}")
+            if layer.attn == "se" and layer.se_ratio > hidden:
+                _fail(f"layers[{i}].se_ratio", layer.se_ratio, f"at most the hidden width {hidden} (it divides it)")
+
+    def _resolve_vit(self) -> None:
+        for name, default in (("embed_dim", 192), ("num_heads", 4), ("patch_size", 16)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+        if self.window_size is not None:
+            _fail("window_size", self.window_size, "None for backbone='vit' (only Swin has windows)")
         if self.embed_dim % self.num_heads:
             _fail("num_heads", self.num_heads, f"a divisor of embed_dim={self.embed_dim}")
         if self.img_size % self.patch_size:
             _fail("img_size", self.img_size, f"a multiple of patch_size={self.patch_size}")
-        if not 0.0 <= float(self.drop_path_rate) < 1.0:
-            _fail("drop_path_rate", self.drop_path_rate, "a number in [0, 1)")
-        object.__setattr__(self, "drop_path_rate", float(self.drop_path_rate))
-        for i, layer in enumerate(layers):
-            hidden = layer.hidden_dim(self.embed_dim)
-            if hidden < 1:
-                _fail(f"layers[{i}].gamma", layer.gamma, f"a ratio giving at least 1 hidden channel at dim {self.embed_dim}")
-            if layer.attn == "se" and layer.se_ratio > hidden:
-                _fail(f"layers[{i}].se_ratio", layer.se_ratio, f"at most the hidden width {hidden} (it divides it)")
+
+    def _resolve_stages(self, preset: StagePreset) -> None:
+        widths = ", ".join(map(str, preset.dims))
+        for name in ("embed_dim", "num_heads"):
+            if getattr(self, name) is not None:
+                _fail(name, getattr(self, name), f"None for backbone={self.backbone!r} (its preset fixes the "
+                                                 f"stage widths {widths} and heads)")
+        if preset.patch_size is None and self.patch_size is not None:
+            _fail("patch_size", self.patch_size, f"None for backbone={self.backbone!r} (its stem is fixed)")
+        if preset.window_size is None and self.window_size is not None:
+            _fail("window_size", self.window_size, f"None for backbone={self.backbone!r} (only Swin has windows)")
+        if self.patch_size is None and preset.patch_size is not None:
+            object.__setattr__(self, "patch_size", preset.patch_size)
+        if self.window_size is None and preset.window_size is not None:
+            object.__setattr__(self, "window_size", preset.window_size)
+        if len(self.layers) != preset.depth:
+            _fail("layers", f"{len(self.layers)} layers", f"{preset.depth} for backbone={self.backbone!r} "
+                                                          f"(stage depths {preset.depths})")
+        stage_geometry(preset, self.img_size, self.patch_size, self.window_size)  # raises when it cannot run
+
+    @property
+    def preset(self) -> StagePreset | None:
+        """The stage backbone preset, None for `vit`."""
+        return PRESETS.get(self.backbone)
+
+    @property
+    def block_dims(self) -> list[int]:
+        """Input width of every block, in `layers` order."""
+        preset = self.preset
+        return [self.embed_dim] * len(self.layers) if preset is None else preset.block_dims()
 
     @property
     def depth(self) -> int:
@@ -141,7 +192,11 @@ class ArchSpec:
 
     @property
     def grid_size(self) -> tuple[int, int]:
-        side = self.img_size // self.patch_size
+        """Token grid of the (first) stage."""
+        if self.preset is None:
+            side = self.img_size // self.patch_size
+        else:
+            side = stage_geometry(self.preset, self.img_size, self.patch_size, self.window_size)[0].grid
         return side, side
 
     def replace(self, **changes: Any) -> "ArchSpec":
@@ -150,7 +205,8 @@ class ArchSpec:
 
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "layers"}
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__
+                if name != "layers" and getattr(self, name) is not None}
         data["layers"] = [layer.to_dict() for layer in self.layers]
         data["version"] = SPEC_VERSION
         return data
