@@ -6,8 +6,10 @@ ECA `conv`) so that official checkpoints load with `strict=True`.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
+from timm.layers import Mlp
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -100,6 +102,32 @@ def apply_on_grid(ffn: nn.Module, x: torch.Tensor, grid: tuple[int, int], num_pr
         raise ValueError(f"{num_tokens} image tokens do not fit the {height}x{width} grid this block was built for")
     y = ffn(tokens.transpose(1, 2).reshape(batch, channels, height, width)).flatten(2).transpose(1, 2)
     return torch.cat([prefix, y], dim=1) if num_prefix_tokens else y
+
+
+class FeedForwardBlock(nn.Module):
+    """Base of the stage backbones' blocks: the second half is the spec's feed-forward design.
+
+    `mlp`: pre-norm `norm2` + timm's `Mlp` (`fc1`/`fc2`) with DropPath; `conv`/`local`: the
+    locality FFN `conv` on the image tokens of the block's grid, prefix tokens bypassing it,
+    no norm and no DropPath (the official LocalViT blocks). Subclasses build their attention
+    half and call `_build_feed_forward` and `_feed_forward`.
+    """
+
+    def _build_feed_forward(self, dim: int, layer: LayerSpec, norm_layer: Callable[[int], nn.Module],
+                            grid_size: tuple[int, int], num_prefix_tokens: int = 0) -> None:
+        self.grid_size = grid_size
+        self.num_prefix_tokens = num_prefix_tokens
+        if layer.ffn == "mlp":
+            self.norm2 = norm_layer(dim)
+            self.mlp = Mlp(dim, layer.hidden_dim(dim), act_layer=nn.GELU)
+            self.conv = None
+        else:
+            self.conv = LocalityFeedForward(dim, layer)
+
+    def _feed_forward(self, x: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
+        if self.conv is None:
+            return x + drop_path(self.mlp(self.norm2(x)))
+        return apply_on_grid(self.conv, x, self.grid_size, self.num_prefix_tokens)
 
 
 @torch.no_grad()
