@@ -105,17 +105,24 @@ def register_backbone_cost(backbone: str, fn: Callable[[ArchSpec], Cost]) -> Non
     _BACKBONE_COSTS[backbone] = fn
 
 
+def _cost_function(spec: ArchSpec) -> Callable[[ArchSpec], Cost]:
+    """A registered cost, else the formula of the spec's stage-backbone family (`space.stage_costs`)."""
+    if spec.backbone in _BACKBONE_COSTS:
+        return _BACKBONE_COSTS[spec.backbone]
+    if spec.preset is not None:
+        from .stage_costs import FAMILY_COSTS  # imported here: it builds on this module's helpers
+        if spec.preset.family in FAMILY_COSTS:
+            return FAMILY_COSTS[spec.preset.family]
+    raise ValueError(f"backbone={spec.backbone!r} has no cost model; accepted: "
+                     f"{', '.join(sorted(_BACKBONE_COSTS))} and the stage presets")
+
+
 def model_cost(spec: ArchSpec) -> Cost:
     """Cost of the spec as given (its own resolution, channels and classes), memoised by id."""
     key = spec.id
     cost = _MEMO.get(key)
     if cost is None:
-        try:
-            fn = _BACKBONE_COSTS[spec.backbone]
-        except KeyError:
-            raise ValueError(f"backbone={spec.backbone!r} has no cost model; accepted: "
-                             f"{', '.join(sorted(_BACKBONE_COSTS))}") from None
-        cost = _MEMO[key] = fn(spec)
+        cost = _MEMO[key] = _cost_function(spec)(spec)
     return cost
 
 
@@ -123,6 +130,12 @@ def at_resolution(spec: ArchSpec, img_size: int = TARGET_IMG_SIZE, num_classes: 
                   in_chans: int = TARGET_IN_CHANS) -> ArchSpec:
     """The same design at another input size (the target task by default)."""
     return spec.replace(img_size=img_size, num_classes=num_classes, in_chans=in_chans)
+
+
+def uncached_target_cost(spec: ArchSpec) -> Cost:
+    """`target_cost` without the memo, for one-off specs (e.g. the block tables of bounds)."""
+    target = at_resolution(spec)
+    return _cost_function(target)(target)
 
 
 def target_cost(spec: ArchSpec) -> Cost:
