@@ -1,0 +1,471 @@
+"""Proxy data for the search: a small, fixed train/validation split and a held-out test split.
+
+Two sources:
+
+* ``fashion-mnist`` (default): the four idx files (gzip or plain) from the Debian package
+  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) or any ``--data-dir``
+  holding them. Decoded once to uint8 ``.npy`` files under a cache directory (memory-mapped,
+  so every Ray worker on the machine shares the page cache instead of re-decoding), then held
+  in memory as uint8 tensors; augmentation (random crop with padding, horizontal flip) and
+  normalisation run on whole batches in the training loop, without DataLoader workers.
+* ``imagefolder``: any ImageNet-layout folder (``DIR/train/<class>/*.JPEG`` and optionally
+  ``DIR/val/<class>/...``, or ``DIR/<class>/...``), streamed with torchvision transforms and
+  worker processes.
+
+The train/validation split is drawn from the TRAIN files only, stratified by class and
+deterministic in ``split_seed``; the test split (``t10k`` files, or ``DIR/val``) is never
+touched by the search and is only reached through ``ProxyData.batches("test")``.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import struct
+import tempfile
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+DATASETS = ("fashion-mnist", "imagefolder")
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+HOW_TO_GET_FMNIST = ("install it with `apt-get install dataset-fashion-mnist` or pass --data-dir DIR holding "
+                     "the four idx files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+                     "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test")
+
+
+# --- configuration ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to load. ``train_size``/``val_size`` of 0 mean "all that is left"; ``img_size`` 0
+    keeps the native resolution (28 for Fashion-MNIST; it is required for image folders)."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    train_size: int = 6000
+    val_size: int = 2000
+    img_size: int = 28
+    split_seed: int = 0
+    augment: bool = True
+    crop_padding: int = 2
+    hflip: bool = True
+    cache_dir: str | None = None
+    num_workers: int = 2  # image folders only
+    classes: tuple[int, ...] | None = None  # a subset of class indices (relabelled 0..k-1), e.g. an easy task
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:
+            classes = tuple(self.classes)
+            if not classes or len(set(classes)) != len(classes) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+                raise ValueError(f"classes={self.classes!r} is invalid; accepted: distinct class indices")
+            object.__setattr__(self, "classes", classes)
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset={self.dataset!r} is invalid; accepted: {', '.join(DATASETS)}")
+        for name in ("train_size", "val_size", "img_size", "crop_padding", "num_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} is invalid; accepted: a non-negative integer")
+        if self.dataset == "imagefolder" and not self.data_dir:
+            raise ValueError("dataset='imagefolder' needs --data-dir PATH (an ImageNet-layout folder: "
+                             "PATH/train/<class>/*.JPEG, optionally PATH/val/<class>/...)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- Fashion-MNIST idx files ----------------------------------------------------------------
+
+def _find_idx(data_dir: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (data_dir / name).is_file():
+            return data_dir / name
+    raise FileNotFoundError(f"Fashion-MNIST file {stem}[.gz] not found in {data_dir}; {HOW_TO_GET_FMNIST}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise ValueError(f"{path} is not a readable idx file ({err}); {HOW_TO_GET_FMNIST}") from None
+
+
+def read_idx(path: str | Path, expect_ndim: int) -> np.ndarray:
+    """Read one idx file (gzip or plain) of unsigned bytes, checking magic number and sizes."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4:
+        raise ValueError(f"{path} is too short to be an idx file ({len(raw)} bytes); {HOW_TO_GET_FMNIST}")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim != expect_ndim:
+        raise ValueError(f"{path} has magic number 0x{raw[:4].hex()}, expected 0x0000080{expect_ndim} "
+                         f"(uint8 idx, {expect_ndim}-D); {HOW_TO_GET_FMNIST}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path} is truncated in its header; {HOW_TO_GET_FMNIST}")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
+    size = int(np.prod(dims))
+    if len(raw) - header != size:
+        raise ValueError(f"{path} holds {len(raw) - header} data bytes but its header says {dims} "
+                         f"({size} bytes); {HOW_TO_GET_FMNIST}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LOCALVIT_NAS_CACHE", Path.home() / ".cache" / "localvit-nas"))
+
+
+def _fmnist_key(data_dir: Path) -> str:
+    parts = []
+    for stem in FASHION_MNIST_FILES.values():
+        path = _find_idx(data_dir, stem)
+        st = path.stat()
+        parts.append(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
+def load_fashion_mnist(data_dir: str | Path | None = None, cache_dir: str | Path | None = None
+                       ) -> dict[str, np.ndarray]:
+    """The four arrays (``train_images`` (60000, 28, 28) uint8, ``train_labels``, ``test_*``).
+
+    Decoded arrays are cached as ``.npy`` under ``cache_dir`` and memory-mapped read-only, so
+    concurrent workers share them; a cache that cannot be written is silently skipped.
+    """
+    data_dir = Path(data_dir) if data_dir else DEFAULT_FASHION_MNIST_DIR
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"Fashion-MNIST directory {data_dir} does not exist; {HOW_TO_GET_FMNIST}")
+    key = _fmnist_key(data_dir)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cached = {name: cache / f"fashion-mnist-{key}-{name}.npy" for name in FASHION_MNIST_FILES}
+    if all(p.is_file() for p in cached.values()):
+        try:
+            return _check_fmnist({name: np.load(p, mmap_mode="r") for name, p in cached.items()}, data_dir)
+        except (OSError, ValueError):
+            pass  # a broken cache: decode again
+    arrays = {name: read_idx(_find_idx(data_dir, stem), 3 if name.endswith("images") else 1)
+              for name, stem in FASHION_MNIST_FILES.items()}
+    arrays = _check_fmnist(arrays, data_dir)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        for name, path in cached.items():
+            with tempfile.NamedTemporaryFile(dir=cache, suffix=".npy", delete=False) as fh:
+                np.save(fh, arrays[name])
+            os.replace(fh.name, path)
+    except OSError:
+        pass
+    return arrays
+
+
+def _check_fmnist(arrays: dict[str, np.ndarray], data_dir: Path) -> dict[str, np.ndarray]:
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or len(images) != len(labels) or len(images) == 0:
+            raise ValueError(f"Fashion-MNIST {split} files in {data_dir} disagree: {images.shape[0]} images, "
+                             f"{labels.shape[0]} labels; {HOW_TO_GET_FMNIST}")
+        if images.shape[1:] != arrays["train_images"].shape[1:]:
+            raise ValueError(f"Fashion-MNIST {split} images in {data_dir} are {images.shape[1:]}, train images "
+                             f"{arrays['train_images'].shape[1:]}; {HOW_TO_GET_FMNIST}")
+        top = int(labels.max())
+        if top > 9:
+            raise ValueError(f"Fashion-MNIST {split} labels in {data_dir} go up to {top}, expected 0-9; "
+                             f"{HOW_TO_GET_FMNIST}")
+    return arrays
+
+
+# --- split ----------------------------------------------------------------------------------
+
+def stratified_split(labels: np.ndarray, train_size: int, val_size: int, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint, class-balanced index sets (sorted) drawn from ``labels`` only, deterministic in ``seed``.
+
+    ``val_size`` is taken first (the same validation set whatever ``train_size``); sizes of 0
+    mean "all the rest". Per-class quotas differ by at most one image.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    val_size = val_size or n // 6
+    train_size = train_size or n - val_size
+    if train_size + val_size > n:
+        raise ValueError(f"train_size={train_size} + val_size={val_size} is invalid; accepted: at most the "
+                         f"{n} images of the train files")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    taken = {c: 0 for c in classes}
+
+    def draw(total: int) -> np.ndarray:
+        out = []
+        quotas = _quotas(total, [len(pools[c]) - taken[c] for c in classes], rng)
+        for c, q in zip(classes, quotas):
+            out.append(pools[c][taken[c]:taken[c] + q])
+            taken[c] += q
+        return np.sort(np.concatenate(out))
+
+    val = draw(val_size)
+    train = draw(train_size)
+    return train, val
+
+
+def _quotas(total: int, available: list[int], rng: np.random.Generator) -> list[int]:
+    k = len(available)
+    base, extra = divmod(total, k)
+    quotas = [base] * k
+    for i in rng.permutation(k)[:extra]:
+        quotas[i] += 1
+    # classes short of images hand their shortfall to the others
+    for _ in range(k):
+        short = sum(max(0, q - a) for q, a in zip(quotas, available))
+        if not short:
+            break
+        quotas = [min(q, a) for q, a in zip(quotas, available)]
+        for i in sorted(range(k), key=lambda j: quotas[j] - available[j]):
+            if short and quotas[i] < available[i]:
+                add = min(short, available[i] - quotas[i])
+                quotas[i] += add
+                short -= add
+    return quotas
+
+
+# --- batches --------------------------------------------------------------------------------
+
+def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of a zero-padded batch (B, C, H, W) and random horizontal flip."""
+    b, c, h, w = x.shape
+    if padding:
+        xp = F.pad(x, (padding,) * 4)
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+        cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+        if hflip:
+            flip = torch.rand(b, generator=generator) < 0.5
+            cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
+        x = xp.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    elif hflip:
+        flip = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x.contiguous()
+
+
+class ProxyData:
+    """Proxy train / validation / test data behind one batch API.
+
+    ``batches(split, batch_size, epoch=0, seed=0)`` yields ``(images float32 (B, C, H, W)
+    normalised, labels int64)``; the train split is shuffled and augmented from ``seed`` and
+    ``epoch`` and drops its last partial batch, the others are in order and complete.
+    """
+
+    def __init__(self, config: DataConfig | None = None, **overrides) -> None:
+        config = config or DataConfig()
+        if overrides:
+            config = DataConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        if config.dataset == "fashion-mnist":
+            self._init_fmnist()
+        else:
+            self._init_folder()
+
+    # -- Fashion-MNIST (in memory) --
+    def _init_fmnist(self) -> None:
+        cfg = self.config
+        arrays = load_fashion_mnist(cfg.data_dir, cfg.cache_dir)
+        keep = cfg.classes or tuple(range(len(FASHION_MNIST_CLASSES)))
+        if max(keep) >= len(FASHION_MNIST_CLASSES):
+            raise ValueError(f"classes={cfg.classes!r} is invalid; accepted: indices 0-9 of Fashion-MNIST")
+        relabel = np.full(256, -1, dtype=np.int64)
+        relabel[list(keep)] = np.arange(len(keep))
+        arrays = dict(arrays)
+        for split in ("train", "test"):
+            labels = relabel[np.asarray(arrays[f"{split}_labels"])]
+            if cfg.classes is not None:
+                sel = np.flatnonzero(labels >= 0)
+                arrays[f"{split}_images"] = np.asarray(arrays[f"{split}_images"])[sel]
+                labels = labels[sel]
+            arrays[f"{split}_labels"] = labels
+        train_idx, val_idx = stratified_split(arrays["train_labels"], cfg.train_size, cfg.val_size, cfg.split_seed)
+        self.indices = {"train": train_idx, "val": val_idx}
+        self.img_size = cfg.img_size or arrays["train_images"].shape[1]
+        self.in_chans = 1
+        self.num_classes = len(keep)
+        self.classes = tuple(FASHION_MNIST_CLASSES[c] for c in keep)
+        self.in_memory = True
+        self._arrays = arrays
+        self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for split in ("train", "val"):
+            idx = self.indices[split]
+            self._tensors[split] = (self._to_tensor(arrays["train_images"][idx]),
+                                    torch.from_numpy(np.asarray(arrays["train_labels"][idx], dtype=np.int64)))
+        mean = self._tensors["train"][0].float().mean().item() / 255
+        std = self._tensors["train"][0].float().std().item() / 255
+        self.mean, self.std = (mean,), (std,)
+
+    def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.array(images, dtype=np.uint8))[:, None]  # (N, 1, H, W) uint8
+        if x.shape[-1] != self.img_size:
+            x = F.interpolate(x.float(), size=(self.img_size, self.img_size), mode="bilinear",
+                              antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+        return x.contiguous()
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images (N, C, H, W) and int64 labels of an in-memory split."""
+        _check_split(split)
+        if not self.in_memory:
+            raise ValueError(f"dataset={self.config.dataset!r} streams from disk; accepted: fashion-mnist")
+        if split == "test" and "test" not in self._tensors:
+            self._tensors["test"] = (self._to_tensor(self._arrays["test_images"]),
+                                     torch.from_numpy(np.asarray(self._arrays["test_labels"], dtype=np.int64)))
+        return self._tensors[split]
+
+    # -- image folders (streamed) --
+    def _init_folder(self) -> None:
+        from torchvision import datasets
+
+        cfg = self.config
+        root = Path(cfg.data_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist; pass --data-dir PATH of an "
+                                    f"ImageNet-layout folder (PATH/train/<class>/*.JPEG)")
+        if not cfg.img_size:
+            raise ValueError("img_size=0 is invalid for dataset='imagefolder'; accepted: a positive resolution")
+        train_root = root / "train" if (root / "train").is_dir() else root
+        test_root = root / "val" if (root / "train").is_dir() and (root / "val").is_dir() else None
+        try:
+            base = datasets.ImageFolder(str(train_root))
+        except (FileNotFoundError, RuntimeError) as err:
+            raise ValueError(f"{train_root} is not an ImageNet-layout folder ({str(err).splitlines()[0]}); "
+                             f"accepted: PATH/train/<class>/<image> (or PATH/<class>/<image>)") from None
+        if cfg.classes is not None:
+            raise ValueError("classes=... is invalid for dataset='imagefolder'; accepted: None (use a folder "
+                             "holding only the classes wanted)")
+        targets = np.asarray(base.targets)
+        train_idx, val_idx = stratified_split(targets, cfg.train_size, cfg.val_size, cfg.split_seed)
+        self.indices = {"train": train_idx, "val": val_idx}
+        self.img_size = cfg.img_size
+        self.in_chans = 3
+        self.classes = tuple(base.classes)
+        self.num_classes = len(base.classes)
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.in_memory = False
+        self._folder = {"train": train_root, "val": train_root, "test": test_root}
+        self._samples = base.samples
+
+    def _folder_dataset(self, split: str, train: bool):
+        from torchvision import datasets, transforms
+
+        size = self.img_size
+        if train and self.config.augment:
+            tf = [transforms.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True)]
+            if self.config.hflip:
+                tf.append(transforms.RandomHorizontalFlip())
+        else:
+            tf = [transforms.Resize(int(math.ceil(size / 0.875)), antialias=True), transforms.CenterCrop(size)]
+        tf += [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
+        root = self._folder[split]
+        if root is None:
+            raise FileNotFoundError(f"no test split: {self.config.data_dir}/val does not exist (the search uses "
+                                    f"{self.config.data_dir}/train only)")
+        ds = datasets.ImageFolder(str(root), transform=transforms.Compose(tf))
+        if split == "test":
+            return ds
+        if ds.classes != list(self.classes):
+            raise ValueError(f"{root} changed while loading: its classes differ")
+        return torch.utils.data.Subset(ds, self.indices[split].tolist())
+
+    # -- common API --
+    def size(self, split: str) -> int:
+        _check_split(split)
+        if self.in_memory:
+            return len(self.tensors(split)[1])
+        if split == "test":
+            return len(self._folder_dataset("test", False))
+        return len(self.indices[split])
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, self.size("train") // batch_size)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (x.float() / 255 - mean) / std
+
+    def batches(self, split: str, batch_size: int, epoch: int = 0, seed: int = 0
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        _check_split(split)
+        train = split == "train"
+        if not self.in_memory:
+            yield from self._folder_batches(split, batch_size, epoch, seed, train)
+            return
+        images, labels = self.tensors(split)
+        n = len(labels)
+        gen = torch.Generator().manual_seed(_mix(seed, epoch))
+        order = torch.randperm(n, generator=gen) if train else torch.arange(n)
+        stop = (n // batch_size) * batch_size if train and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            idx = order[start:start + batch_size]
+            x = images[idx]
+            if train and self.config.augment:
+                x = random_crop_flip(x, self.config.crop_padding, self.config.hflip, gen)
+            yield self.normalize(x), labels[idx]
+
+    def _folder_batches(self, split, batch_size, epoch, seed, train):
+        ds = self._folder_dataset(split, train)
+        gen = torch.Generator().manual_seed(_mix(seed, epoch))
+        workers = self.config.num_workers
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) >= batch_size, generator=gen,
+            num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None,
+            worker_init_fn=_seed_worker)
+        yield from loader
+
+    def describe(self) -> dict:
+        return {"dataset": self.config.dataset, "img_size": self.img_size, "in_chans": self.in_chans,
+                "num_classes": self.num_classes, "train": len(self.indices["train"]),
+                "val": len(self.indices["val"]), "split_seed": self.config.split_seed}
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+    random.seed(seed)
+    torch.set_num_threads(1)
+
+
+def _mix(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7919 + 12345) % (2**63 - 1)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is invalid; accepted: {', '.join(SPLITS)}")
+
+
+@lru_cache(maxsize=4)
+def get_proxy_data(config: DataConfig) -> ProxyData:
+    """A per-process memo: trials in one (reused) Ray worker share one `ProxyData`."""
+    return ProxyData(config)
+
+
+__all__ = ["DataConfig", "ProxyData", "get_proxy_data", "load_fashion_mnist", "read_idx", "stratified_split",
+           "random_crop_flip", "DEFAULT_FASHION_MNIST_DIR", "HOW_TO_GET_FMNIST"]

@@ -1,0 +1,205 @@
+"""Proxy data: the real Fashion-MNIST files, the split, errors that say how to get the data."""
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from search.data import (DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_FILES, DataConfig, ProxyData, load_fashion_mnist,
+                         random_crop_flip, read_idx, stratified_split)
+
+needs_fmnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").is_file(),
+                                  reason="Debian package dataset-fashion-mnist not installed")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return ProxyData(DataConfig(train_size=3000, val_size=1000, cache_dir=str(tmp_path_factory.mktemp("cache"))))
+
+
+@needs_fmnist
+def test_real_files_read_and_checked(tmp_path):
+    arrays = load_fashion_mnist(cache_dir=tmp_path)
+    assert arrays["train_images"].shape == (60000, 28, 28) and arrays["train_images"].dtype == np.uint8
+    assert arrays["test_images"].shape == (10000, 28, 28)
+    for split in ("train", "test"):
+        labels = np.asarray(arrays[f"{split}_labels"])
+        assert labels.min() == 0 and labels.max() == 9
+        assert (np.bincount(labels) == len(labels) // 10).all()
+    # the decoded cache is reused (memory-mapped) and identical
+    again = load_fashion_mnist(cache_dir=tmp_path)
+    assert isinstance(again["train_images"], np.memmap)
+    assert np.array_equal(again["train_images"][:100], arrays["train_images"][:100])
+
+
+@needs_fmnist
+def test_split_balanced_disjoint_and_from_train_only(data):
+    train, val = data.indices["train"], data.indices["val"]
+    assert len(train) == 3000 and len(val) == 1000
+    assert not set(train.tolist()) & set(val.tolist())
+    assert train.max() < 60000 and val.max() < 60000
+    for split, n in (("train", 300), ("val", 100)):
+        images, labels = data.tensors(split)
+        assert images.dtype == torch.uint8 and images.shape[1:] == (1, 28, 28)
+        assert (torch.bincount(labels, minlength=10) == n).all()
+    test_images, test_labels = data.tensors("test")
+    assert len(test_labels) == 10000  # the whole t10k file, untouched by the split
+    x, y = next(data.batches("train", 64))
+    assert x.dtype == torch.float32 and x.shape == (64, 1, 28, 28) and y.dtype == torch.int64
+    assert abs(float(x.mean())) < 0.3 and 0.7 < float(x.std()) < 1.3
+
+
+@needs_fmnist
+def test_split_deterministic_and_val_independent_of_train_size(tmp_path):
+    a = ProxyData(train_size=1000, val_size=500, cache_dir=str(tmp_path))
+    b = ProxyData(train_size=2000, val_size=500, cache_dir=str(tmp_path))
+    c = ProxyData(train_size=1000, val_size=500, split_seed=1, cache_dir=str(tmp_path))
+    assert np.array_equal(a.indices["val"], b.indices["val"])
+    assert not np.array_equal(a.indices["val"], c.indices["val"])
+    xa = next(a.batches("train", 32, epoch=1, seed=3))[0]
+    xb = next(a.batches("train", 32, epoch=1, seed=3))[0]
+    xc = next(a.batches("train", 32, epoch=2, seed=3))[0]
+    assert torch.equal(xa, xb) and not torch.equal(xa, xc)
+
+
+@needs_fmnist
+def test_batches_cover_splits(data):
+    n_train = sum(len(y) for _, y in data.batches("train", 128))
+    assert n_train == (3000 // 128) * 128  # last partial batch dropped
+    assert sum(len(y) for _, y in data.batches("val", 300)) == 1000  # evaluation sees every image
+
+
+@needs_fmnist
+def test_resolution_and_class_subset(tmp_path):
+    d = ProxyData(train_size=200, val_size=100, img_size=32, classes=(1, 8), cache_dir=str(tmp_path))
+    images, labels = d.tensors("train")
+    assert images.shape == (200, 1, 32, 32) and d.num_classes == 2
+    assert sorted(labels.unique().tolist()) == [0, 1]
+    assert set(d.tensors("test")[1].unique().tolist()) == {0, 1} and len(d.tensors("test")[1]) == 2000
+
+
+def test_stratified_split_properties():
+    labels = np.repeat(np.arange(7), [50, 40, 30, 30, 30, 20, 5])
+    train, val = stratified_split(labels, 100, 35, seed=4)
+    assert len(train) == 100 and len(val) == 35 and not set(train) & set(val)
+    counts = np.bincount(labels[val], minlength=7)
+    assert counts.max() - counts.min() <= 1
+    with pytest.raises(ValueError, match="at most the 205 images"):
+        stratified_split(labels, 200, 10)
+
+
+def test_random_crop_flip_shapes_and_content():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).reshape(2, 1, 6, 6)
+    g = torch.Generator().manual_seed(0)
+    y = random_crop_flip(x, 2, True, g)
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    assert random_crop_flip(x, 0, False, g).equal(x)
+
+
+def _write_idx(path, array, magic_ndim=None):
+    header = bytes([0, 0, 8, magic_ndim or array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_dir(tmp_path, **breaks):
+    d = tmp_path / "fm"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name, stem in FASHION_MNIST_FILES.items():
+        n = 100 if name.startswith("train") else 20
+        arr = rng.integers(0, 256, (n, 28, 28)) if name.endswith("images") else np.arange(n) % 10
+        _write_idx(d / (stem + ".gz"), arr, breaks.get(name))
+    return d
+
+
+def test_fake_files_load(tmp_path):
+    arrays = load_fashion_mnist(_fake_dir(tmp_path), cache_dir=tmp_path / "cache")
+    assert arrays["train_images"].shape == (100, 28, 28)
+
+
+def test_missing_dir_is_one_line_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist") as err:
+        ProxyData(data_dir=str(tmp_path / "nowhere"), cache_dir=str(tmp_path))
+    assert "\n" not in str(err.value) and "--data-dir" in str(err.value)
+
+
+def test_missing_file_is_one_line_error(tmp_path):
+    d = _fake_dir(tmp_path)
+    (d / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.*apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(d, cache_dir=tmp_path / "cache")
+
+
+def test_bad_magic_is_clear_error(tmp_path):
+    d = _fake_dir(tmp_path, train_images=1)
+    with pytest.raises(ValueError, match="magic number.*apt-get install dataset-fashion-mnist") as err:
+        load_fashion_mnist(d, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value)
+
+
+def test_truncated_and_not_gzip_are_clear_errors(tmp_path):
+    d = _fake_dir(tmp_path)
+    raw = gzip.open(d / "train-labels-idx1-ubyte.gz").read()
+    with gzip.open(d / "train-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(raw[:-5])
+    with pytest.raises(ValueError, match="header says"):
+        read_idx(d / "train-labels-idx1-ubyte.gz", 1)
+    (d / "train-labels-idx1-ubyte.gz").write_bytes(b"not a gzip file at all")
+    with pytest.raises(ValueError, match="not a readable idx file"):
+        load_fashion_mnist(d, cache_dir=tmp_path / "cache")
+
+
+def test_label_count_mismatch(tmp_path):
+    d = _fake_dir(tmp_path)
+    _write_idx(d / "train-labels-idx1-ubyte.gz", np.arange(99) % 10)
+    with pytest.raises(ValueError, match="disagree: 100 images, 99 labels"):
+        load_fashion_mnist(d, cache_dir=tmp_path / "cache")
+
+
+def test_plain_files_accepted(tmp_path):
+    d = _fake_dir(tmp_path)
+    for p in list(d.iterdir()):
+        with gzip.open(p) as src, open(p.with_suffix(""), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        p.unlink()
+    assert load_fashion_mnist(d, cache_dir=tmp_path / "cache")["test_labels"].shape == (20,)
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="dataset='cifar'.*fashion-mnist, imagefolder"):
+        DataConfig(dataset="cifar")
+    with pytest.raises(ValueError, match="--data-dir"):
+        DataConfig(dataset="imagefolder")
+    with pytest.raises(ValueError, match="train_size=-1"):
+        DataConfig(train_size=-1)
+
+
+def test_imagefolder_streams(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 3)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    d = ProxyData(dataset="imagefolder", data_dir=str(root), train_size=16, val_size=8, img_size=16, num_workers=0)
+    assert d.num_classes == 2 and d.in_chans == 3
+    x, y = next(d.batches("train", 8, epoch=0, seed=0))
+    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
+    assert sum(len(b[1]) for b in d.batches("val", 5)) == 8
+    assert d.size("test") == 6
+
+
+def test_imagefolder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ProxyData(dataset="imagefolder", data_dir=str(tmp_path / "none"), img_size=16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not an ImageNet-layout folder") as err:
+        ProxyData(dataset="imagefolder", data_dir=str(tmp_path / "empty"), img_size=16)
+    assert "\n" not in str(err.value)
