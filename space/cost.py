@@ -97,7 +97,7 @@ def _vit_cost(spec: ArchSpec) -> Cost:
 
 
 _BACKBONE_COSTS: dict[str, Callable[[ArchSpec], Cost]] = {"vit": _vit_cost}
-_MEMO: dict[str, Cost] = {}
+_MEMO: dict[ArchSpec, Cost] = {}
 
 
 def register_backbone_cost(backbone: str, fn: Callable[[ArchSpec], Cost]) -> None:
@@ -118,11 +118,14 @@ def _cost_function(spec: ArchSpec) -> Callable[[ArchSpec], Cost]:
 
 
 def model_cost(spec: ArchSpec) -> Cost:
-    """Cost of the spec as given (its own resolution, channels and classes), memoised by id."""
-    key = spec.id
-    cost = _MEMO.get(key)
+    """Cost of the spec as given (its own resolution, channels and classes), memoised.
+
+    The memo is keyed by the frozen spec's value, which is what its id hashes: equal specs
+    have equal ids, and hashing the value avoids serialising every new spec to JSON.
+    """
+    cost = _MEMO.get(spec)
     if cost is None:
-        cost = _MEMO[key] = _cost_function(spec)(spec)
+        cost = _MEMO[spec] = _cost_function(spec)(spec)
     return cost
 
 
@@ -130,12 +133,6 @@ def at_resolution(spec: ArchSpec, img_size: int = TARGET_IMG_SIZE, num_classes: 
                   in_chans: int = TARGET_IN_CHANS) -> ArchSpec:
     """The same design at another input size (the target task by default)."""
     return spec.replace(img_size=img_size, num_classes=num_classes, in_chans=in_chans)
-
-
-def uncached_target_cost(spec: ArchSpec) -> Cost:
-    """`target_cost` without the memo, for one-off specs (e.g. the block tables of bounds)."""
-    target = at_resolution(spec)
-    return _cost_function(target)(target)
 
 
 def target_cost(spec: ArchSpec) -> Cost:
