@@ -52,7 +52,8 @@ STAGE_PAPER_SPECS: dict[str, ArchSpec] = {
         "t2t_7", [_T2T_TOKEN_LOCAL, _T2T_TOKEN_LOCAL, LayerSpec("local", "hswish", "se", se_ratio=128, gamma=2)]),
 }
 
-_PAPER_NAMES: dict[str, tuple[str, str]] = {  # backbone -> (baseline, LocalViT)
+#: Registered names of the paper's baseline and LocalViT model per search backbone.
+PAPER_NAMES: dict[str, tuple[str, str]] = {
     **{name: (cfg["baseline"], cfg["localvit"]) for name, cfg in VIT_BACKBONES.items()},
     "pvt_tiny": ("pvt_v1_tiny", "localvit_pvt_tiny"),
     "swin_tiny": ("swin_v1_tiny_patch4_window7_224", "localvit_swin_tiny_patch4_window7_224"),
@@ -91,13 +92,13 @@ def block_dims(backbone: str) -> list[int]:
 def baseline_spec(backbone: str) -> ArchSpec:
     """The paper's baseline on this backbone (DeiT MLP in every block)."""
     _check(backbone)
-    return _named(_PAPER_NAMES[backbone][0])
+    return _named(PAPER_NAMES[backbone][0])
 
 
 def localvit_spec(backbone: str) -> ArchSpec:
     """The paper's LocalViT model on this backbone."""
     _check(backbone)
-    return _named(_PAPER_NAMES[backbone][1])
+    return _named(PAPER_NAMES[backbone][1])
 
 
 def _named(name: str) -> ArchSpec:
@@ -137,5 +138,5 @@ def proxy_spec(spec: ArchSpec, img_size: int = PROXY_IMG_SIZE, in_chans: int | N
     return spec.replace(**changes)
 
 
-__all__ = ["PROXY_GEOMETRY", "PROXY_IMG_SIZE", "SEARCH_BACKBONES", "STAGE_PAPER_SPECS", "VIT_BACKBONES",
-           "baseline_spec", "block_dims", "localvit_spec", "make_spec", "proxy_spec"]
+__all__ = ["PAPER_NAMES", "PROXY_GEOMETRY", "PROXY_IMG_SIZE", "SEARCH_BACKBONES", "STAGE_PAPER_SPECS",
+           "VIT_BACKBONES", "baseline_spec", "block_dims", "localvit_spec", "make_spec", "proxy_spec"]
