@@ -1,0 +1,322 @@
+"""One search, end to end: check the budget, prepare the study, run the trials on Ray Tune,
+write the reports and export the best architectures.
+
+The Optuna storage is the single source of truth: a search that is run again with the same
+study (or `--resume`) continues from what the storage holds. Trials that a crash left
+RUNNING are closed as failed and their candidates queued again, so no trial is lost or
+trained twice, and the number of trained trials ends as asked.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from localvit.backbones import PAPER_NAMES, baseline_spec, localvit_spec
+from localvit.spec import ArchSpec
+from space.budget import Bounds, format_count, require_feasible
+from space.cost import target_cost
+from space.space import PaperSpace, Space, make_space
+
+from .data import get_proxy_data
+from .proxy import jemalloc_env
+from .settings import SearchSettings
+from .tune import TRAIN, BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
+
+LOCALVIT, DEIT = "LocalViT", "DeiT"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- the study --------------------------------------------------------------------------------
+
+def make_sampler(settings: SearchSettings, space: Space) -> optuna.samplers.BaseSampler:
+    """Constraints reach the samplers through `trial.set_constraint` (Optuna 5), not constraints_func."""
+    seed = settings.seed
+    if settings.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=max(4, settings.trials // 3))
+    if settings.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, settings.trials // 2)))
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    assert isinstance(space, PaperSpace)
+    return optuna.samplers.GridSampler({"paper_row": list(space.points)}, seed=seed)
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # SQLAlchemy's many error types: report the URL, not a trace
+        raise ValueError(f"storage {url!r} cannot be opened: {str(err).splitlines()[0]}; accepted: an "
+                         f"SQLAlchemy database URL such as sqlite:///path/study.db") from None
+
+
+def open_study(settings: SearchSettings, space: Space, storage: optuna.storages.RDBStorage) -> optuna.Study:
+    """Create the study, or load it and check that it was made by the same kind of search."""
+    directions = ["maximize" if o == "accuracy" else "minimize" for o in settings.objectives]
+    exists = any(s.study_name == settings.study for s in storage.get_all_studies())
+    if exists:
+        recorded = optuna.load_study(study_name=settings.study, storage=storage).user_attrs.get("settings", {})
+        _check_same_search(settings, recorded)
+    study = optuna.create_study(study_name=settings.study, storage=storage, directions=directions,
+                                sampler=make_sampler(settings, space), load_if_exists=True)
+    if not exists:
+        study.set_metric_names(list(settings.objectives))
+        study.set_user_attr("settings", settings.to_dict())
+        study.set_user_attr("proxy_protocol", settings.protocol.to_dict())
+        study.set_user_attr("objectives", list(settings.objectives))
+    return study
+
+
+def _check_same_search(settings: SearchSettings, recorded: dict[str, Any]) -> None:
+    current = settings.to_dict()
+    for key in ("space", "backbone", "objectives", "sampler", "protocol"):
+        if recorded.get(key) != current[key]:
+            shown = "the proxy protocol" if key == "protocol" else f"{key}={current[key]!r}"
+            raise ValueError(f"{shown} differs from what study {settings.study!r} was made with; accepted: the "
+                             f"same settings to resume, or a new --study")
+
+
+def close_interrupted(study: optuna.Study) -> int:
+    """Close trials a crash left RUNNING as failed, and queue their candidates again."""
+    closed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "failure", "interrupted (the driver stopped); re-queued")
+        study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        baseline = trial.user_attrs.get("baseline")
+        study.enqueue_trial(trial.params, user_attrs={"baseline": baseline} if baseline else {},
+                            skip_if_exists=False)
+        closed += 1
+    return closed
+
+
+def trained_count(study: optuna.Study) -> int:
+    """Trials that trained or failed for real (not infeasible, duplicate or interrupted)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get("status") == TRAIN and t.state in (TrialState.COMPLETE, TrialState.FAIL))
+
+
+def paper_baselines(settings: SearchSettings) -> dict[str, ArchSpec]:
+    """The paper's LocalViT and baseline models of the backbone, at the target resolution."""
+    return {LOCALVIT: localvit_spec(settings.backbone), DEIT: baseline_spec(settings.backbone)}
+
+
+def enqueue_baselines(study: optuna.Study, settings: SearchSettings, space: Space,
+                      baselines: dict[str, ArchSpec]) -> list[str]:
+    """Queue the baselines that fit the budget and are not in the study yet (they run first)."""
+    present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
+    queued = []
+    for name, spec in baselines.items():
+        if name in present or not settings.budget.admits(spec):
+            continue
+        params = space.to_params(spec) if space.contains(spec) else {}
+        study.enqueue_trial(params, user_attrs={"baseline": name})
+        queued.append(name)
+    return queued
+
+
+# --- Ray ----------------------------------------------------------------------------------------
+
+def start_ray(settings: SearchSettings) -> dict[str, float]:
+    import ray
+
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    env = {k: v for k, v in jemalloc_env({}).items() if k in ("LD_PRELOAD", "MALLOC_CONF")}
+    env["OMP_NUM_THREADS"] = str(max(1, int(settings.cpus_per_trial or 1)))
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (repo, os.environ.get("PYTHONPATH", "")) if x)
+    ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR, configure_logging=True, runtime_env={"env_vars": env},
+             ignore_reinit_error=True)
+    return ray.cluster_resources()
+
+
+def trial_resources(settings: SearchSettings, cluster: dict[str, float]) -> dict[str, float]:
+    cpus = settings.cpus_per_trial or max(1.0, float(int(cluster.get("CPU", 1) // settings.workers)))
+    if cpus > cluster.get("CPU", 0):
+        raise ValueError(f"cpus_per_trial={cpus:g} is invalid; accepted: at most the cluster's {cluster.get('CPU', 0):g}")
+    resources = {"cpu": cpus}
+    if settings.gpus_per_trial:
+        if cluster.get("GPU", 0) < settings.gpus_per_trial:
+            raise ValueError(f"gpus_per_trial={settings.gpus_per_trial:g} is invalid; accepted: at most the "
+                             f"cluster's {cluster.get('GPU', 0):g} GPUs (trials would wait forever)")
+        resources["gpu"] = settings.gpus_per_trial
+    return resources
+
+
+def run_trials(settings: SearchSettings, study: optuna.Study, space: Space, baselines: dict[str, ArchSpec],
+               remaining: int, cluster: dict[str, float]) -> None:
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from .progress import Progress
+
+    resources = trial_resources(settings, cluster)
+    protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
+    throughput = _throughput_measurer(settings) if settings.budget.min_throughput else None
+    searcher = ConstrainedOptunaSearch(
+        space=DefineByRun(space, settings.budget, protocol, baselines, throughput),
+        metric=list(settings.objectives) if settings.multi_objective else "accuracy",
+        mode=["max" if o == "accuracy" else "min" for o in settings.objectives] if settings.multi_objective
+        else "max",
+        sampler=study.sampler, study_name=study.study_name, storage=study._storage,
+        objectives=settings.objectives, full_epochs=protocol.epochs)
+    scheduler = BaselineSparingASHA(metric="accuracy", mode="max", time_attr="epoch", max_t=protocol.epochs,
+                              grace_period=1, reduction_factor=2) if settings.asha and protocol.epochs > 1 \
+        else FIFOScheduler()
+    progress = Progress(study, settings, searcher, remaining)
+    tuner = tune.Tuner(
+        tune.with_resources(train_candidate, resources),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                    max_concurrent_trials=settings.workers, reuse_actors=True,
+                                    time_budget_s=settings.time_limit_s),
+        run_config=tune.RunConfig(name="ray", storage_path=str(settings.study_dir), verbose=0,
+                                  callbacks=[progress], progress_reporter=None,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()
+    progress.finish()
+
+
+def _throughput_measurer(settings: SearchSettings) -> Any:
+    from space.throughput import measure
+
+    def measure_spec(spec: ArchSpec) -> Any:
+        return measure(spec, batch=settings.throughput_batch, threads=settings.throughput_threads,
+                       cache=settings.study_dir.parent / ".throughput_cache.jsonl")
+    return measure_spec
+
+
+def confirm(settings: SearchSettings, study: optuna.Study, cluster: dict[str, float]) -> dict[str, Any]:
+    """Re-train the best found spec and the LocalViT baseline with other seeds (same protocol)."""
+    from ray import tune
+
+    from .report import best_trial, baseline_trials
+
+    best = best_trial(study)
+    localvit = baseline_trials(study).get(LOCALVIT)
+    if best is None or localvit is None or settings.confirm_seeds == 0:
+        return {}
+    seeds = [settings.protocol.seed + k for k in range(1, settings.confirm_seeds + 1)]
+    subjects = {"best": best, LOCALVIT: localvit}
+    log(f"confirming: re-training the best (trial {best.number}) and {LOCALVIT} with seeds {seeds}")
+    resources = trial_resources(settings, cluster)
+    protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
+    configs = [{"name": name, "seed": seed, "spec": t.user_attrs["spec"], "flops": t.user_attrs["flops"],
+                "params": t.user_attrs["params"], "protocol": protocol.to_dict()}
+               for name, t in subjects.items() for seed in seeds]
+    tuner = tune.Tuner(
+        tune.with_resources(confirm_candidate, resources),
+        param_space={"candidate": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=settings.workers, reuse_actors=True),
+        run_config=tune.RunConfig(name="confirm", storage_path=str(settings.study_dir), verbose=0,
+                                  progress_reporter=None))
+    results = tuner.fit()
+    outcome: dict[str, Any] = {name: {"trial": t.number, "seeds": {str(settings.protocol.seed): t.values[0]}}
+                               for name, t in subjects.items()}
+    for result in results:
+        cfg = result.config["candidate"]
+        accuracy = (result.metrics or {}).get("accuracy")
+        outcome[cfg["name"]]["seeds"][str(cfg["seed"])] = accuracy
+    for entry in outcome.values():
+        values = [v for v in entry["seeds"].values() if v is not None]
+        entry["mean"] = sum(values) / len(values) if values else None
+    study.set_user_attr("confirmation", outcome)
+    return outcome
+
+
+# --- the whole search -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """What `prepare` checked and opened: the space, its cost bounds and the study."""
+
+    space: Space
+    bounds: Bounds
+    study: optuna.Study
+
+
+def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
+    """Every check that bad input can fail, before Ray starts or anything in the study changes."""
+    if settings.backbone not in PAPER_NAMES:
+        raise ValueError(f"backbone={settings.backbone!r} is invalid; accepted: {', '.join(PAPER_NAMES)}")
+    space = make_space(settings.space, settings.backbone)
+    bounds = require_feasible(space, settings.budget)
+    try:
+        settings.study_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.study_dir / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"results dir {settings.results_dir!r} is not writable ({err.strerror}); "
+                         f"accepted: a folder you can write to (--results-dir)") from None
+    storage = open_storage(settings.storage_url)
+    exists = any(s.study_name == settings.study for s in storage.get_all_studies())
+    if resume and not exists:
+        raise ValueError(f"study {settings.study!r} does not exist in {settings.storage_url}; accepted: an "
+                         f"existing --study to resume (or leave out --resume to start it)")
+    get_proxy_data(settings.protocol.data_config())  # a missing dataset fails here; workers reuse its cache
+    return Plan(space, bounds, open_study(settings, space, storage))
+
+
+def run(settings: SearchSettings, plan: Plan) -> Path:
+    """Run (or resume) the search `prepare` checked; returns the study folder."""
+    space, study = plan.space, plan.study
+    cost = plan.bounds.cheapest_flops[1]
+    log(f"space {space.name!r} on {settings.backbone}: {space.size():.3g} architectures; cheapest "
+        f"{format_count(cost.flops, 'FLOPs')} / {format_count(plan.bounds.cheapest_params[1].params)} params, "
+        f"costliest {format_count(plan.bounds.costliest_flops[1].flops, 'FLOPs')}; "
+        f"budget: {settings.budget.describe()}")
+    interrupted = close_interrupted(study)
+    if interrupted:
+        log(f"resuming: closed {interrupted} interrupted trial(s) and queued them again")
+    baselines = paper_baselines(settings) if settings.baselines else {}
+    for name, spec in baselines.items():
+        verdict = "fits" if settings.budget.admits(spec) else "is over the budget; not trained"
+        log(f"baseline {name}: {format_count(target_cost(spec).flops, 'FLOPs')}, "
+            f"{format_count(target_cost(spec).params)} params, {verdict}")
+    queued = enqueue_baselines(study, settings, space, baselines)
+    done = trained_count(study)
+    remaining = settings.trials - done
+    if done:
+        log(f"study {settings.study!r} holds {done} trained trial(s); {max(remaining, 0)} to go")
+    cluster: dict[str, float] = {}
+    if remaining > 0 or (settings.confirm_seeds and "confirmation" not in study.user_attrs):
+        cluster = start_ray(settings)
+    if remaining > 0:
+        if queued:
+            log(f"baselines first: {', '.join(queued)}")
+        run_trials(settings, study, space, baselines, remaining, cluster)
+    if settings.confirm_seeds and "confirmation" not in study.user_attrs:
+        confirm(settings, study, cluster)
+    from .report import write_reports
+
+    summary = write_reports(study, settings)
+    print("\n" + summary.read_text(), flush=True)
+    log(f"open the study: optuna-dashboard {settings.storage_url}")
+    return settings.study_dir
+
+
+def quiet_libraries() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # Ray warns when the define-by-run function takes over 1 s: ours writes the trial's attributes
+    # to the storage and, with --min-throughput, measures the candidate (cached on disk).
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    sys.stdout.reconfigure(line_buffering=True)

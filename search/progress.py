@@ -1,0 +1,87 @@
+"""One line per event instead of Ray's wall of logs: trials done, running, stopped early,
+failed, skipped as infeasible; the best so far against the baselines; time left."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+from ray.tune import Callback
+
+from .settings import SearchSettings
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes:02d}:{secs:02d}"
+
+
+class Progress(Callback):
+    def __init__(self, study: optuna.Study, settings: SearchSettings, searcher: Any, total: int) -> None:
+        self.study, self.settings, self.searcher, self.total = study, settings, searcher, total
+        self.start = time.time()
+        self.running: dict[str, str] = {}
+        self.done = self.stopped = self.failed = 0
+        self.best: tuple[float, str] | None = None
+        self.baselines: dict[str, float] = {}
+        self.durations: list[float] = []
+
+    def _name(self, trial: Any) -> str:
+        spec = trial.config.get("spec", "")
+        from localvit.spec import ArchSpec
+
+        return ArchSpec.from_json(spec).id if spec else trial.trial_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running[trial.trial_id] = self._name(trial)
+        self._line(f"started {self.running[trial.trial_id]}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished(trial, "failed" if trial.last_result.get("failure") else "done")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished(trial, "failed")
+
+    def _finished(self, trial: Any, outcome: str) -> None:
+        name = self.running.pop(trial.trial_id, trial.trial_id)
+        result = trial.last_result or {}
+        epochs, accuracy = result.get("epoch", 0), result.get("accuracy")
+        if outcome == "failed":
+            self.failed += 1
+            detail = result.get("failure", "error")
+        else:
+            self.done += 1
+            full = epochs >= self.settings.protocol.epochs
+            self.stopped += not full
+            self.durations.append(result.get("wall_time_s", 0.0))
+            baseline = self._baseline_of(name)
+            if baseline:
+                self.baselines[baseline] = accuracy
+            elif full and accuracy is not None and (self.best is None or accuracy > self.best[0]):
+                self.best = (accuracy, name)
+            detail = f"{accuracy:.2f}% after {epochs} epoch(s)" + ("" if full else " (stopped early by ASHA)") \
+                + (f" [{baseline}]" if baseline else "")
+        self._line(f"{outcome} {name}: {detail}")
+
+    def _baseline_of(self, spec_id: str) -> str | None:
+        for t in self.study.get_trials(deepcopy=False):
+            if t.user_attrs.get("spec_id") == spec_id and t.user_attrs.get("baseline"):
+                return t.user_attrs["baseline"]
+        return None
+
+    def _line(self, event: str) -> None:
+        elapsed = time.time() - self.start
+        finished = self.done + self.failed
+        left = ""
+        if self.durations and finished < self.total:
+            mean = sum(self.durations) / len(self.durations)
+            left = f", ~{_clock(mean * (self.total - finished) / self.settings.workers)} left (mm:ss)"
+        best = f"best {self.best[0]:.2f}% ({self.best[1]})" if self.best else "best -"
+        bases = " ".join(f"{k} {v:.2f}%" for k, v in self.baselines.items())
+        skipped = self.searcher.skipped
+        print(f"[{_clock(elapsed)}] {finished}/{self.total} trained ({self.stopped} stopped early, {self.failed} "
+              f"failed), {len(self.running)} running, {skipped['infeasible']} infeasible skipped | {best}"
+              f"{' vs ' + bases if bases else ''}{left} | {event}", flush=True)
+
+    def finish(self) -> None:
+        self._line("search finished")

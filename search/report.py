@@ -1,0 +1,228 @@
+"""Reports of a study: a pandas table, a Pareto plot, a per-layer picture, a summary, exports.
+
+"Best" and the Pareto front are taken among feasible trials trained to the full proxy
+budget only; trials stopped early by ASHA carry their low-epoch accuracy and are counted
+apart.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from localvit.spec import ArchSpec
+from space.budget import format_count
+
+from .settings import SearchSettings
+
+TRAIN = "train"
+
+
+def is_candidate(trial: FrozenTrial) -> bool:
+    """A feasible trial trained to the full proxy budget."""
+    return (trial.state == TrialState.COMPLETE and trial.user_attrs.get("status") == TRAIN
+            and bool(trial.user_attrs.get("full_fidelity")))
+
+
+def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    return {t.user_attrs["baseline"]: t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("baseline") and is_candidate(t)}
+
+
+def searched(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if is_candidate(t) and not t.user_attrs.get("baseline")]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The most accurate searched trial (baselines excluded); ties go to fewer FLOPs."""
+    trials = searched(study)
+    return max(trials, key=lambda t: (t.values[0], -t.user_attrs["flops"])) if trials else None
+
+
+def pareto_trials(study: optuna.Study, include_baselines: bool = False) -> list[FrozenTrial]:
+    """Accuracy (up) vs target FLOPs (down) front among the full-budget feasible trials."""
+    pool = [t for t in study.get_trials(deepcopy=False) if is_candidate(t)
+            and (include_baselines or not t.user_attrs.get("baseline"))]
+
+    def dominated(t: FrozenTrial) -> bool:
+        return any(o.values[0] >= t.values[0] and o.user_attrs["flops"] <= t.user_attrs["flops"]
+                   and (o.values[0] > t.values[0] or o.user_attrs["flops"] < t.user_attrs["flops"]) for o in pool)
+    return sorted((t for t in pool if not dominated(t)), key=lambda t: t.user_attrs["flops"])
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial, the spec's fields flattened (`l03.ffn`, ...)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        status = a.get("status", "interrupted" if t.state == TrialState.FAIL else t.state.name.lower())
+        feasible = status != "infeasible"
+        row: dict[str, Any] = {
+            "trial": t.number, "state": t.state.name, "status": status, "baseline": a.get("baseline", ""),
+            "spec_id": a.get("spec_id", ""),
+            "accuracy": t.values[0] if t.values and status == TRAIN else None,
+            "full_fidelity": a.get("full_fidelity", False), "epochs_trained": a.get("epochs_trained"),
+            "gflops": a["flops"] / 1e9 if "flops" in a else None,
+            "mparams": a["params"] / 1e6 if "params" in a else None,
+            "feasible": feasible, "constraints": t.system_attrs.get("constraints"),
+            "throughput": a.get("throughput"), "wall_time_s": a.get("wall_time_s"),
+            "train_images_per_s": a.get("train_images_per_s"), "duplicate_of": a.get("duplicate_of"),
+            "failure": a.get("failure", ""), "val_acc_curve": a.get("val_acc_curve"),
+        }
+        if "spec" in a:
+            spec = ArchSpec.from_json(a["spec"])
+            row.update({"embed_dim": spec.embed_dim, "num_heads": spec.num_heads, "depth": spec.depth})
+            for i, layer in enumerate(spec.layers):
+                for key, value in layer.to_dict().items():
+                    row[f"l{i:02d}.{key}"] = value
+            row["spec"] = a["spec"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_pareto(study: optuna.Study, path: Path, budget_flops: int | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    full = [t for t in searched(study)]
+    early = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+             and t.user_attrs.get("status") == TRAIN and not t.user_attrs.get("full_fidelity")]
+    ax.scatter([t.user_attrs["flops"] / 1e9 for t in early], [t.values[0] for t in early], s=14, c="0.75",
+               label=f"stopped early ({len(early)})")
+    ax.scatter([t.user_attrs["flops"] / 1e9 for t in full], [t.values[0] for t in full], s=22, c="tab:blue",
+               label=f"searched ({len(full)})")
+    front = pareto_trials(study)
+    ax.plot([t.user_attrs["flops"] / 1e9 for t in front], [t.values[0] for t in front], "-", c="tab:blue", lw=1)
+    for (name, t), marker, colour in zip(baseline_trials(study).items(), ("*", "D"), ("tab:orange", "tab:green")):
+        ax.scatter([t.user_attrs["flops"] / 1e9], [t.values[0]], marker=marker, s=140, c=colour, edgecolors="k",
+                   label=f"{name} baseline", zorder=3)
+    if budget_flops:
+        ax.axvline(budget_flops / 1e9, ls="--", c="tab:red", lw=1, label="FLOP budget")
+    ax.set_xlabel("GFLOPs at 224x224 (multiply-adds)")
+    ax.set_ylabel("proxy validation top-1 (%)")
+    ax.set_title(f"{study.study_name}: accuracy vs FLOPs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+_FFN_CODE = {"mlp": 0, "conv": 1, "local": 2}
+
+
+def plot_layers(trials: list[tuple[str, FrozenTrial]], path: Path) -> None:
+    """Per-layer picture: one row per architecture, one cell per block, coloured by FFN type,
+    annotated with gamma, activation and channel attention."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    specs = [(label, ArchSpec.from_json(t.user_attrs["spec"])) for label, t in trials]
+    if not specs:
+        return
+    depth = max(spec.depth for _, spec in specs)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * depth, 0.8 + 0.62 * len(specs)))
+    grid = [[_FFN_CODE[layer.ffn] for layer in spec.layers] + [float("nan")] * (depth - spec.depth)
+            for _, spec in specs]
+    cmap = ListedColormap(["#d9d9d9", "#9ecae1", "#3182bd"])
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, aspect="auto")
+    for r, (_, spec) in enumerate(specs):
+        for c, layer in enumerate(spec.layers):
+            attn = {"none": "", "se": f"SE{layer.se_ratio}", "eca": "ECA"}[layer.attn]
+            act = {"relu6": "R6", "hswish": "HS", "gelu": "GE"}[layer.act]
+            text = f"{layer.gamma:g}\n{act}" + (f"\n{attn}" if attn else "") + (f"\nk{layer.kernel}" if layer.kernel
+                                                                                  not in (None, 3) else "")
+            ax.text(c, r, text, ha="center", va="center", fontsize=6.5,
+                    color="white" if layer.ffn == "local" else "black")
+    ax.set_yticks(range(len(specs)), [label for label, _ in specs], fontsize=8)
+    ax.set_xticks(range(depth), [str(i + 1) for i in range(depth)], fontsize=8)
+    ax.set_xlabel("block (grey: DeiT MLP, light: 1x1-conv FFN, dark: locality FFN; gamma, activation, "
+                  "channel attention)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(study: optuna.Study, settings: SearchSettings) -> Path:
+    """trials.csv, pareto.png, layers.png, summary.md and the exports; returns summary.md."""
+    from .export import export_trials
+
+    out = settings.study_dir
+    out.mkdir(parents=True, exist_ok=True)
+    frame = trials_frame(study)
+    frame.to_csv(out / "trials.csv", index=False)
+    plot_pareto(study, out / "pareto.png", settings.budget.max_flops)
+    best = best_trial(study)
+    baselines = baseline_trials(study)
+    top = sorted(searched(study), key=lambda t: -t.values[0])[:settings.export_top]
+    layer_rows = [(f"best (#{t.number})" if t is best else f"#{t.number}", t) for t in top]
+    layer_rows += [(f"{name} (#{t.number})", t) for name, t in baselines.items()]
+    plot_layers(layer_rows, out / "layers.png")
+    exported = export_trials(study, top + [t for t in pareto_trials(study) if t not in top],
+                             settings.results_dir) if top else []
+    summary = out / "summary.md"
+    summary.write_text(summary_markdown(study, settings, frame, exported))
+    return summary
+
+
+def _row(label: str, t: FrozenTrial) -> str:
+    a = t.user_attrs
+    return (f"| {label} | {t.number} | {a['spec_id']} | {t.values[0]:.2f} | {a['flops'] / 1e9:.3f} | "
+            f"{a['params'] / 1e6:.2f} | {a.get('wall_time_s', 0):.0f} |")
+
+
+def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.DataFrame,
+                     exported: list[Path]) -> str:
+    best = best_trial(study)
+    baselines = baseline_trials(study)
+    counts = frame["status"].value_counts().to_dict() if len(frame) else {}
+    trained = frame[frame["status"] == TRAIN] if len(frame) else frame
+    stopped = int(((trained["state"] == "COMPLETE") & ~trained["full_fidelity"].astype(bool)).sum()) if len(frame) \
+        else 0
+    failed = int((trained["state"] == "FAIL").sum()) if len(frame) else 0
+    lines = [f"# Search `{study.study_name}`", "",
+             f"- budget: {settings.budget.describe()}; space `{settings.space}` on `{settings.backbone}`; "
+             f"sampler `{settings.sampler}`; objectives {', '.join(settings.objectives)}",
+             f"- proxy: {settings.protocol.dataset}, {settings.protocol.train_size} train / "
+             f"{settings.protocol.val_size} val images at {settings.protocol.img_size}x{settings.protocol.img_size}, "
+             f"patch {settings.protocol.patch_size}, width x{settings.protocol.width_mult}, "
+             f"{settings.protocol.epochs} epochs, seed {settings.protocol.seed}",
+             f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
+             f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
+             f"{counts.get('interrupted', 0)} interrupted and re-queued",
+             "- best and Pareto front: among feasible trials trained for all proxy epochs", "",
+             "| | trial | spec id | proxy top-1 (%) | GFLOPs (224) | params (M) | train s |",
+             "|---|---|---|---|---|---|---|"]
+    if best is not None:
+        lines.append(_row("**best found**", best))
+    for name, t in baselines.items():
+        lines.append(_row(f"{name} baseline", t))
+    if best is not None and baselines:
+        lines += [""] + [f"Best found vs {name}: {best.values[0] - t.values[0]:+.2f} points"
+                         for name, t in baselines.items()]
+    confirmation = study.user_attrs.get("confirmation")
+    if confirmation:
+        lines += ["", "Re-trained with other seeds (same protocol):", "",
+                  "| | " + " | ".join(f"seed {s}" for s in next(iter(confirmation.values()))["seeds"]) + " | mean |",
+                  "|---|" + "---|" * (len(next(iter(confirmation.values()))["seeds"]) + 1)]
+        for name, entry in confirmation.items():
+            values = " | ".join("-" if v is None else f"{v:.2f}" for v in entry["seeds"].values())
+            mean = "-" if entry["mean"] is None else f"{entry['mean']:.2f}"
+            lines.append(f"| {name} (trial {entry['trial']}) | {values} | {mean} |")
+    lines += ["", "Files: `trials.csv`, `pareto.png`, `layers.png`" + (", exports:" if exported else "")]
+    lines += [f"- `{path.relative_to(settings.study_dir)}`: `python -m search.train --config "
+              f"{path / 'train.yaml'} --data-dir /path/to/imagenet`" for path in exported]
+    lines += ["", f"Inspect: `optuna-dashboard {settings.storage_url}`", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["best_trial", "baseline_trials", "pareto_trials", "trials_frame", "write_reports", "format_count"]

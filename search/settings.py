@@ -1,0 +1,100 @@
+"""Everything one search needs, validated before any compute starts."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from space.budget import Budget
+
+from .proxy import ProxyProtocol
+
+SAMPLERS = ("tpe", "nsga2", "random", "grid")
+OBJECTIVES = ("accuracy", "flops")
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """One search: where it is stored, what it searches, under which budget, how it trains."""
+
+    study: str = "localvit-1.3G"
+    results_dir: str = "results"
+    storage: str | None = None  # any Optuna RDB URL; default SQLite at results/<study>/study.db
+    space: str = "default"  # `default`, `paper` or a space file
+    backbone: str = "deit_tiny"
+    budget: Budget = field(default_factory=Budget)
+    sampler: str = "tpe"
+    objectives: tuple[str, ...] = ("accuracy",)
+    trials: int = 16  # trained trials, baselines included
+    workers: int = 2
+    cpus_per_trial: float | None = None  # default: the machine's CPUs shared by the workers
+    gpus_per_trial: float = 0.0
+    ray_address: str | None = None
+    protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
+    asha: bool = True
+    baselines: bool = True
+    seed: int = 0
+    time_limit_s: float | None = None
+    confirm_seeds: int = 2  # re-train the best and LocalViT-T with this many other seeds
+    export_top: int = 3
+    throughput_batch: int = 64
+    throughput_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not _STUDY_NAME.match(self.study):
+            raise ValueError(f"study={self.study!r} is invalid; accepted: letters, digits, '_', '.', '-' "
+                             f"(at most 100, not starting with a symbol)")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler={self.sampler!r} is invalid; accepted: {', '.join(SAMPLERS)}")
+        objectives = tuple(self.objectives)
+        if not objectives or objectives[0] != "accuracy" or len(set(objectives)) != len(objectives) \
+                or any(o not in OBJECTIVES for o in objectives):
+            raise ValueError(f"objectives={','.join(objectives)!r} is invalid; accepted: accuracy or accuracy,flops")
+        object.__setattr__(self, "objectives", objectives)
+        if self.sampler == "nsga2" and len(objectives) < 2:
+            raise ValueError("sampler='nsga2' is invalid with one objective; accepted: --objectives accuracy,flops")
+        if self.sampler == "grid" and self.space != "paper":
+            raise ValueError(f"sampler='grid' is invalid with space={self.space!r}; accepted: --space paper "
+                             f"(or a small space file with --sampler random)")
+        for name, low in (("trials", 1), ("workers", 1), ("confirm_seeds", 0), ("export_top", 0),
+                          ("throughput_batch", 1), ("throughput_threads", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} is invalid; accepted: an integer >= {low}")
+        if self.gpus_per_trial < 0 or (self.cpus_per_trial is not None and self.cpus_per_trial <= 0):
+            raise ValueError(f"gpus_per_trial={self.gpus_per_trial!r}, cpus_per_trial={self.cpus_per_trial!r} are "
+                             f"invalid; accepted: gpus >= 0 (fractions allowed), cpus > 0")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ValueError(f"time_limit_s={self.time_limit_s!r} is invalid; accepted: a positive number")
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.results_dir).resolve() / self.study
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.study_dir / 'study.db'}"
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["objectives"] = list(self.objectives)
+        data["protocol"] = self.protocol.to_dict()
+        return data
+
+
+def parse_duration(text: str) -> float:
+    """'25m', '1h30m', '90s', '600' (seconds) -> seconds."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not match or not any(match.groups()):
+        raise ValueError(f"duration {text!r} is invalid; accepted: e.g. 25m, 1h30m, 90s or seconds")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"duration {text!r} is invalid; accepted: a positive duration")
+    return total

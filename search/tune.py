@@ -1,0 +1,169 @@
+"""The pieces Ray Tune runs: the trial function, the define-by-run space, and an Optuna
+searcher that closes infeasible and duplicate candidates at once, so they are never scheduled.
+
+They live in an importable module (not `__main__`) so that Ray workers and a resumed driver
+can import them.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from localvit.spec import ArchSpec
+from space.budget import Budget
+from space.cost import target_cost
+from space.space import Space
+
+from .proxy import ProxyProtocol, train_proxy
+
+TRAIN, INFEASIBLE, DUPLICATE = "train", "infeasible", "duplicate"
+MAX_SKIPPED_IN_A_ROW = 2000
+
+
+def train_candidate(config: dict[str, Any]) -> None:
+    """Ray Tune trial: proxy-train one spec and report validation top-1 (%) after every epoch."""
+    protocol = ProxyProtocol.from_dict(config["protocol"])
+    start = time.perf_counter()
+    curve: list[float] = []
+    constant = {"flops": config["flops"], "params": config["params"]}
+
+    def report(epoch: int, val_acc: float, extra: dict) -> None:
+        curve.append(round(100 * val_acc, 3))
+        tune.report({"accuracy": curve[-1], "epoch": epoch, "val_acc_curve": list(curve),
+                     "wall_time_s": time.perf_counter() - start, "train_loss": extra.get("train_loss"),
+                     "images_per_s": extra.get("images_per_s"), **constant})
+
+    try:
+        train_proxy(config["spec"], protocol.replace(seed=config.get("seed", protocol.seed)), report=report)
+    except Exception as err:
+        # Report the reason where the driver can read it, then fail the trial (the search goes on).
+        tune.report({"failure": f"{type(err).__name__}: {err}", "epoch": len(curve), "val_acc_curve": curve,
+                     "wall_time_s": time.perf_counter() - start, **constant})
+        raise
+
+
+def confirm_candidate(config: dict[str, Any]) -> None:
+    """Ray Tune trial of the confirmation runs: the candidate travels as one grid value."""
+    train_candidate(config["candidate"])
+
+
+def record_constraints(trial: optuna.Trial, violations: dict[str, float]) -> None:
+    """Constraints both ways: Optuna 5's API and the `constraints` list optuna-dashboard reads."""
+    for name, value in violations.items():
+        trial.set_constraint(name, value)
+    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", list(violations.values()))
+
+
+class DefineByRun:
+    """The define-by-run function OptunaSearch calls: a spec, its costs and the verdict."""
+
+    def __init__(self, space: Space, budget: Budget, protocol: ProxyProtocol, baselines: dict[str, ArchSpec],
+                 measure_throughput: Any = None) -> None:
+        self.space, self.budget, self.protocol = space, budget, protocol
+        self.baselines, self.measure_throughput = baselines, measure_throughput
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        baseline = trial.user_attrs.get("baseline")
+        spec = self.baselines[baseline] if baseline else self.space.suggest(trial)
+        cost = target_cost(spec)
+        violations = self.budget.violations(cost)
+        attrs: dict[str, Any] = {"spec": spec.to_json(), "spec_id": spec.id, "flops": cost.flops,
+                                 "params": cost.params}
+        if self.budget.min_throughput and all(v <= 0 for v in violations.values()):
+            images_per_s = self.measure_throughput(spec).images_per_s
+            attrs["throughput"] = images_per_s
+            violations["min_throughput"] = self.budget.throughput_violation(images_per_s)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if violations:
+            record_constraints(trial, violations)
+        status = TRAIN if all(v <= 0 for v in violations.values()) else INFEASIBLE
+        return {"spec": spec.to_json(), "status": status, "flops": cost.flops, "params": cost.params,
+                "baseline": baseline or "", "protocol": self.protocol.to_dict()}
+
+
+class BaselineSparingASHA(ASHAScheduler):
+    """ASHA that records baselines in its rungs but never stops them: every report compares
+    the search against baselines trained to the full proxy budget."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if trial.config.get("baseline") else decision
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that never schedules a candidate the budget rules out or that was trained
+    already: such an Optuna trial is closed at once (infeasible: worst value, with its
+    constraints; duplicate: the earlier trial's values) and the sampler is asked again."""
+
+    def __init__(self, *args: Any, objectives: tuple[str, ...], full_epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.objectives, self.full_epochs = objectives, full_epochs
+        self.skipped = {INFEASIBLE: 0, DUPLICATE: 0}
+        self._last_results: dict[str, dict] = {}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for _ in range(MAX_SKIPPED_IN_A_ROW):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict) or config.get("status") == TRAIN:
+                done = self._trained_value(config["spec"]) if isinstance(config, dict) else None
+                if done is None:
+                    return config
+                self._close(trial_id, DUPLICATE, done)
+                continue
+            self._close(trial_id, INFEASIBLE, self._worst(config["flops"]))
+        raise RuntimeError(f"the sampler proposed {MAX_SKIPPED_IN_A_ROW} infeasible or already trained "
+                           f"candidates in a row; the budget leaves too little of the space")
+
+    def _worst(self, flops: int) -> list[float]:
+        return [0.0 if o == "accuracy" else float(flops) for o in self.objectives]
+
+    def _trained_value(self, spec_json: str) -> tuple[list[float], int] | None:
+        spec_id = ArchSpec.from_json(spec_json).id
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("spec_id") == spec_id and t.user_attrs.get("full_fidelity") \
+                    and t.user_attrs.get("status") == TRAIN:
+                return t.values, t.number
+        return None
+
+    def _close(self, trial_id: str, status: str, outcome: Any) -> None:
+        ot_trial = self._ot_trials.pop(trial_id)
+        ot_trial.set_user_attr("status", status)
+        if status == DUPLICATE:
+            values, number = outcome
+            ot_trial.set_user_attr("duplicate_of", number)
+        else:
+            values = outcome
+        self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0])
+        self.skipped[status] += 1
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._last_results[trial_id] = result
+        if "accuracy" in result and math.isfinite(result["accuracy"]):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        last = {**self._last_results.pop(trial_id, {}), **(result or {})}
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            epochs = int(last.get("epoch") or 0)
+            ot_trial.set_user_attr("status", TRAIN)
+            ot_trial.set_user_attr("epochs_trained", epochs)
+            ot_trial.set_user_attr("full_fidelity", epochs >= self.full_epochs and not error)
+            ot_trial.set_user_attr("val_acc_curve", list(last.get("val_acc_curve") or []))
+            ot_trial.set_user_attr("wall_time_s", round(float(last.get("wall_time_s") or 0.0), 1))
+            if last.get("images_per_s"):
+                ot_trial.set_user_attr("train_images_per_s", round(float(last["images_per_s"]), 1))
+            if error or last.get("failure"):
+                ot_trial.set_user_attr("failure", last.get("failure") or "the trial's worker died")
+        if error or last.get("failure"):
+            super().on_trial_complete(trial_id, None, error=True)
+        else:
+            super().on_trial_complete(trial_id, last, error)
