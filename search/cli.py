@@ -1,0 +1,28 @@
+"""What every command of the project shares: bad input ends in one line and exit status 2."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator, NoReturn, Sequence
+
+USAGE_ERROR = 2
+"""argparse's exit status for bad usage; the project's commands use it for any bad input."""
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Inside, a ValueError or a missing file is bad input: `error: <message>` on stderr and
+    exit 2, never a traceback (the project's errors name the bad value and what is accepted).
+    Wrap only the checking of input, so that a failure later still shows where it happened."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+    """Run a command whose every ValueError is about its input, and exit with its status."""
+    with usage_errors():
+        status = main(argv)
+    sys.exit(status or 0)
