@@ -60,7 +60,7 @@ class DataConfig:
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    train_size: int = 6000
+    train_size: int = 4000
     val_size: int = 2000
     img_size: int = 28
     split_seed: int = 0

@@ -53,18 +53,33 @@ class NonFiniteLossError(RuntimeError):
 class ProxyProtocol:
     """How a candidate is proxy-trained. JSON-able (``to_dict``/``from_dict``).
 
-    Defaults (chosen by measurement on the 2-core CPU, see bench/results/ and the README):
-    Fashion-MNIST, 6000 train / 2000 validation images drawn from the train files (stratified,
-    ``split_seed`` 0, the test files untouched), 28x28, patch 4 (7x7 tokens), width x0.5
-    (LocalViT-T: dim 96, 2 heads), 3 epochs of batch 128, AdamW lr 2e-3, weight decay 0.05,
-    0.5 epoch warm-up then cosine to 1e-5 per step, label smoothing 0.1, bf16 autocast, no
-    compilation, 1 thread (two trials side by side on 2 cores).
+    Default protocol (the default search's; chosen by measurement on the 2-core AVX2 EPYC this
+    project targets, see bench/protocol_study.py, bench/bench_proxy_training.py, README):
+
+    * data: Fashion-MNIST, 4000 train / 2000 validation images drawn from the TRAIN files
+      (stratified, ``split_seed`` 0, the same validation set for every trial; the t10k test
+      files are never read during search), 28x28, random crop (pad 2) + flip.
+    * model: patch 4 (7x7 = 49 tokens + class token), 1 channel, 10 classes, width x0.5
+      (LocalViT-T and DeiT-T: dim 96, 2 heads), depth and every per-layer choice kept, no
+      drop-path.
+    * optimisation: 3 epochs of batch 128 (93 steps), AdamW lr 2e-3, betas (0.9, 0.999), weight
+      decay 0.05 (not on biases, norms, tokens), linear warm-up over 0.5 epoch then cosine to
+      1e-5, per step; label smoothing 0.1; seed 0.
+    * speed: ``precision="auto"`` (bf16 autocast only on CPUs with native bf16; on AVX2 CPUs
+      bf16 convolutions were measured 10x slower than fp32), no torch.compile (16-50 s of
+      compilation per new architecture against a <=10% gain on a ~2-minute trial), 1 thread
+      (two trials side by side on 2 cores), jemalloc preloaded by the driver (`jemalloc_env`).
+
+    Why: at this size one trial is a few minutes of one core (about 12k training images and
+    6k evaluations), yet LocalViT-T and DeiT-T are separated by far more than the seed noise
+    (measured: see the README's table), so the 30-minute default search fits baselines,
+    several candidates and re-training with two more seeds.
     """
 
     # data
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    train_size: int = 6000
+    train_size: int = 4000
     val_size: int = 2000
     img_size: int = 28
     split_seed: int = 0
