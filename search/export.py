@@ -211,9 +211,12 @@ def _proxy_figures(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
 
 
 def _baselines(study: optuna.Study) -> dict[str, Any]:
-    """The study's baselines with their proxy accuracy and costs, to judge the found ones by."""
-    numbers = study.user_attrs.get("baselines") or {}
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    """The study's baselines with their proxy accuracy and costs, to judge the found ones by: the
+    study's `baselines` attribute, else the trials marked with a `baseline` name."""
+    trials = study.get_trials(deepcopy=False)
+    numbers = study.user_attrs.get("baselines") or {
+        t.user_attrs["baseline"]: t.number for t in trials if t.user_attrs.get("baseline")}
+    by_number = {t.number: t for t in trials}
     result = {}
     for name, number in numbers.items():
         t = by_number.get(number)

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from localvit import ArchSpec, LayerSpec, build_model, localvit_spec, proxy_spec
-from search.export import export_spec, export_trials, main, open_study, read_spec, select_trials
+from search.export import export_spec, export_trials, main, open_study, read_spec, select_trials, trial_provenance
 from search.recipe import TrainConfig, to_timm_args
 from space.cost import target_cost
 from tests.conftest import FIXTURES, fvcore_cost
@@ -36,7 +36,7 @@ def _spec(ffn: str, act: str | None, attn: str, ratio: int | None, gamma: float)
                             num_heads=4)
 
 
-def make_study(storage: str | None = None, name: str = "demo") -> optuna.Study:
+def make_study(storage: str | None = None, name: str = "demo", baselines_attr: bool = True) -> optuna.Study:
     """A study as the search writes it (the storage contract of search.export)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
@@ -65,7 +65,8 @@ def make_study(storage: str | None = None, name: str = "demo") -> optuna.Study:
     failed = study.ask()
     failed.set_user_attr("failure", "non-finite loss")
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
-    study.set_user_attr("baselines", baselines)
+    if baselines_attr:
+        study.set_user_attr("baselines", baselines)
     return study
 
 
@@ -129,6 +130,14 @@ def test_exported_job(study, tmp_path):
     for text in (f"--config {folder / 'train.yaml'} --data-dir", "torchrun --nproc_per_node=8 -m search.train",
                  "--eval --checkpoint", "device_modules", f"{target_cost(spec).flops / 1e9:.3f} GFLOPs"):
         assert text in readme
+
+
+def test_baselines_are_found_by_their_trials_without_the_study_attribute():
+    study = make_study(baselines_attr=False)
+    provenance = trial_provenance(study, select_trials(study, top=1)[0])
+    assert provenance["baselines"]["localvit_tiny"] == provenance["baselines"]["localvit_tiny"] | {
+        "trial": 1, "val_top1": 80.0, "spec_id": _spec("local", "hswish", "se", 192, 4.0).id}
+    assert set(provenance["baselines"]) == {"deit_tiny", "localvit_tiny"}
 
 
 def test_train_yaml_round_trips_with_the_full_recipe(tmp_path):
