@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import random
 
@@ -166,3 +167,23 @@ def test_default_protocol_localvit_beats_deit():
     lt = train_proxy(PAPER_SPECS["localvit_tiny"], ProxyProtocol())
     dt = train_proxy(PAPER_SPECS["localvit_deit_tiny"], ProxyProtocol())
     assert lt.val_acc > dt.val_acc + 0.02
+
+
+def test_jemalloc_env_preloads_when_installed(tmp_path):
+    from search.proxy import JEMALLOC_PATH, jemalloc_env
+
+    env = jemalloc_env({"PATH": "/bin"})
+    if os.path.isfile(JEMALLOC_PATH):
+        assert env["LD_PRELOAD"] == JEMALLOC_PATH and "oversize_threshold" in env["MALLOC_CONF"]
+        assert jemalloc_env(env)["LD_PRELOAD"] == JEMALLOC_PATH  # not added twice
+    else:
+        assert "LD_PRELOAD" not in env
+
+
+def test_get_proxy_data_is_memoised(tmp_path):
+    from search.data import DataConfig, get_proxy_data
+
+    if not (DEFAULT_FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed")
+    cfg = DataConfig(train_size=100, val_size=50, cache_dir=str(tmp_path))
+    assert get_proxy_data(cfg) is get_proxy_data(DataConfig(train_size=100, val_size=50, cache_dir=str(tmp_path)))
