@@ -40,9 +40,12 @@ def log(message: str) -> None:
 
 # --- the study --------------------------------------------------------------------------------
 
-def make_sampler(settings: SearchSettings, space: Space) -> optuna.samplers.BaseSampler:
-    """Constraints reach the samplers through `trial.set_constraint` (Optuna 5), not constraints_func."""
-    seed = settings.seed
+def make_sampler(settings: SearchSettings, space: Space, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """Constraints reach the samplers through `trial.set_constraint` (Optuna 5), not constraints_func.
+
+    The seed is offset by the trials the study holds, so that a resumed search does not replay
+    the proposals of the run it continues."""
+    seed = settings.seed + offset
     if settings.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                           n_startup_trials=max(4, settings.trials // 3))
@@ -66,11 +69,13 @@ def open_study(settings: SearchSettings, space: Space, storage: optuna.storages.
     """Create the study, or load it and check that it was made by the same kind of search."""
     directions = ["maximize" if o == "accuracy" else "minimize" for o in settings.objectives]
     exists = any(s.study_name == settings.study for s in storage.get_all_studies())
+    held = 0
     if exists:
-        recorded = optuna.load_study(study_name=settings.study, storage=storage).user_attrs.get("settings", {})
-        _check_same_search(settings, recorded)
+        previous = optuna.load_study(study_name=settings.study, storage=storage)
+        _check_same_search(settings, previous.user_attrs.get("settings", {}))
+        held = len(previous.get_trials(deepcopy=False))
     study = optuna.create_study(study_name=settings.study, storage=storage, directions=directions,
-                                sampler=make_sampler(settings, space), load_if_exists=True)
+                                sampler=make_sampler(settings, space, offset=held), load_if_exists=True)
     if not exists:
         study.set_metric_names(list(settings.objectives))
         study.set_user_attr("settings", settings.to_dict())

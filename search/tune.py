@@ -108,15 +108,20 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self.objectives, self.full_epochs = objectives, full_epochs
         self.skipped = {INFEASIBLE: 0, DUPLICATE: 0}
         self._last_results: dict[str, dict] = {}
+        self._scheduled: set[int] = set()  # Optuna trial numbers this searcher sent to Ray
 
     def suggest(self, trial_id: str) -> dict | None:
         for _ in range(MAX_SKIPPED_IN_A_ROW):
             config = super().suggest(trial_id)
-            if not isinstance(config, dict) or config.get("status") == TRAIN:
-                done = self._trained_value(config["spec"]) if isinstance(config, dict) else None
-                if done is None:
+            if not isinstance(config, dict):
+                return config
+            if config["status"] == TRAIN:
+                number = self._ot_trials[trial_id].number
+                earlier = self._trained_value(config["spec"], number)
+                if earlier is None:
+                    self._scheduled.add(number)
                     return config
-                self._close(trial_id, DUPLICATE, done)
+                self._close(trial_id, DUPLICATE, *earlier)
                 continue
             self._close(trial_id, INFEASIBLE, self._worst(config["flops"]))
         raise RuntimeError(f"the sampler proposed {MAX_SKIPPED_IN_A_ROW} infeasible or already trained "
@@ -125,23 +130,30 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def _worst(self, flops: int) -> list[float]:
         return [0.0 if o == "accuracy" else float(flops) for o in self.objectives]
 
-    def _trained_value(self, spec_json: str) -> tuple[list[float], int] | None:
+    def _trained_value(self, spec_json: str, trial_number: int) -> tuple[list[float] | None, int] | None:
+        """The earlier trial of the same spec that trained (its values) or is training (None)."""
         spec_id = ArchSpec.from_json(spec_json).id
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("spec_id") == spec_id and t.user_attrs.get("full_fidelity") \
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.number == trial_number or t.user_attrs.get("spec_id") != spec_id:
+                continue
+            if t.state == TrialState.RUNNING and t.number in self._scheduled:
+                return None, t.number
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("full_fidelity") \
                     and t.user_attrs.get("status") == TRAIN:
                 return t.values, t.number
         return None
 
-    def _close(self, trial_id: str, status: str, outcome: Any) -> None:
+    def _close(self, trial_id: str, status: str, values: list[float] | None, duplicate_of: int | None = None) -> None:
+        """Close a candidate that is not scheduled: a duplicate of a trial still training fails
+        (it has no value yet); the others complete with their values."""
         ot_trial = self._ot_trials.pop(trial_id)
         ot_trial.set_user_attr("status", status)
-        if status == DUPLICATE:
-            values, number = outcome
-            ot_trial.set_user_attr("duplicate_of", number)
+        if duplicate_of is not None:
+            ot_trial.set_user_attr("duplicate_of", duplicate_of)
+        if values is None:
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         else:
-            values = outcome
-        self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0])
+            self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0])
         self.skipped[status] += 1
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -1,0 +1,206 @@
+"""The search end to end, through Ray Tune and Optuna, on a tiny real Fashion-MNIST proxy."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import psutil
+import pytest
+
+import run_search
+from localvit.spec import ArchSpec
+from space.cost import target_cost
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--train-size", "200", "--val-size", "100", "--epochs", "2", "--batch-size", "50", "--export-top", "1"]
+
+
+def search(tmp_path: Path, *args: str, study: str = "s", timeout: int = 400) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--study", study, "--results-dir", str(tmp_path), *TINY,
+           *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+def load(tmp_path: Path, study: str = "s") -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{tmp_path / study / 'study.db'}")
+
+
+def trained(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.user_attrs.get("status") == "train"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("search")
+    result = search(tmp, "--budget-flops", "1.3G", "--trials", "4", "--confirm-seeds", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, result
+
+
+def test_tiny_search_writes_study_csv_plots_summary_and_exports(finished) -> None:
+    tmp, result = finished
+    study = load(tmp)
+    runs = trained(study)
+    assert len(runs) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in runs)
+    baselines = {t.user_attrs["baseline"]: t for t in runs if t.user_attrs.get("baseline")}
+    assert set(baselines) == {"LocalViT", "DeiT"} and {t.number for t in baselines.values()} == {0, 1}
+    for t in runs:
+        a = t.user_attrs
+        spec = ArchSpec.from_json(a["spec"])
+        assert a["spec_id"] == spec.id and a["flops"] == target_cost(spec).flops <= 1.3e9
+        assert len(a["val_acc_curve"]) == a["epochs_trained"] and a["val_acc_curve"][-1] == t.values[0]
+        assert t.intermediate_values  # per-epoch accuracy, shown by optuna-dashboard
+    assert all(t.user_attrs["full_fidelity"] for t in baselines.values())  # never stopped by ASHA
+    frame = pd.read_csv(tmp / "s" / "trials.csv")
+    assert len(frame) == len(study.trials) and {"l00.ffn", "l11.gamma", "gflops", "accuracy"} <= set(frame.columns)
+    summary = (tmp / "s" / "summary.md").read_text()
+    assert "LocalViT baseline" in summary and "Re-trained with other seeds" in summary
+    for name in ("pareto.png", "layers.png"):
+        assert (tmp / "s" / name).read_bytes()[:4] == b"\x89PNG"
+    exports = list((tmp / "s" / "export").iterdir())
+    assert exports and (exports[0] / "train.yaml").is_file()
+    assert study.best_trial.user_attrs["status"] == "train"  # Optuna 5 skips infeasible trials
+    assert "optuna-dashboard sqlite:///" in result.stdout
+    assert "trained (" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_rerunning_a_finished_search_trains_nothing_more(finished) -> None:
+    tmp, _ = finished
+    before = [(t.number, t.values) for t in trained(load(tmp))]
+    result = search(tmp, "--budget-flops", "1.3G", "--trials", "4", "--confirm-seeds", "1", "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [(t.number, t.values) for t in trained(load(tmp))] == before
+
+
+def test_infeasible_are_never_trained_and_failing_trials_do_not_stop_the_search(tmp_path) -> None:
+    # 1.0 GFLOPs rules out both baselines and most random designs; lr 1e8 makes every trained
+    # trial's loss blow up, so each one raises.
+    result = search(tmp_path, "--budget-flops", "1.0G", "--trials", "3", "--sampler", "random", "--lr", "1e8",
+                    "--confirm-seeds", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(tmp_path)
+    infeasible = [t for t in study.trials if t.user_attrs.get("status") == "infeasible"]
+    assert infeasible
+    for t in infeasible:
+        assert t.user_attrs["flops"] > 1.0e9 and "epochs_trained" not in t.user_attrs
+        assert t.system_attrs["constraints"][0] > 0  # what optuna-dashboard reads
+    runs = trained(study)
+    assert len(runs) == 3 and not any(t.user_attrs.get("baseline") for t in study.trials)
+    for t in runs:
+        assert t.user_attrs["flops"] <= 1.0e9 and t.system_attrs["constraints"][0] <= 0
+        assert t.state == optuna.trial.TrialState.FAIL and "NonFiniteLossError" in t.user_attrs["failure"]
+    assert len([p for p in (tmp_path / "s" / "ray").iterdir() if p.is_dir()]) == 3  # only these reached Ray
+    assert "3 failed" in (tmp_path / "s" / "summary.md").read_text()
+
+
+def _running_trained(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        return con.execute("select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+                           "where t.state = 'COMPLETE' and a.key = 'status' and a.value_json = '\"train\"'").fetchone()[0]
+
+
+def test_killed_search_resumes_with_no_trial_lost_or_repeated(tmp_path) -> None:
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--study", "k", "--results-dir", str(tmp_path), *TINY,
+           "--budget-flops", "1.3G", "--trials", "5", "--confirm-seeds", "0", "--no-asha"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                            start_new_session=True)
+    db = tmp_path / "k" / "study.db"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (db.exists() and _running_trained(db) >= 2):
+        time.sleep(1)
+    assert _running_trained(db) >= 2, "the search did not get going"
+    family = [proc] + psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    before = {t.number: t.values for t in trained(load(tmp_path, "k")) if t.state.is_finished()}
+
+    result = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(tmp_path, "k")
+    runs = trained(study)
+    assert len(runs) == 5  # the count asked for
+    assert {t.number: t.values for t in runs if t.number in before} == before  # kept as they were
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    interrupted = [t for t in study.trials if t.user_attrs.get("status") == "interrupted"]
+    trained_specs = [t.user_attrs["spec_id"] for t in runs]
+    assert len(trained_specs) == len(set(trained_specs))  # no candidate trained twice
+    for t in interrupted:  # each interrupted candidate was queued again and trained once
+        if "spec_id" in t.user_attrs:  # (killed before its spec was drawn: partial choices re-queued)
+            assert trained_specs.count(t.user_attrs["spec_id"]) == 1
+
+
+# --- bad input: one line, exit 2, no traceback, the study untouched --------------------------------
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--budget-flops", "abc"], "'abc'"),
+    (["--budget-flops", "-1G"], "'-1G'"),
+    (["--budget-flops", "1.3X"], "'1.3X'"),
+    (["--budget-params", "0"], "'0'"),
+    (["--sampler", "bayes"], "'bayes'"),
+    (["--workers", "-1"], "workers=-1"),
+    (["--dataset", "cifar"], "'cifar'"),
+    (["--storage", "sqlite:////no/such/dir/x.db"], "cannot be opened"),
+    (["--storage", "postgresql://u@127.0.0.1:1/db"], "cannot be opened"),
+    (["--budget-flops", "100M"], "infeasible budget"),
+    (["--space", "paper", "--sampler", "grid", "--backbone", "swin_tiny"], "'swin_tiny'"),
+    (["--time-limit", "soon"], "'soon'"),
+    (["--objectives", "flops"], "'flops'"),
+    (["--resume", "--study", "never-made"], "does not exist"),
+    (["--epochs", "3"], "differs from what study"),  # the study exists with another protocol
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_the_study_unchanged(finished, capsys, args, words) -> None:
+    tmp, _ = finished
+    db = tmp / "s" / "study.db"
+    digest = _digest(db)
+    argv = ["--study", "s", "--results-dir", str(tmp), *TINY, "--budget-flops", "1.3G", *args]
+    with pytest.raises(SystemExit) as exit_:
+        run_search.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, err
+    assert _digest(db) == digest
+
+
+def test_unwritable_results_dir_and_missing_dataset(tmp_path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for argv, words in ((["--results-dir", str(blocker / "sub")], "not writable"),
+                        (["--data-dir", str(tmp_path / "none"), "--results-dir", str(tmp_path)],
+                         "dataset-fashion-mnist")):
+        with pytest.raises(SystemExit) as exit_:
+            run_search.main(["--budget-flops", "1.3G", *argv])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and words in err, err
+
+
+def test_help_documents_every_option_with_its_default() -> None:
+    text = run_search.build_parser().format_help()
+    for action in run_search.build_parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.dest
+            if action.default not in (None, False):
+                assert "default" in action.help, action.dest
+
+
+def test_one_subprocess_bad_input_prints_no_traceback(tmp_path) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "run_search.py"), "--budget-flops", "1.3Q",
+                             "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
