@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from localvit.backbones import PROXY_IMG_SIZE
     from search.proxy import PRECISIONS, ProxyProtocol
     from search.settings import SAMPLERS, SearchSettings
 
@@ -69,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=p.dataset, help=f"fashion-mnist or imagefolder (default: {p.dataset})")
     g.add_argument("--data-dir", help="Fashion-MNIST idx files, or an ImageNet-layout folder "
                                       "(default: /usr/share/datasets/fashion-mnist)")
+    g.add_argument("--img-size", type=int, help=f"proxy resolution (default: {p.img_size} for the ViT "
+                                                 f"backbones, {PROXY_IMG_SIZE} for the stage backbones)")
     for name, kind, text in (("train-size", int, "training images"), ("val-size", int, "validation images"),
-                             ("img-size", int, "proxy resolution"), ("patch-size", int, "proxy patch"),
+                             ("patch-size", int, "proxy patch of the ViT backbones"),
                              ("width-mult", float, "width multiplier of the proxy"), ("epochs", int, "epochs"),
                              ("batch-size", int, "batch size"), ("lr", float, "peak learning rate")):
         attr = name.replace("-", "_")
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    from localvit.backbones import PROXY_IMG_SIZE, VIT_BACKBONES
     from search.proxy import ProxyProtocol
     from search.settings import SearchSettings, parse_duration
     from space.budget import Budget, parse_budget
@@ -92,8 +96,9 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
                     min_throughput=args.min_throughput)
     if args.min_throughput is not None and args.min_throughput <= 0:
         raise ValueError(f"--min-throughput {args.min_throughput:g} is invalid; accepted: a positive number")
+    img_size = args.img_size or (ProxyProtocol.img_size if args.backbone in VIT_BACKBONES else PROXY_IMG_SIZE)
     protocol = ProxyProtocol(dataset=args.dataset, data_dir=args.data_dir, train_size=args.train_size,
-                             val_size=args.val_size, img_size=args.img_size, patch_size=args.patch_size,
+                             val_size=args.val_size, img_size=img_size, patch_size=args.patch_size,
                              width_mult=args.width_mult, epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr, precision=args.precision, seed=args.seed)
     study = args.study or "-".join([args.backbone, os.path.splitext(os.path.basename(args.space))[0],

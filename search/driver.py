@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from localvit.backbones import PAPER_NAMES, baseline_spec, localvit_spec
+from localvit.backbones import baseline_spec, localvit_spec
 from localvit.spec import ArchSpec
 from space.budget import Bounds, format_count, require_feasible
 from space.cost import target_cost
@@ -31,7 +31,13 @@ from .proxy import jemalloc_env
 from .settings import SearchSettings
 from .tune import TRAIN, BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
 
-LOCALVIT, DEIT = "LocalViT", "DeiT"
+#: The paper's names of each backbone's LocalViT model and of the transformer it improves.
+BASELINE_NAMES: dict[str, tuple[str, str]] = {
+    "deit_tiny": ("LocalViT-T", "DeiT-T"), "deit_small": ("LocalViT-S", "DeiT-S"),
+    "pvt_tiny": ("LocalViT-PVT", "PVT-T"), "swin_tiny": ("LocalViT-Swin", "Swin-T"),
+    "swin_mini": ("LocalViT-Swin-M", "Swin-M"), "tnt_tiny": ("LocalViT-TNT", "TNT-T"),
+    "t2t_7": ("LocalViT-T2T", "T2T-ViT-7"),
+}
 
 
 def log(message: str) -> None:
@@ -115,7 +121,8 @@ def trained_count(study: optuna.Study) -> int:
 
 def paper_baselines(settings: SearchSettings) -> dict[str, ArchSpec]:
     """The paper's LocalViT and baseline models of the backbone, at the target resolution."""
-    return {LOCALVIT: localvit_spec(settings.backbone), DEIT: baseline_spec(settings.backbone)}
+    localvit, baseline = BASELINE_NAMES[settings.backbone]
+    return {localvit: localvit_spec(settings.backbone), baseline: baseline_spec(settings.backbone)}
 
 
 def enqueue_baselines(study: optuna.Study, settings: SearchSettings, space: Space,
@@ -163,8 +170,8 @@ def trial_resources(settings: SearchSettings, cluster: dict[str, float]) -> dict
     return resources
 
 
-def run_trials(settings: SearchSettings, study: optuna.Study, space: Space, baselines: dict[str, ArchSpec],
-               remaining: int, cluster: dict[str, float]) -> None:
+def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSpec], remaining: int,
+               cluster: dict[str, float]) -> None:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -174,16 +181,16 @@ def run_trials(settings: SearchSettings, study: optuna.Study, space: Space, base
     protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
     throughput = _throughput_measurer(settings) if settings.budget.min_throughput else None
     searcher = ConstrainedOptunaSearch(
-        space=DefineByRun(space, settings.budget, protocol, baselines, throughput),
+        space=DefineByRun(plan.space, settings.budget, protocol, baselines, plan.data_shape, throughput),
         metric=list(settings.objectives) if settings.multi_objective else "accuracy",
         mode=["max" if o == "accuracy" else "min" for o in settings.objectives] if settings.multi_objective
         else "max",
-        sampler=study.sampler, study_name=study.study_name, storage=study._storage,
+        sampler=plan.study.sampler, study_name=plan.study.study_name, storage=plan.study._storage,
         objectives=settings.objectives, full_epochs=protocol.epochs)
     scheduler = BaselineSparingASHA(metric="accuracy", mode="max", time_attr="epoch", max_t=protocol.epochs,
                               grace_period=1, reduction_factor=2) if settings.asha and protocol.epochs > 1 \
         else FIFOScheduler()
-    progress = Progress(study, settings, searcher, remaining)
+    progress = Progress(plan.study, settings, searcher, remaining)
     tuner = tune.Tuner(
         tune.with_resources(train_candidate, resources),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
@@ -213,12 +220,13 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: dict[str, fl
     from .report import best_trial, baseline_trials
 
     best = best_trial(study)
-    localvit = baseline_trials(study).get(LOCALVIT)
+    name = BASELINE_NAMES[settings.backbone][0]
+    localvit = baseline_trials(study).get(name)
     if best is None or localvit is None or settings.confirm_seeds == 0:
         return {}
     seeds = [settings.protocol.seed + k for k in range(1, settings.confirm_seeds + 1)]
-    subjects = {"best": best, LOCALVIT: localvit}
-    log(f"confirming: re-training the best (trial {best.number}) and {LOCALVIT} with seeds {seeds}")
+    subjects = {"best": best, name: localvit}
+    log(f"confirming: re-training the best (trial {best.number}) and {name} with seeds {seeds}")
     resources = trial_resources(settings, cluster)
     protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
     configs = [{"name": name, "seed": seed, "spec": t.user_attrs["spec"], "flops": t.user_attrs["flops"],
@@ -253,12 +261,13 @@ class Plan:
     space: Space
     bounds: Bounds
     study: optuna.Study
+    data_shape: tuple[int, int]  # the proxy data's (channels, classes)
 
 
 def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
     """Every check that bad input can fail, before Ray starts or anything in the study changes."""
-    if settings.backbone not in PAPER_NAMES:
-        raise ValueError(f"backbone={settings.backbone!r} is invalid; accepted: {', '.join(PAPER_NAMES)}")
+    if settings.backbone not in BASELINE_NAMES:
+        raise ValueError(f"backbone={settings.backbone!r} is invalid; accepted: {', '.join(BASELINE_NAMES)}")
     space = make_space(settings.space, settings.backbone)
     bounds = require_feasible(space, settings.budget)
     try:
@@ -274,8 +283,8 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
     if resume and not exists:
         raise ValueError(f"study {settings.study!r} does not exist in {settings.storage_url}; accepted: an "
                          f"existing --study to resume (or leave out --resume to start it)")
-    get_proxy_data(settings.protocol.data_config())  # a missing dataset fails here; workers reuse its cache
-    return Plan(space, bounds, open_study(settings, space, storage))
+    data = get_proxy_data(settings.protocol.data_config())  # a missing dataset fails here; workers reuse its cache
+    return Plan(space, bounds, open_study(settings, space, storage), (data.in_chans, data.num_classes))
 
 
 def run(settings: SearchSettings, plan: Plan) -> Path:
@@ -305,7 +314,7 @@ def run(settings: SearchSettings, plan: Plan) -> Path:
     if remaining > 0:
         if queued:
             log(f"baselines first: {', '.join(queued)}")
-        run_trials(settings, study, space, baselines, remaining, cluster)
+        run_trials(settings, plan, baselines, remaining, cluster)
     if settings.confirm_seeds and "confirmation" not in study.user_attrs:
         confirm(settings, study, cluster)
     from .report import write_reports

@@ -77,25 +77,35 @@ def select_trials(study: optuna.Study, *, top: int | None = None, pareto: bool =
         return found
     if top is not None and top < 1:
         raise ValueError(f"top={top} is invalid; accepted: a positive integer")
-    trials = study.get_trials(deepcopy=False)
-    candidates = [t for t in trials if t.state == TrialState.COMPLETE and "spec" in t.user_attrs
-                  and all(c <= 0 for c in t.constraints.values()) and t.user_attrs.get("full_fidelity") is True
-                  and (include_baselines or not t.user_attrs.get("baseline"))]
-    if not candidates:
+    ranked = ranked_candidates(study, include_baselines)
+    if not ranked:
+        trials = study.get_trials(deepcopy=False)
         complete = sum(t.state == TrialState.COMPLETE for t in trials)
         raise ValueError(f"study {study.study_name!r} has no trial to export: {len(trials)} trials, {complete} "
                          f"complete; accepted: complete, feasible, full-fidelity trials"
                          + ("" if include_baselines else " (baselines need --include-baselines)"))
+    return ranked[:top] if top is not None else pareto_front(ranked)
+
+
+def ranked_candidates(study: optuna.Study, include_baselines: bool = False) -> list[FrozenTrial]:
+    """COMPLETE, feasible trials trained to the full proxy budget, one per architecture (its
+    most accurate trial), most accurate first; ties go to fewer FLOPs."""
+    candidates = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+                  and "spec" in t.user_attrs and all(c <= 0 for c in t.constraints.values())
+                  and t.user_attrs.get("full_fidelity") is True
+                  and (include_baselines or not t.user_attrs.get("baseline"))]
     ranked, seen = [], set()
     for t in sorted(candidates, key=lambda t: (-_accuracy(t), _flops(t), t.number)):
         spec_id = as_spec(t.user_attrs["spec"]).id
         if spec_id not in seen:
             seen.add(spec_id)
             ranked.append(t)
-    if top is not None:
-        return ranked[:top]
-    front = [t for t in ranked if not any(_dominates(u, t) for u in ranked)]
-    return sorted(front, key=_flops)
+    return ranked
+
+
+def pareto_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The accuracy (up) / FLOPs (down) front of `trials`, cheapest first."""
+    return sorted((t for t in trials if not any(_dominates(u, t) for u in trials)), key=_flops)
 
 
 def _accuracy(trial: FrozenTrial) -> float:

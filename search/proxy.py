@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from localvit.backbones import proxy_spec
 from localvit.builder import build_model
 from localvit.spec import ArchSpec, LayerSpec, as_spec
 from space.cost import model_cost
@@ -191,10 +192,19 @@ def project_to_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | N
                      num_classes: int | None = None, in_chans: int | None = None) -> ArchSpec:
     """The proxy version of a target spec (pure function; depth and every per-layer choice kept).
 
+    A ViT is made narrower by the width multiplier and gets the proxy patch; a stage backbone
+    keeps its widths and takes the proxy geometry of `localvit.backbones.proxy_spec`.
+
     ``num_classes``/``in_chans`` override the protocol's (``train_proxy`` passes the data's).
     """
     spec = as_spec(spec)
     protocol = protocol or ProxyProtocol()
+    if spec.backbone != "vit":
+        # Stage presets fix their widths, and their geometry must fit the proxy grid (Swin's
+        # window, TNT's patch): `proxy_spec` gives that geometry; the width multiplier is the ViT's.
+        return proxy_spec(spec, img_size=protocol.img_size, in_chans=in_chans or protocol.in_chans,
+                          num_classes=num_classes or protocol.num_classes).replace(
+            drop_path_rate=protocol.drop_path_rate)
     dim, heads = scaled_width(spec.embed_dim, spec.num_heads, protocol.width_mult)
     layers = tuple(project_layer(layer, dim) for layer in spec.layers)
     if any(layer.hidden_dim(dim) < 1 for layer in layers):

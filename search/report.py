@@ -1,8 +1,8 @@
 """Reports of a study: a pandas table, a Pareto plot, a per-layer picture, a summary, exports.
 
 "Best" and the Pareto front are taken among feasible trials trained to the full proxy
-budget only; trials stopped early by ASHA carry their low-epoch accuracy and are counted
-apart.
+budget only (`search.export.ranked_candidates`, the same selection the exports use); trials
+stopped early by ASHA carry their low-epoch accuracy and are counted apart.
 """
 from __future__ import annotations
 
@@ -14,43 +14,23 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from localvit.spec import ArchSpec
-from space.budget import format_count
 
+from .export import export_trials, pareto_front, ranked_candidates
 from .settings import SearchSettings
 
 TRAIN = "train"
 
 
-def is_candidate(trial: FrozenTrial) -> bool:
-    """A feasible trial trained to the full proxy budget."""
-    return (trial.state == TrialState.COMPLETE and trial.user_attrs.get("status") == TRAIN
-            and bool(trial.user_attrs.get("full_fidelity")))
-
-
 def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
-    return {t.user_attrs["baseline"]: t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("baseline") and is_candidate(t)}
-
-
-def searched(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False) if is_candidate(t) and not t.user_attrs.get("baseline")]
+    """The baselines trained to the full proxy budget, by name."""
+    return {t.user_attrs["baseline"]: t for t in ranked_candidates(study, include_baselines=True)
+            if t.user_attrs.get("baseline")}
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The most accurate searched trial (baselines excluded); ties go to fewer FLOPs."""
-    trials = searched(study)
-    return max(trials, key=lambda t: (t.values[0], -t.user_attrs["flops"])) if trials else None
-
-
-def pareto_trials(study: optuna.Study, include_baselines: bool = False) -> list[FrozenTrial]:
-    """Accuracy (up) vs target FLOPs (down) front among the full-budget feasible trials."""
-    pool = [t for t in study.get_trials(deepcopy=False) if is_candidate(t)
-            and (include_baselines or not t.user_attrs.get("baseline"))]
-
-    def dominated(t: FrozenTrial) -> bool:
-        return any(o.values[0] >= t.values[0] and o.user_attrs["flops"] <= t.user_attrs["flops"]
-                   and (o.values[0] > t.values[0] or o.user_attrs["flops"] < t.user_attrs["flops"]) for o in pool)
-    return sorted((t for t in pool if not dominated(t)), key=lambda t: t.user_attrs["flops"])
+    ranked = ranked_candidates(study)
+    return ranked[0] if ranked else None
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -90,14 +70,14 @@ def plot_pareto(study: optuna.Study, path: Path, budget_flops: int | None) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    full = [t for t in searched(study)]
+    full = ranked_candidates(study)
     early = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
              and t.user_attrs.get("status") == TRAIN and not t.user_attrs.get("full_fidelity")]
     ax.scatter([t.user_attrs["flops"] / 1e9 for t in early], [t.values[0] for t in early], s=14, c="0.75",
                label=f"stopped early ({len(early)})")
     ax.scatter([t.user_attrs["flops"] / 1e9 for t in full], [t.values[0] for t in full], s=22, c="tab:blue",
                label=f"searched ({len(full)})")
-    front = pareto_trials(study)
+    front = pareto_front(full)
     ax.plot([t.user_attrs["flops"] / 1e9 for t in front], [t.values[0] for t in front], "-", c="tab:blue", lw=1)
     for (name, t), marker, colour in zip(baseline_trials(study).items(), ("*", "D"), ("tab:orange", "tab:green")):
         ax.scatter([t.user_attrs["flops"] / 1e9], [t.values[0]], marker=marker, s=140, c=colour, edgecolors="k",
@@ -154,8 +134,6 @@ def plot_layers(trials: list[tuple[str, FrozenTrial]], path: Path) -> None:
 
 def write_reports(study: optuna.Study, settings: SearchSettings) -> Path:
     """trials.csv, pareto.png, layers.png, summary.md and the exports; returns summary.md."""
-    from .export import export_trials
-
     out = settings.study_dir
     out.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(study)
@@ -163,11 +141,12 @@ def write_reports(study: optuna.Study, settings: SearchSettings) -> Path:
     plot_pareto(study, out / "pareto.png", settings.budget.max_flops)
     best = best_trial(study)
     baselines = baseline_trials(study)
-    top = sorted(searched(study), key=lambda t: -t.values[0])[:settings.export_top]
+    ranked = ranked_candidates(study)
+    top = ranked[:settings.export_top]
     layer_rows = [(f"best (#{t.number})" if t is best else f"#{t.number}", t) for t in top]
     layer_rows += [(f"{name} (#{t.number})", t) for name, t in baselines.items()]
     plot_layers(layer_rows, out / "layers.png")
-    exported = export_trials(study, top + [t for t in pareto_trials(study) if t not in top],
+    exported = export_trials(study, top + [t for t in pareto_front(ranked) if t not in top],
                              settings.results_dir) if top else []
     summary = out / "summary.md"
     summary.write_text(summary_markdown(study, settings, frame, exported))
@@ -193,9 +172,10 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
              f"- budget: {settings.budget.describe()}; space `{settings.space}` on `{settings.backbone}`; "
              f"sampler `{settings.sampler}`; objectives {', '.join(settings.objectives)}",
              f"- proxy: {settings.protocol.dataset}, {settings.protocol.train_size} train / "
-             f"{settings.protocol.val_size} val images at {settings.protocol.img_size}x{settings.protocol.img_size}, "
-             f"patch {settings.protocol.patch_size}, width x{settings.protocol.width_mult}, "
-             f"{settings.protocol.epochs} epochs, seed {settings.protocol.seed}",
+             f"{settings.protocol.val_size} val images at {settings.protocol.img_size}x{settings.protocol.img_size}"
+             + (f", patch {settings.protocol.patch_size}, width x{settings.protocol.width_mult}"
+                if settings.backbone.startswith("deit") else "")
+             + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}",
              f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
              f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
              f"{counts.get('interrupted', 0)} interrupted and re-queued",
@@ -225,4 +205,4 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
     return "\n".join(lines)
 
 
-__all__ = ["best_trial", "baseline_trials", "pareto_trials", "trials_frame", "write_reports", "format_count"]
+__all__ = ["best_trial", "baseline_trials", "trials_frame", "write_reports"]

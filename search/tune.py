@@ -18,10 +18,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from localvit.spec import ArchSpec
 from space.budget import Budget
-from space.cost import target_cost
+from space.cost import model_cost, target_cost
 from space.space import Space
 
-from .proxy import ProxyProtocol, train_proxy
+from .proxy import ProxyProtocol, project_to_proxy, train_proxy
 
 TRAIN, INFEASIBLE, DUPLICATE = "train", "infeasible", "duplicate"
 MAX_SKIPPED_IN_A_ROW = 2000
@@ -65,17 +65,20 @@ class DefineByRun:
     """The define-by-run function OptunaSearch calls: a spec, its costs and the verdict."""
 
     def __init__(self, space: Space, budget: Budget, protocol: ProxyProtocol, baselines: dict[str, ArchSpec],
-                 measure_throughput: Any = None) -> None:
+                 data_shape: tuple[int, int], measure_throughput: Any = None) -> None:
         self.space, self.budget, self.protocol = space, budget, protocol
         self.baselines, self.measure_throughput = baselines, measure_throughput
+        self.in_chans, self.num_classes = data_shape
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         baseline = trial.user_attrs.get("baseline")
         spec = self.baselines[baseline] if baseline else self.space.suggest(trial)
         cost = target_cost(spec)
         violations = self.budget.violations(cost)
+        proxy = model_cost(project_to_proxy(spec, self.protocol, in_chans=self.in_chans,
+                                            num_classes=self.num_classes))
         attrs: dict[str, Any] = {"spec": spec.to_json(), "spec_id": spec.id, "flops": cost.flops,
-                                 "params": cost.params}
+                                 "params": cost.params, "proxy_flops": proxy.flops, "proxy_params": proxy.params}
         if self.budget.min_throughput and all(v <= 0 for v in violations.values()):
             images_per_s = self.measure_throughput(spec).images_per_s
             attrs["throughput"] = images_per_s

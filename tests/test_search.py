@@ -51,7 +51,7 @@ def test_tiny_search_writes_study_csv_plots_summary_and_exports(finished) -> Non
     runs = trained(study)
     assert len(runs) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in runs)
     baselines = {t.user_attrs["baseline"]: t for t in runs if t.user_attrs.get("baseline")}
-    assert set(baselines) == {"LocalViT", "DeiT"} and {t.number for t in baselines.values()} == {0, 1}
+    assert set(baselines) == {"LocalViT-T", "DeiT-T"} and {t.number for t in baselines.values()} == {0, 1}
     for t in runs:
         a = t.user_attrs
         spec = ArchSpec.from_json(a["spec"])
@@ -62,7 +62,7 @@ def test_tiny_search_writes_study_csv_plots_summary_and_exports(finished) -> Non
     frame = pd.read_csv(tmp / "s" / "trials.csv")
     assert len(frame) == len(study.trials) and {"l00.ffn", "l11.gamma", "gflops", "accuracy"} <= set(frame.columns)
     summary = (tmp / "s" / "summary.md").read_text()
-    assert "LocalViT baseline" in summary and "Re-trained with other seeds" in summary
+    assert "LocalViT-T baseline" in summary and "Re-trained with other seeds" in summary
     for name in ("pareto.png", "layers.png"):
         assert (tmp / "s" / name).read_bytes()[:4] == b"\x89PNG"
     exports = list((tmp / "s" / "export").iterdir())
@@ -204,3 +204,31 @@ def test_one_subprocess_bad_input_prints_no_traceback(tmp_path) -> None:
                              "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+
+
+# --- every backbone searches at a small proxy resolution (32x32 for the stage backbones) -----------
+
+BACKBONE_BUDGETS = {"pvt_tiny": "2.2G", "swin_tiny": "5G", "swin_mini": "3.6G", "tnt_tiny": "1.6G",
+                    "t2t_7": "1.3G", "deit_small": "5G"}
+
+
+def _tiny_search_on(backbone: str, tmp_path: Path) -> None:
+    result = search(tmp_path, "--backbone", backbone, "--budget-flops", BACKBONE_BUDGETS[backbone], "--trials", "3",
+                    "--epochs", "1", "--confirm-seeds", "0", "--train-size", "100", study=backbone)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = trained(load(tmp_path, backbone))
+    assert len(runs) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in runs)
+    for t in runs:
+        spec = ArchSpec.from_json(t.user_attrs["spec"])
+        assert spec.backbone == (backbone if backbone != "deit_small" else "vit") and spec.img_size == 224
+        assert 0 < t.user_attrs["proxy_flops"] < t.user_attrs["flops"]
+
+
+def test_tiny_search_on_a_stage_backbone(tmp_path) -> None:
+    _tiny_search_on("pvt_tiny", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", sorted(set(BACKBONE_BUDGETS) - {"pvt_tiny"}))
+def test_tiny_search_on_every_other_backbone(backbone: str, tmp_path) -> None:
+    _tiny_search_on(backbone, tmp_path)
