@@ -261,16 +261,51 @@ class ArchSpec:
         return cls(layers=(layer,) * depth, **globals_)
 
 
+#: The spec fields timm's factories pass as keyword arguments (e.g. `num_classes=10`).
+SPEC_OVERRIDES = ("img_size", "in_chans", "num_classes", "drop_path_rate")
+
+
+def with_overrides(spec: ArchSpec, kwargs: dict[str, Any]) -> ArchSpec:
+    """The spec with the timm-style overrides popped from `kwargs` applied.
+
+    timm passes the cfg's input size as an (H, W) tuple: a square one becomes `img_size`.
+    """
+    overrides = {key: kwargs.pop(key) for key in SPEC_OVERRIDES if key in kwargs}
+    if isinstance(overrides.get("img_size"), (tuple, list)):
+        height, width = overrides["img_size"]
+        if height != width:
+            raise ValueError(f"img_size={overrides['img_size']!r} is invalid; accepted: a square size")
+        overrides["img_size"] = height
+    return spec.replace(**overrides) if overrides else spec
+
+
 def as_spec(spec: "ArchSpec | Mapping[str, Any] | str | Path") -> ArchSpec:
     """Accept a spec object, a dict, a JSON string or a path to a JSON file."""
     if isinstance(spec, ArchSpec):
         return spec
     if isinstance(spec, Mapping):
         return ArchSpec.from_dict(spec)
+    if isinstance(spec, (str, Path)) and not str(spec).lstrip().startswith("{"):
+        data = _read_json(spec)
+        return ArchSpec.from_dict(data["spec"] if isinstance(data.get("spec"), Mapping) else data)
     if isinstance(spec, (str, Path)):
         text = str(spec).lstrip()
         return ArchSpec.from_json(text) if text.startswith("{") else ArchSpec.load(spec)
     raise ValueError(f"spec={spec!r} is invalid; accepted: ArchSpec, dict, JSON string or path to a JSON file")
+
+
+def _read_json(path: str | Path) -> dict[str, Any]:
+    """A spec file: a spec, or a record holding one under `spec` (an exported `arch.json`)."""
+    path = Path(path)
+    if not path.is_file():
+        _fail("spec path", str(path), "an existing JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"spec file {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        _fail("spec file", str(path), "a JSON object")
+    return data
 
 
 __all__ = ["ArchSpec", "LayerSpec", "as_spec", "FFN_TYPES", "ACTIVATIONS", "CHANNEL_ATTENTIONS"]

@@ -9,27 +9,19 @@ from timm.models.vision_transformer import init_weights_vit_timm
 from torch import nn
 
 from .presets import StageGeometry, StagePreset, stage_geometry
-from .spec import ArchSpec, as_spec
-
-SPEC_OVERRIDES = ("img_size", "in_chans", "num_classes", "drop_path_rate")
-
+from .spec import SPEC_OVERRIDES, ArchSpec, as_spec, with_overrides
 
 def spec_for_family(spec: ArchSpec | dict | str, family: str, kwargs: dict[str, Any]) -> ArchSpec:
     """The spec with the timm-style overrides popped from `kwargs` applied; nothing else may remain."""
     spec = as_spec(spec)
     if spec.preset is None or spec.preset.family != family:
         raise ValueError(f"backbone={spec.backbone!r} is invalid here; accepted: a {family} preset")
-    overrides = {key: kwargs.pop(key) for key in SPEC_OVERRIDES if key in kwargs}
-    if isinstance(overrides.get("img_size"), (tuple, list)):  # timm passes the cfg's (H, W)
-        height, width = overrides["img_size"]
-        if height != width:
-            raise ValueError(f"img_size={overrides['img_size']!r} is invalid; accepted: a square size")
-        overrides["img_size"] = height
+    spec = with_overrides(spec, kwargs)
     if kwargs:
         key = sorted(kwargs)[0]
         raise ValueError(f"{key}={kwargs[key]!r} cannot be passed to a {family} model; accepted: "
                          f"{', '.join(SPEC_OVERRIDES)} (set the rest in the spec)")
-    return spec.replace(**overrides) if overrides else spec
+    return spec
 
 
 def drop_path_rates(spec: ArchSpec) -> list[float]:

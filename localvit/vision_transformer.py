@@ -21,7 +21,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer, 
 from torch import nn
 
 from .layers import LocalityFeedForward, apply_on_grid
-from .spec import ArchSpec, LayerSpec, as_spec
+from .spec import ArchSpec, LayerSpec, as_spec, with_overrides
 
 __all__ = ["LocalityBlock", "LocalVisionTransformer"]
 
@@ -71,14 +71,7 @@ class LocalVisionTransformer(VisionTransformer):
 
     def __init__(self, spec: ArchSpec | dict | str, **kwargs: Any) -> None:
         spec = as_spec(spec)
-        overrides = {k: kwargs.pop(k) for k in ("img_size", "in_chans", "num_classes", "drop_path_rate")
-                     if k in kwargs}
-        if isinstance(overrides.get("img_size"), (tuple, list)):  # timm passes the cfg's (H, W)
-            height, width = overrides["img_size"]
-            if height != width:
-                raise ValueError(f"img_size={overrides['img_size']!r} is invalid; accepted: a square size")
-            overrides["img_size"] = height
-        spec = spec.replace(**overrides) if overrides else spec
+        spec = with_overrides(spec, kwargs)
         for key in ("embed_dim", "depth", "num_heads", "patch_size", "block_fn", "mlp_ratio"):
             if key in kwargs:
                 raise ValueError(f"{key}={kwargs[key]!r} cannot be passed to LocalVisionTransformer; "
@@ -144,7 +137,6 @@ default_cfgs = generate_default_cfgs({
     **{f"{name}.in1k" if spec_name in _OFFICIAL_WEIGHTS else f"{name}.untrained":
        _cfg(_RELEASE + _OFFICIAL_WEIGHTS[spec_name] if spec_name in _OFFICIAL_WEIGHTS else "")
        for name, spec_name in _NAMES.items()},
-    "localvit_custom.untrained": _cfg(),
 })
 
 
@@ -177,11 +169,3 @@ for _name, _spec_name in _NAMES.items():
     _register(_name, _spec_name, _DOCS[_spec_name] if _name == _spec_name else
               f"Official name of `{_spec_name}`. " + _DOCS[_spec_name])
 
-
-@register_model
-def localvit_custom(pretrained: bool = False, spec: ArchSpec | dict | str | None = None,
-                    **kwargs: Any) -> LocalVisionTransformer:
-    """Any per-layer design: `spec` is an ArchSpec, a dict or a path to its JSON."""
-    if spec is None:
-        raise ValueError("spec=None is invalid; accepted: an ArchSpec, a dict or a path to a spec JSON file")
-    return _create("localvit_custom", as_spec(spec), pretrained, **kwargs)
