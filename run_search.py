@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial,
                    help="GPUs per trial, fractions allowed; only what the cluster has (default: 0)")
     g.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
-    g.add_argument("--time-limit", help="stop the search after this long, e.g. 25m (default: none)")
+    g.add_argument("--time-limit", default="20m",
+                   help="stop launching and running search trials after this long, e.g. 45m or 2h; 'none' for "
+                        "no limit; the seed confirmation runs after it (default: 20m, which keeps the default "
+                        "search within 30 minutes on 2 CPU cores)")
     g = parser.add_argument_group("proxy training")
     g.add_argument("--dataset", default=p.dataset, help=f"fashion-mnist or imagefolder (default: {p.dataset})")
     g.add_argument("--data-dir", help="Fashion-MNIST idx files, or an ImageNet-layout folder "
@@ -109,7 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         trials=args.trials, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address, protocol=protocol,
         asha=not args.no_asha, baselines=not args.no_baselines, seed=args.seed,
-        time_limit_s=parse_duration(args.time_limit) if args.time_limit else None,
+        time_limit_s=None if args.time_limit.strip().lower() == "none" else parse_duration(args.time_limit),
         confirm_seeds=args.confirm_seeds, export_top=args.export_top)
 
 
