@@ -194,8 +194,15 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer steps, fewer configurations, one accuracy seed")
     ap.add_argument("--repeats", type=int, default=None, help="repeats of each speed figure (median reported)")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--render", metavar="JSON", help="re-write the markdown of a saved JSON result and exit")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.render:
+        path = Path(args.render)
+        text = _markdown(json.loads(path.read_text()))
+        path.with_suffix(".md").write_text(text)
+        print(text)
+        return
     if args.worker:
         kind, cfg = args.worker
         print(json.dumps(WORKERS[kind](json.loads(cfg))))
@@ -323,14 +330,16 @@ def _markdown(rep: dict) -> str:
              f"{json.dumps({k: round(v) for k, v in rep['peaks_gflops'].get('1_thread', {}).items()})}", "",
              f"Convention: {rep['convention']}. Median of {rep['repeats']} run(s); load1 = load average "
              f"(other work on the machine).", "",
-             "| configuration | width | batch | threads | img/s | GFLOP/s | % fp32 mm peak | runs | load1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    peak = p2.get("fp32_mm") or float("nan")
+             "img/s: median step; best: fastest step (least disturbed by other work on the machine).", "",
+             "| configuration | width | batch | threads | img/s | best img/s | GFLOP/s | best GFLOP/s | runs | load1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["rows"]:
         ips, gf = r.get("images_per_s", float("nan")), r.get("train_gflops", float("nan"))
         runs = ", ".join(f"{x:.0f}" for x in r.get("images_per_s_runs", []))
+        best = r.get("images_per_s_best", float("nan"))
+        best_gf = gf * best / ips if ips == ips and ips else float("nan")
         lines.append(f"| {r['name']} | {r.get('width_mult', '')} | {r.get('batch_size', 128)} | "
-                     f"{r.get('threads', '')} | {ips:.1f} | {gf:.1f} | {100 * gf / peak:.0f}% | {runs} | "
+                     f"{r.get('threads', '')} | {ips:.1f} | {best:.1f} | {gf:.1f} | {best_gf:.1f} | {runs} | "
                      f"{r.get('load1', float('nan')):.1f} |")
     lines += ["", f"Worker scaling: {json.dumps({k: (round(v, 2) if v else v) for k, v in rep['scaling'].items()})}"]
     if rep["accuracy"]:
