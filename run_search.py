@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trials", type=int, default=d.trials,
                    help=f"trained trials, baselines included; infeasible candidates are extra (default: {d.trials})")
     g.add_argument("--no-baselines", action="store_true", help="do not train LocalViT and DeiT baselines first")
+    g.add_argument("--warm-start", type=int, default=d.warm_start,
+                   help="queue this many designs of the paper's tables that fit the budget, closest to it first "
+                        f"(default: {d.warm_start})")
     g.add_argument("--no-asha", action="store_true", help="train every trial for all epochs (no early stopping)")
     g.add_argument("--confirm-seeds", type=int, default=d.confirm_seeds,
                    help=f"re-train the best and LocalViT with this many other seeds (default: {d.confirm_seeds})")
@@ -111,7 +114,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         budget=limits, sampler=args.sampler, objectives=tuple(x.strip() for x in args.objectives.split(",")),
         trials=args.trials, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address, protocol=protocol,
-        asha=not args.no_asha, baselines=not args.no_baselines, seed=args.seed,
+        asha=not args.no_asha, baselines=not args.no_baselines, warm_start=args.warm_start, seed=args.seed,
         time_limit_s=None if args.time_limit.strip().lower() == "none" else parse_duration(args.time_limit),
         confirm_seeds=args.confirm_seeds, export_top=args.export_top)
 

@@ -53,8 +53,11 @@ def make_sampler(settings: SearchSettings, space: Space, offset: int = 0) -> opt
     the proposals of the run it continues."""
     seed = settings.seed + offset
     if settings.sampler == "tpe":
+        # Few random trials beyond the queued baselines and warm starts, and many EI candidates:
+        # a search of a few dozen trials in a space of ~70 choices must exploit what it learns early.
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=max(4, settings.trials // 3))
+                                          n_startup_trials=2 + settings.warm_start + 2 * settings.baselines,
+                                          n_ei_candidates=64)
     if settings.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, settings.trials // 2)))
     if settings.sampler == "random":
@@ -123,6 +126,22 @@ def paper_baselines(settings: SearchSettings) -> dict[str, ArchSpec]:
     """The paper's LocalViT and baseline models of the backbone, at the target resolution."""
     localvit, baseline = BASELINE_NAMES[settings.backbone]
     return {localvit: localvit_spec(settings.backbone), baseline: baseline_spec(settings.backbone)}
+
+
+def enqueue_warm_starts(study: optuna.Study, settings: SearchSettings, space: Space,
+                        baselines: dict[str, ArchSpec]) -> list[str]:
+    """Queue up to `warm_start` rows of the paper's tables that the space holds and the budget
+    admits, closest to the FLOP budget first: strong, known designs for the sampler to learn from."""
+    if not settings.warm_start or isinstance(space, PaperSpace) or study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)):
+        return []
+    taken = set(baselines.values())
+    rows = [(name, spec) for name, spec in PaperSpace().points.items()
+            if spec not in taken and space.contains(spec) and settings.budget.admits(spec)]
+    rows.sort(key=lambda row: -target_cost(row[1]).flops)
+    for name, spec in rows[:settings.warm_start]:
+        study.enqueue_trial(space.to_params(spec), user_attrs={"warm_start": name})
+    return [name for name, _ in rows[:settings.warm_start]]
 
 
 def enqueue_baselines(study: optuna.Study, settings: SearchSettings, space: Space,
@@ -304,6 +323,9 @@ def run(settings: SearchSettings, plan: Plan) -> Path:
         log(f"baseline {name}: {format_count(target_cost(spec).flops, 'FLOPs')}, "
             f"{format_count(target_cost(spec).params)} params, {verdict}")
     queued = enqueue_baselines(study, settings, space, baselines)
+    warm = enqueue_warm_starts(study, settings, space, baselines)
+    if warm:
+        log(f"warm start from the paper's tables: {', '.join(warm)}")
     done = trained_count(study)
     remaining = settings.trials - done
     if done:

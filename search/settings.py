@@ -35,6 +35,7 @@ class SearchSettings:
     protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
     asha: bool = True
     baselines: bool = True
+    warm_start: int = 4  # queue this many of the paper's designs that fit, after the baselines
     seed: int = 0
     time_limit_s: float | None = None
     confirm_seeds: int = 2  # re-train the best and LocalViT-T with this many other seeds
@@ -58,7 +59,7 @@ class SearchSettings:
         if self.sampler == "grid" and self.space != "paper":
             raise ValueError(f"sampler='grid' is invalid with space={self.space!r}; accepted: --space paper "
                              f"(or a small space file with --sampler random)")
-        for name, low in (("trials", 1), ("workers", 1), ("confirm_seeds", 0), ("export_top", 0),
+        for name, low in (("trials", 1), ("workers", 1), ("confirm_seeds", 0), ("export_top", 0), ("warm_start", 0),
                           ("throughput_batch", 1), ("throughput_threads", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
