@@ -12,12 +12,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from search.cli import usage_errors
 
 if TYPE_CHECKING:
     from search.settings import SearchSettings
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Usage errors in one line and exit status 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from search.settings import SAMPLERS, SearchSettings
 
     d, p = SearchSettings(), ProxyProtocol()
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="run_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("budget (at 224x224, 1000 classes; e.g. 1.3G, 900M, 5.9M, 1.3e9)")
     g.add_argument("--budget-flops", metavar="N", help="most FLOPs (multiply-adds) a model may cost (default: none)")

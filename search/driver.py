@@ -28,8 +28,8 @@ from space.space import PaperSpace, Space, make_space
 
 from .data import get_proxy_data
 from .proxy import jemalloc_env
-from .settings import SearchSettings
-from .tune import TRAIN, BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
+from .settings import TRAIN, SearchSettings
+from .tune import BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
 
 #: The paper's names of each backbone's LocalViT model and of the transformer it improves.
 BASELINE_NAMES: dict[str, tuple[str, str]] = {
@@ -302,6 +302,13 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
     if resume and not exists:
         raise ValueError(f"study {settings.study!r} does not exist in {settings.storage_url}; accepted: an "
                          f"existing --study to resume (or leave out --resume to start it)")
+    if settings.budget.min_throughput:
+        spec, cost = bounds.cheapest_flops
+        measured = _throughput_measurer(settings)(spec).images_per_s
+        if measured < settings.budget.min_throughput:
+            raise ValueError(f"infeasible budget: --min-throughput {settings.budget.min_throughput:g} is above what "
+                             f"the cheapest architecture of space {space.name!r} reaches ({measured:.1f} images/s "
+                             f"at {format_count(cost.flops, 'FLOPs')}, spec {spec.id}, on this machine)")
     data = get_proxy_data(settings.protocol.data_config())  # a missing dataset fails here; workers reuse its cache
     return Plan(space, bounds, open_study(settings, space, storage), (data.in_chans, data.num_classes))
 
@@ -328,6 +335,9 @@ def run(settings: SearchSettings, plan: Plan) -> Path:
         log(f"warm start from the paper's tables: {', '.join(warm)}")
     done = trained_count(study)
     remaining = settings.trials - done
+    if settings.sampler == "grid" and remaining > space.size() - done:
+        remaining = max(0, space.size() - done)
+        log(f"the grid holds {space.size()} architectures: {remaining} trial(s) to go")
     if done:
         log(f"study {settings.study!r} holds {done} trained trial(s); {max(remaining, 0)} to go")
     cluster: dict[str, float] = {}

@@ -16,10 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from localvit.spec import ArchSpec
 
 from .export import export_trials, pareto_front, ranked_candidates
-from .settings import SearchSettings
-
-TRAIN = "train"
-
+from .settings import TRAIN, SearchSettings
 
 def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     """The baselines trained to the full proxy budget, by name."""

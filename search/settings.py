@@ -11,6 +11,8 @@ from space.budget import Budget
 from .proxy import ProxyProtocol
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
+#: What became of a proposed candidate (the trial's `status` attribute).
+TRAIN, INFEASIBLE, DUPLICATE = "train", "infeasible", "duplicate"
 OBJECTIVES = ("accuracy", "flops")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 

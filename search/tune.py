@@ -22,8 +22,8 @@ from space.cost import model_cost, target_cost
 from space.space import Space
 
 from .proxy import ProxyProtocol, project_to_proxy, train_proxy
+from .settings import DUPLICATE, INFEASIBLE, TRAIN
 
-TRAIN, INFEASIBLE, DUPLICATE = "train", "infeasible", "duplicate"
 MAX_SKIPPED_IN_A_ROW = 2000
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 
 from localvit import ArchSpec, LayerSpec, build_model, localvit_spec, proxy_spec

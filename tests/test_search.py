@@ -18,6 +18,7 @@ import pytest
 import run_search
 from localvit.spec import ArchSpec
 from space.cost import target_cost
+from space.paper import PAPER_NAMED_SPECS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--train-size", "200", "--val-size", "100", "--epochs", "2", "--batch-size", "50", "--export-top", "1"]
@@ -59,6 +60,11 @@ def test_tiny_search_writes_study_csv_plots_summary_and_exports(finished) -> Non
         assert len(a["val_acc_curve"]) == a["epochs_trained"] and a["val_acc_curve"][-1] == t.values[0]
         assert t.intermediate_values  # per-epoch accuracy, shown by optuna-dashboard
     assert all(t.user_attrs["full_fidelity"] for t in baselines.values())  # never stopped by ASHA
+    warm = [t for t in runs if t.user_attrs.get("warm_start")]
+    assert [t.number for t in warm] == [2, 3]  # the paper's designs closest to the budget, after the baselines
+    for t in warm:
+        paper = PAPER_NAMED_SPECS[t.user_attrs["warm_start"]]
+        assert t.user_attrs["spec_id"] == paper.id and target_cost(paper).flops <= 1.3e9
     frame = pd.read_csv(tmp / "s" / "trials.csv")
     assert len(frame) == len(study.trials) and {"l00.ffn", "l11.gamma", "gflops", "accuracy"} <= set(frame.columns)
     summary = (tmp / "s" / "summary.md").read_text()
@@ -84,7 +90,7 @@ def test_infeasible_are_never_trained_and_failing_trials_do_not_stop_the_search(
     # 1.0 GFLOPs rules out both baselines and most random designs; lr 1e8 makes every trained
     # trial's loss blow up, so each one raises.
     result = search(tmp_path, "--budget-flops", "1.0G", "--trials", "3", "--sampler", "random", "--lr", "1e8",
-                    "--confirm-seeds", "0")
+                    "--confirm-seeds", "0", "--warm-start", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     study = load(tmp_path)
     infeasible = [t for t in study.trials if t.user_attrs.get("status") == "infeasible"]
@@ -150,7 +156,8 @@ def _digest(path: Path) -> str:
 
 @pytest.mark.parametrize("args, words", [
     (["--budget-flops", "abc"], "'abc'"),
-    (["--budget-flops", "-1G"], "'-1G'"),
+    (["--budget-flops=-1G"], "'-1G'"),
+    (["--budget-flops", "-1G"], "--budget-flops"),  # argparse's own error, in one line too
     (["--budget-flops", "1.3X"], "'1.3X'"),
     (["--budget-params", "0"], "'0'"),
     (["--sampler", "bayes"], "'bayes'"),
@@ -191,12 +198,13 @@ def test_unwritable_results_dir_and_missing_dataset(tmp_path, capsys) -> None:
 
 
 def test_help_documents_every_option_with_its_default() -> None:
-    text = run_search.build_parser().format_help()
-    for action in run_search.build_parser()._actions:
+    parser = run_search.build_parser()
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
         if action.option_strings and action.dest != "help":
-            assert action.help, action.dest
+            assert action.option_strings[0] in text and action.help, action.dest
             if action.default not in (None, False):
-                assert "default" in action.help, action.dest
+                assert "default" in action.help and str(action.default) in action.help, action.dest
 
 
 def test_one_subprocess_bad_input_prints_no_traceback(tmp_path) -> None:
