@@ -144,7 +144,7 @@ def write_reports(study: optuna.Study, settings: SearchSettings) -> Path:
     layer_rows += [(f"{name} (#{t.number})", t) for name, t in baselines.items()]
     plot_layers(layer_rows, out / "layers.png")
     exported = export_trials(study, top + [t for t in pareto_front(ranked) if t not in top],
-                             settings.results_dir) if top else []
+                             settings.study_dir.parent) if top else []
     summary = out / "summary.md"
     summary.write_text(summary_markdown(study, settings, frame, exported))
     return summary
@@ -180,7 +180,8 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
              "| | trial | spec id | proxy top-1 (%) | GFLOPs (224) | params (M) | train s |",
              "|---|---|---|---|---|---|---|"]
     if best is not None:
-        lines.append(_row("**best found**", best))
+        origin = best.user_attrs.get("warm_start")
+        lines.append(_row("**best found**" + (f" (the paper's {origin}, a warm start)" if origin else ""), best))
     for name, t in baselines.items():
         lines.append(_row(f"{name} baseline", t))
     if best is not None and baselines:

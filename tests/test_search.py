@@ -25,8 +25,8 @@ TINY = ["--train-size", "200", "--val-size", "100", "--epochs", "2", "--batch-si
 
 
 def search(tmp_path: Path, *args: str, study: str = "s", timeout: int = 400) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--study", study, "--results-dir", str(tmp_path), *TINY,
-           *args]
+    """run_search.py in `tmp_path`, writing to `tmp_path` through a relative --results-dir, as a user would."""
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--study", study, "--results-dir", ".", *TINY, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
 
 
