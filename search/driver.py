@@ -103,17 +103,22 @@ def _check_same_search(settings: SearchSettings, recorded: dict[str, Any]) -> No
 
 
 def close_interrupted(study: optuna.Study) -> int:
-    """Close trials a crash left RUNNING as failed, and queue their candidates again."""
-    closed = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "failure", "interrupted (the driver stopped); re-queued")
-        study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+    """Close trials a crash left RUNNING as failed and queue their candidates again, ahead of
+    the candidates that were still waiting (those are re-queued behind them), so that an
+    interrupted candidate is never pushed out of the trials asked for."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return 0
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for trial, status in [(t, "interrupted") for t in running] + [(t, "requeued") for t in waiting]:
+        reason = "interrupted (the driver stopped)" if status == "interrupted" else "queued again behind the interrupted"
+        study._storage.set_trial_user_attr(trial._trial_id, "failure", reason)
+        study._storage.set_trial_user_attr(trial._trial_id, "status", status)
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        baseline = trial.user_attrs.get("baseline")
-        study.enqueue_trial(trial.params, user_attrs={"baseline": baseline} if baseline else {},
+        attrs = {k: trial.user_attrs[k] for k in ("baseline", "warm_start") if k in trial.user_attrs}
+        study.enqueue_trial(trial.params or trial.system_attrs.get("fixed_params", {}), user_attrs=attrs,
                             skip_if_exists=False)
-        closed += 1
-    return closed
+    return len(running)
 
 
 def trained_count(study: optuna.Study) -> int:

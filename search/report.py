@@ -175,7 +175,8 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
              + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}",
              f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
              f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
-             f"{counts.get('interrupted', 0)} interrupted and re-queued",
+             f"{counts.get('interrupted', 0)} interrupted and re-queued"
+             + (f" ({counts['requeued']} waiting trials queued again behind them)" if counts.get("requeued") else ""),
              "- best and Pareto front: among feasible trials trained for all proxy epochs", "",
              "| | trial | spec id | proxy top-1 (%) | GFLOPs (224) | params (M) | train s |",
              "|---|---|---|---|---|---|---|"]

@@ -251,12 +251,14 @@ class SearchSpace:
         return names
 
     def contains(self, spec: ArchSpec) -> bool:
+        if spec.backbone != self.base.backbone:
+            return False
         try:
             base, depth = self._with_globals({"embed_dim": spec.embed_dim, "depth": spec.depth,
                                               "heads": spec.num_heads})
-        except ValueError:
+            same_globals = base.replace(layers=spec.layers) == spec
+        except ValueError:  # e.g. a depth the base cannot take
             return False
-        same_globals = base.replace(layers=spec.layers) == spec
         in_globals = all(getattr(spec, attr) in values for attr, values in
                          (("embed_dim", self.embed_dims), ("depth", self.depths), ("num_heads", self.heads))
                          if values)
