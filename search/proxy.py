@@ -77,14 +77,14 @@ class ProxyProtocol:
     several candidates and re-training with two more seeds.
     """
 
-    # data
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    train_size: int = 4000
-    val_size: int = 2000
-    img_size: int = 28
-    split_seed: int = 0
-    augment: bool = True
+    # data: the defaults are DataConfig's, so each lives in one place
+    dataset: str = DataConfig.dataset
+    data_dir: str | None = DataConfig.data_dir
+    train_size: int = DataConfig.train_size
+    val_size: int = DataConfig.val_size
+    img_size: int = DataConfig.img_size
+    split_seed: int = DataConfig.split_seed
+    augment: bool = DataConfig.augment
     # projection
     patch_size: int = 4
     in_chans: int = 1
