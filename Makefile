@@ -21,8 +21,10 @@ test: venv data
 test-slow: venv data
 	$(RUN_ENV) $(PY) -m pytest -m slow
 
+# The benchmarks of the README in turn, each saving under bench/results/ (`make bench BENCHMARKS=bench_inference`: one).
+BENCHMARKS ?= bench_cost bench_inference bench_backbones bench_proxy_training
 bench: venv data
-	$(RUN_ENV) $(PY) -m bench.run_all
+	$(foreach name,$(BENCHMARKS),$(RUN_ENV) $(PY) -m bench.$(name) &&) true
 
 venv: $(VENV)/.installed
 

@@ -1,12 +1,12 @@
-"""Inference throughput of each LocalViT stage backbone vs its baseline, eager and BN-folded.
+"""Inference throughput of each LocalViT stage backbone vs its baseline, eager and in inference mode.
 
-    python -m bench.bench_backbones [--batch 32] [--threads 2] [--rounds 3] [--families pvt,swin_tiny,...]
+    python -m bench.bench_backbones [--batch 32] [--threads 2] [--rounds 5] [--backbones pvt_tiny,swin_tiny,...]
 
 The paper lost 22% (PVT) and 23% (Swin) to the baselines on a TITAN Xp; the aim is to lose
-at most half of that. All models are timed in interleaved rounds (so drift in machine load
-hits them alike) under `torch.inference_mode`; the figure per model is the median over
-rounds of each round's median batch time. Prints a table and saves
-bench/results/backbones.{json,md,csv}.
+at most half of that. Models are timed in interleaved rounds under `torch.inference_mode`;
+"images/s" is the median over rounds, "loss" the median over rounds of each round's loss
+against the baseline (see `bench.common`). `make bench` runs it with jemalloc. Prints a table
+and saves bench/results/backbones.{json,md,csv}.
 """
 from __future__ import annotations
 
@@ -16,12 +16,10 @@ import csv
 import statistics
 
 import timm
-import torch
 
-from bench.common import RESULTS, markdown_table, save
-from localvit import fold_batchnorm
+from bench.common import RESULTS, allocator, interleaved_throughput, markdown_table, paired_change, save
+from localvit import optimize_for_inference
 from localvit.backbones import PAPER_NAMES
-from space.throughput import measure_model
 
 PAPER_LOSS = {"pvt_tiny": 0.22, "swin_tiny": 0.23}  # throughput lost to the baseline on a TITAN Xp
 
@@ -30,40 +28,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="timed batches per round")
     parser.add_argument("--backbones", default="pvt_tiny,swin_tiny,swin_mini,tnt_tiny,t2t_7")
     args = parser.parse_args()
 
-    models: dict[tuple[str, str], torch.nn.Module] = {}
-    for backbone in args.backbones.split(","):
+    rows = []
+    for backbone in args.backbones.split(","):  # one backbone at a time: its three models interleaved
         baseline_name, localvit_name = PAPER_NAMES[backbone]
         local = timm.create_model(localvit_name).eval()
-        models[(backbone, f"{baseline_name} (baseline)")] = timm.create_model(baseline_name).eval()
-        models[(backbone, f"{localvit_name} (eager)")] = local
-        models[(backbone, f"{localvit_name} (BN folded)")] = fold_batchnorm(copy.deepcopy(local))
-    per_round: dict[tuple[str, str], list[float]] = {key: [] for key in models}
-    with torch.inference_mode():
-        for _ in range(args.rounds):
-            for key, model in models.items():
-                result = measure_model(model, batch=args.batch, img_size=224, warmup=1, repeats=args.repeats,
-                                       threads=args.threads)
-                per_round[key].append(result.images_per_s)
-
-    rows, baseline_ips = [], {}
-    for (backbone, name), values in per_round.items():
-        ips = statistics.median(values)
-        baseline_ips.setdefault(backbone, ips)  # the baseline comes first for each backbone
-        loss = 1 - ips / baseline_ips[backbone]
+        models = {f"{baseline_name} (baseline)": timm.create_model(baseline_name).eval(),
+                  f"{localvit_name} (eager)": local,
+                  f"{localvit_name} (inference mode)": optimize_for_inference(copy.deepcopy(local))}
+        per_round = interleaved_throughput(models, args.rounds, batch=args.batch, img_size=224, warmup=1,
+                                           repeats=args.repeats, threads=args.threads)
+        baseline = next(iter(per_round.values()))
         target = PAPER_LOSS.get(backbone)
-        rows.append({"backbone": backbone, "model": name, "images/s": ips, "min": min(values), "max": max(values),
-                     "loss vs baseline": f"{100 * loss:.1f}%",
-                     "paper loss": f"{100 * target:.0f}%" if target else "-",
-                     "aim (half)": ("met" if loss <= target / 2 else "missed") if target and "baseline" not in name
-                     else "-"})
+        for name, values in per_round.items():
+            loss = -paired_change(values, baseline)
+            is_local = values is not baseline
+            rows.append({"backbone": backbone, "model": name, "images/s": statistics.median(values),
+                         "min": min(values), "max": max(values),
+                         "loss vs baseline": f"{100 * loss:.1f}%" if is_local else "-",
+                         "paper loss": f"{100 * target:.0f}%" if target else "-",
+                         "aim (half)": ("met" if loss <= target / 2 else "missed") if target and is_local else "-"})
     columns = list(rows[0])
     table = markdown_table(rows, columns)
-    header = (f"Inference, batch {args.batch}, 224x224, float32, {result.device}, threads {args.threads}, "
+    header = (f"Inference, batch {args.batch}, 224x224, float32, CPU, {args.threads} threads, {allocator()}, "
               f"{args.rounds} interleaved rounds x {args.repeats} batches (median; min/max over rounds).")
     print(header + "\n\n" + table)
     save("backbones", rows, vars(args), header + "\n\n" + table)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,30 @@ def environment() -> dict[str, Any]:
 
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
             "timm": timm.__version__, "python": platform.python_version(), "cpu": device_name("cpu"),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "allocator": allocator()}
+
+
+def allocator() -> str:
+    """jemalloc when preloaded (as `make bench` does); large CPU tensors cost far more with glibc's."""
+    return "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
+
+
+def interleaved_throughput(models: dict[Any, torch.nn.Module], rounds: int, **measure: Any) -> dict[Any, list[float]]:
+    """Images/s of each model per round, the models timed in turn in every round (A, B, C, A, ...)
+    so that drift in the machine's load hits them alike. `measure` goes to `measure_model`."""
+    from space.throughput import measure_model
+
+    per_round: dict[Any, list[float]] = {key: [] for key in models}
+    for _ in range(rounds):
+        for key, model in models.items():
+            per_round[key].append(measure_model(model, **measure).images_per_s)
+    return per_round
+
+
+def paired_change(values: list[float], baseline: list[float]) -> float:
+    """Median over rounds of each round's relative change against the baseline of that round:
+    steadier than comparing medians when the machine's speed drifts between rounds."""
+    return statistics.median(v / b - 1 for v, b in zip(values, baseline))
 
 
 def save(name: str, rows: list[dict[str, Any]], settings: dict[str, Any], markdown: str) -> Path:

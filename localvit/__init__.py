@@ -7,12 +7,13 @@ Importing the package registers the models with timm (`timm.create_model("localv
 from .backbones import (SEARCH_BACKBONES, STAGE_PAPER_SPECS, baseline_spec, block_dims, localvit_spec, make_spec,
                         proxy_spec)
 from .builder import build_model
-from .layers import LocalityFeedForward, fold_batchnorm
+from .layers import LocalityFeedForward, fold_batchnorm, optimize_for_inference
 from .spec import ACTIVATIONS, CHANNEL_ATTENTIONS, FFN_TYPES, ArchSpec, LayerSpec, as_spec
 from .vision_transformer import PAPER_SPECS, LocalityBlock, LocalVisionTransformer
 
 __all__ = [
     "ACTIVATIONS", "CHANNEL_ATTENTIONS", "FFN_TYPES", "PAPER_SPECS", "SEARCH_BACKBONES", "STAGE_PAPER_SPECS",
     "ArchSpec", "LayerSpec", "LocalityBlock", "LocalityFeedForward", "LocalVisionTransformer", "as_spec",
-    "baseline_spec", "block_dims", "build_model", "fold_batchnorm", "localvit_spec", "make_spec", "proxy_spec",
+    "baseline_spec", "block_dims", "build_model", "fold_batchnorm", "localvit_spec", "make_spec",
+    "optimize_for_inference", "proxy_spec",
 ]

@@ -6,7 +6,7 @@ from typing import Any
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from .layers import fold_batchnorm
+from .layers import optimize_for_inference
 from .pvt import PyramidVisionTransformer
 from .spec import ArchSpec, as_spec, with_overrides
 from .swin import SwinTransformer
@@ -26,10 +26,10 @@ def _model_class(spec: ArchSpec) -> type[nn.Module]:
 
 
 def build_model(spec: ArchSpec | dict | str, *, inference: bool = False, **kwargs: Any) -> nn.Module:
-    """The model a spec describes; `inference=True` folds BatchNorm for fast evaluation."""
+    """The model a spec describes; `inference=True` gives the inference mode (`optimize_for_inference`)."""
     spec = as_spec(spec)
     model = _model_class(spec)(spec, **kwargs)
-    return fold_batchnorm(model) if inference else model
+    return optimize_for_inference(model) if inference else model
 
 
 default_cfgs = generate_default_cfgs({"localvit_custom.untrained": _cfg()})

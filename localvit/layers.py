@@ -118,19 +118,26 @@ class LocalityFeedForward(nn.Module):
         y = self.conv(x)
         return x + y if torch.is_grad_enabled() else y.add_(x)  # the conv output is fresh: reuse it
 
+    def forward_tokens(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+        """Run on the image tokens of `x` (B, prefix + H*W, C) on their grid; prefix tokens bypass it.
 
-def apply_on_grid(ffn: nn.Module, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
-    """Run a 2-D FFN on the image tokens of `x` (B, prefix + H*W, C); prefix tokens bypass it.
-
-    The (B, N, C) -> (B, C, H, W) view is channels-last in memory, so no copy is made.
-    """
-    prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
-    batch, num_tokens, channels = tokens.shape
-    height, width = grid
-    if num_tokens != height * width:
-        raise ValueError(f"{num_tokens} image tokens do not fit the {height}x{width} grid this block was built for")
-    y = ffn(tokens.transpose(1, 2).reshape(batch, channels, height, width)).flatten(2).transpose(1, 2)
-    return torch.cat([prefix, y], dim=1) if num_prefix_tokens else y
+        The (B, N, C) -> (B, C, H, W) view is channels-last in memory, so no copy is made. Without
+        autograd the residual sum is written straight into the output instead of concatenating
+        the prefix tokens to it afterwards (a strided concatenation costs as much as two adds).
+        """
+        prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+        batch, num_tokens, channels = tokens.shape
+        height, width = grid
+        if num_tokens != height * width:
+            raise ValueError(f"{num_tokens} image tokens do not fit the {height}x{width} grid this block was built for")
+        on_grid = tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        if torch.is_grad_enabled() or not num_prefix_tokens:
+            y = self(on_grid).flatten(2).transpose(1, 2)
+            return torch.cat([prefix, y], dim=1) if num_prefix_tokens else y
+        out = torch.empty_like(x)
+        out[:, :num_prefix_tokens] = prefix
+        torch.add(tokens, self.conv(on_grid).flatten(2).transpose(1, 2), out=out[:, num_prefix_tokens:])
+        return out
 
 
 class FeedForwardBlock(nn.Module):
@@ -156,7 +163,7 @@ class FeedForwardBlock(nn.Module):
     def _feed_forward(self, x: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
         if self.conv is None:
             return x + drop_path(self.mlp(self.norm2(x)))
-        return apply_on_grid(self.conv, x, self.grid_size, self.num_prefix_tokens)
+        return self.conv.forward_tokens(x, self.grid_size, self.num_prefix_tokens)
 
 
 @torch.no_grad()
@@ -176,4 +183,60 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 fused = fuse_conv_bn_eval(conv, bn)
                 conv.weight, conv.bias = fused.weight, fused.bias
                 setattr(module, bn_name, nn.Identity())
+    return model
+
+
+def _onednn_fusion_available() -> bool:
+    """oneDNN convolutions with a fused activation: x86 builds of torch (the op inductor uses)."""
+    try:
+        return torch.backends.mkldnn.is_available() and not torch.ops.mkldnn._is_mkldnn_acl_supported() and bool(
+            torch.ops.mkldnn._convolution_pointwise.default)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_FUSION = _onednn_fusion_available()
+
+#: oneDNN post-op name, scalars and algorithm of each activation a convolution can be fused with.
+_ONEDNN_ACTIVATIONS: dict[type[nn.Module], tuple[str, list[float], str]] = {
+    Hardswish: ("hardswish", [], ""), ReLU6: ("hardtanh", [0.0, 6.0], ""), nn.GELU: ("gelu", [], "none")}
+
+
+class ConvActivation(nn.Module):
+    """A convolution and the activation after it; on CPU in fp32 without autograd one oneDNN
+    kernel applies both, which saves a pass over the FFN's widest tensor. Elsewhere: conv, then act."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.act = conv, act
+        self._post_op = _ONEDNN_ACTIVATIONS[type(act)]
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        return (_ONEDNN_FUSION and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fusable(x):
+            return self.act(self.conv(x))
+        conv = self.conv
+        name, scalars, algorithm = self._post_op
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+            name, scalars, algorithm)
+
+
+@torch.no_grad()
+def optimize_for_inference(model: nn.Module) -> nn.Module:
+    """The inference mode: `fold_batchnorm`, then each convolution and the activation that
+    follows it in a `Sequential` become one `ConvActivation`. Exact up to float rounding."""
+    fold_batchnorm(model)
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = [(name, child) for name, child in module.named_children() if not isinstance(child, nn.Identity)]
+        for (conv_name, conv), (act_name, act) in zip(children, children[1:]):
+            if (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+                    and type(act) in _ONEDNN_ACTIVATIONS):
+                setattr(module, conv_name, ConvActivation(conv, act))
+                setattr(module, act_name, nn.Identity())
     return model

@@ -22,7 +22,7 @@ from timm.models.vision_transformer import Attention
 from torch import nn
 
 from .backbones import STAGE_PAPER_SPECS
-from .layers import FeedForwardBlock, LocalityFeedForward, apply_on_grid
+from .layers import FeedForwardBlock, LocalityFeedForward
 from .spec import ArchSpec, LayerSpec
 from .stages import StageBackbone, drop_path_rates, stage_cfg
 
@@ -88,7 +88,7 @@ class TokenPerformer(nn.Module):
         x = self.attention(self.norm1(x))
         if self.conv is None:
             return x + self.mlp(self.norm2(x))
-        return apply_on_grid(self.conv, x, self.grid_size, num_prefix_tokens=0)
+        return self.conv.forward_tokens(x, self.grid_size, num_prefix_tokens=0)
 
 
 class TokensToToken(nn.Module):

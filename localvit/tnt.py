@@ -17,7 +17,7 @@ from timm.models.tnt import TNT, Block
 from torch import nn
 
 from .backbones import STAGE_PAPER_SPECS
-from .layers import LocalityFeedForward, apply_on_grid
+from .layers import LocalityFeedForward
 from .presets import stage_geometry
 from .spec import ArchSpec, LayerSpec
 from .stages import drop_path_rates, spec_for_family, stage_cfg
@@ -41,7 +41,7 @@ class LocalityTntBlock(Block):
         pixels_to_patch = self.proj(self.norm1_proj(pixel_embed).reshape(batch, num_tokens - 1, -1))
         patch_embed = torch.cat([patch_embed[:, :1], patch_embed[:, 1:] + pixels_to_patch], dim=1)
         patch_embed = patch_embed + self.drop_path(self.attn_out(self.norm_out(patch_embed)))
-        return pixel_embed, apply_on_grid(self.conv, patch_embed, self.grid_size, num_prefix_tokens=1)
+        return pixel_embed, self.conv.forward_tokens(patch_embed, self.grid_size, num_prefix_tokens=1)
 
 
 class TransformerInTransformer(TNT):

@@ -20,7 +20,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from .layers import LocalityFeedForward, apply_on_grid
+from .layers import LocalityFeedForward
 from .spec import ArchSpec, LayerSpec, as_spec, with_overrides
 
 __all__ = ["LocalityBlock", "LocalVisionTransformer"]
@@ -52,7 +52,7 @@ class LocalityBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal))
-        return apply_on_grid(self.conv, x, self.grid_size, self.num_prefix_tokens)
+        return self.conv.forward_tokens(x, self.grid_size, self.num_prefix_tokens)
 
 
 def _make_block(spec: ArchSpec, *, dim: int, num_heads: int, qkv_bias: bool, drop_path: float, attn_drop: float,

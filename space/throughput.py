@@ -1,6 +1,6 @@
 """Measured inference throughput of a spec, cached on disk, usable as a search constraint.
 
-A measurement builds the model in inference mode (BatchNorm folded), runs warm-up batches,
+A measurement builds the model in inference mode (`optimize_for_inference`), runs warm-up batches,
 then reports the median images/s of several timed batches. On CPU it runs with a fixed
 thread count (1 by default, the way search trials run side by side) and says so, because
 the figure depends on it more than on anything else.
@@ -77,7 +77,7 @@ def _check(batch: int, img_size: int, dtype: str, warmup: int, repeats: int) -> 
 def measure_model(model: nn.Module, *, batch: int = 64, img_size: int = 224, in_chans: int = 3,
                   device: str = "cpu", dtype: str = "float32", warmup: int = 2, repeats: int = 5,
                   threads: int | None = 1) -> Throughput:
-    """Images/s of `model` in eval mode; the model is moved to `device`."""
+    """Images/s of `model` in eval mode under `torch.inference_mode`; the model is moved to `device`."""
     _check(batch, img_size, dtype, warmup, repeats)
     start = time.perf_counter()
     dev = torch.device(device)
@@ -105,11 +105,15 @@ def default_cache_path() -> Path:
     return base / "localvit-nas" / "throughput.jsonl"
 
 
+#: Bumped when what `measure` times changes, so that figures cached before are not reused.
+MEASUREMENT_VERSION = 2  # 2: the inference mode fuses activations into the convolutions
+
+
 def _cache_key(spec: ArchSpec, device: str, batch: int, img_size: int, dtype: str, threads: int | None) -> str:
     import timm
 
-    return json.dumps([spec.id, device_name(device), batch, img_size, dtype, threads, torch.__version__,
-                       timm.__version__])
+    return json.dumps([MEASUREMENT_VERSION, spec.id, device_name(device), batch, img_size, dtype, threads,
+                       torch.__version__, timm.__version__])
 
 
 def measure(spec: ArchSpec, *, device: str = "cpu", batch: int = 64, img_size: int = 224, dtype: str = "float32",

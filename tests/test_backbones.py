@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from localvit import ArchSpec, LayerSpec, build_model, fold_batchnorm
+from localvit import ArchSpec, LayerSpec, build_model, optimize_for_inference
 from localvit.backbones import (PROXY_IMG_SIZE, SEARCH_BACKBONES, STAGE_PAPER_SPECS, baseline_spec, block_dims,
                                 localvit_spec, make_spec, proxy_spec)
 from localvit.presets import PRESETS, StagePreset
@@ -145,8 +145,8 @@ def test_official_weights_load_strictly_and_give_official_outputs(name: str, mon
     assert n_params(model) == fixture["num_params"]
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(fixture["input"]), fixture["output"], rtol=0, atol=1e-5)
-        folded = fold_batchnorm(copy.deepcopy(model))
-        torch.testing.assert_close(folded(fixture["input"]), fixture["output"], rtol=0, atol=1e-5)
+        fast = optimize_for_inference(copy.deepcopy(model))
+        torch.testing.assert_close(fast(fixture["input"]), fixture["output"], rtol=0, atol=1e-5)
     cost = FAMILY_COSTS[preset.family](spec)
     assert cost.params == fixture["num_params"]
 
@@ -192,7 +192,7 @@ def test_cost_model_equals_fvcore_on_100_random_specs_at_224(backbone: str) -> N
 # --- folding, search API, proxy ----------------------------------------------------------------
 
 @pytest.mark.parametrize("backbone", STAGE_BACKBONES)
-def test_folding_is_exact_on_random_specs_with_trained_statistics(backbone: str) -> None:
+def test_inference_mode_is_exact_on_random_specs_with_trained_statistics(backbone: str) -> None:
     torch.manual_seed(0)
     spec = proxy_spec(random_spec(random.Random(f"fold-{backbone}"), backbone))
     model = build_model(spec).train()
@@ -201,9 +201,9 @@ def test_folding_is_exact_on_random_specs_with_trained_statistics(backbone: str)
             model(torch.randn(4, 3, PROXY_IMG_SIZE, PROXY_IMG_SIZE))
         x = torch.randn(2, 3, PROXY_IMG_SIZE, PROXY_IMG_SIZE)
         expected = model.eval()(x)
-        folded = fold_batchnorm(copy.deepcopy(model))
-        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
+        fast = optimize_for_inference(copy.deepcopy(model))
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("backbone", SEARCH_BACKBONES)

@@ -9,7 +9,8 @@ import timm
 import torch
 
 import localvit
-from localvit import ArchSpec, LayerSpec, build_model, fold_batchnorm
+from localvit import ArchSpec, LayerSpec, build_model, optimize_for_inference
+from localvit.layers import ConvActivation
 from space.paper import PAPER_ROWS
 from tests.conftest import OFFICIAL, fvcore_cost
 from tests.paper_counter import paper_flops
@@ -118,8 +119,8 @@ def test_official_weights_load_strictly_and_give_official_outputs(name: str) -> 
     with torch.no_grad():
         out = model.eval()(fixture["input"])
         torch.testing.assert_close(out, fixture["output"], rtol=0, atol=1e-5)
-        folded = fold_batchnorm(copy.deepcopy(model))
-        torch.testing.assert_close(folded(fixture["input"]), fixture["output"], rtol=0, atol=1e-5)
+        fast = optimize_for_inference(copy.deepcopy(model))
+        torch.testing.assert_close(fast(fixture["input"]), fixture["output"], rtol=0, atol=1e-5)
 
 
 # --- builder, folding, registration -----------------------------------------------------------
@@ -130,7 +131,7 @@ MIXED = ArchSpec(
     embed_dim=48, num_heads=3, img_size=28, patch_size=4, in_chans=1, num_classes=10, drop_path_rate=0.1)
 
 
-def test_folded_model_equals_eval_model_and_has_no_batchnorm() -> None:
+def test_inference_mode_equals_eval_model_with_and_without_autograd() -> None:
     torch.manual_seed(0)
     model = build_model(MIXED)
     model.train()
@@ -138,11 +139,16 @@ def test_folded_model_equals_eval_model_and_has_no_batchnorm() -> None:
         model(torch.randn(8, 1, 28, 28))
     model.eval()
     x = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():
-        expected = model(x)
-        folded = fold_batchnorm(copy.deepcopy(model))
-        torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    expected = model(x).detach()  # autograd on: the out-of-place path with the class-token concatenation
+    fast = optimize_for_inference(copy.deepcopy(model))
+    with torch.no_grad():  # in place, residual written into the output, fused conv + activation
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(fast(x), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast(x).detach(), expected, rtol=0, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    fused = [type(m.act) for m in fast.modules() if isinstance(m, ConvActivation)]
+    assert fused == [localvit.layers.ReLU6, localvit.layers.ReLU6, torch.nn.GELU, localvit.layers.Hardswish,
+                     localvit.layers.Hardswish]
     assert build_model(MIXED, inference=True).training is False
 
 

@@ -257,3 +257,37 @@ def test_paper_space_points_are_the_distinct_rows() -> None:
     points = make_space("paper").points
     assert len(points) == len(set(points.values())) == len({row.spec for row in PAPER_ROWS})
     assert list(itertools.islice(points, 1)) == ["I/deit-mlp-g4"]
+
+
+# --- throughput -------------------------------------------------------------------------------
+
+def test_throughput_is_timed_in_eval_mode_without_autograd() -> None:
+    import torch
+
+    from space.throughput import measure_model
+
+    class Probe(torch.nn.Module):
+        seen: list[tuple[bool, bool]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append((torch.is_grad_enabled(), self.training))
+            return x.mean()
+
+    result = measure_model(Probe().train(), batch=2, img_size=8, warmup=1, repeats=2)
+    assert Probe.seen == [(False, False)] * 3 and result.repeats == 2 and result.batch == 2
+
+
+def test_throughput_is_cached_per_condition(tmp_path) -> None:
+    from space.throughput import measure
+
+    spec = ArchSpec.uniform(LayerSpec("local", "hswish", "se", se_ratio=8), depth=2, embed_dim=32, num_heads=2,
+                            img_size=28, patch_size=4, in_chans=1, num_classes=10)
+    cache = tmp_path / "throughput.jsonl"
+    first = measure(spec, batch=4, img_size=28, warmup=0, repeats=2, cache=cache)
+    assert first.images_per_s > 0 and first.threads == 1 and first.img_size == 28
+    assert measure(spec, batch=4, img_size=28, warmup=0, repeats=2, cache=cache) == first  # read back, not re-run
+    assert len(cache.read_text().splitlines()) == 1
+    measure(spec, batch=2, img_size=28, warmup=0, repeats=2, cache=cache)  # another condition: measured
+    assert len(cache.read_text().splitlines()) == 2
+    with pytest.raises(ValueError, match="dtype='fp8' is invalid; accepted: float32, bfloat16, float16"):
+        measure(spec, dtype="fp8", cache=False)
