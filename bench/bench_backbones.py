@@ -54,7 +54,7 @@ def main() -> None:
                          "aim (half)": ("met" if loss <= target / 2 else "missed") if target and is_local else "-"})
     columns = list(rows[0])
     table = markdown_table(rows, columns)
-    header = (f"Inference, batch {args.batch}, 224x224, float32, CPU, {args.threads} threads, {allocator()}, "
+    header = (f"Inference, batch {args.batch}, 224x224, float32, CPU, {args.threads} thread(s), {allocator()}, "
               f"{args.rounds} interleaved rounds x {args.repeats} batches (median; min/max over rounds).")
     print(header + "\n\n" + table)
     save("backbones", rows, vars(args), header + "\n\n" + table)

@@ -49,7 +49,7 @@ def main() -> None:
             for name, values in per_round.items()]
     table = markdown_table(rows, ["model", "images/s", "min", "max", "vs DeiT-T"])
     on_cpu = args.device == "cpu"
-    device = torch.cuda.get_device_name(0) if not on_cpu else f"CPU, {args.threads} threads, {allocator()}"
+    device = torch.cuda.get_device_name(0) if not on_cpu else f"CPU, {args.threads} thread(s), {allocator()}"
     header = (f"Inference, batch {args.batch}, {args.img_size}x{args.img_size}, {args.dtype}, {device}, "
               f"{args.rounds} interleaved rounds x {args.repeats} batches (median; min/max over rounds).")
     print(header + "\n\n" + table)
