@@ -242,10 +242,22 @@ class ArchSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "ArchSpec":
+        """A spec file: a bare spec, or a record holding one under `spec` (an exported `arch.json`)."""
         path = Path(path)
         if not path.is_file():
-            _fail("spec path", str(path), "an existing JSON file")
-        return cls.from_json(path.read_text())
+            _fail("spec path", str(path), "an existing JSON file (a spec or an exported arch.json)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"spec file {str(path)!r} is not valid JSON: {err}") from None
+        if isinstance(data, dict) and isinstance(data.get("spec"), dict):
+            data = data["spec"]
+        if not isinstance(data, dict):
+            raise ValueError(f"spec file {str(path)!r} holds {type(data).__name__}; accepted: a JSON object")
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"spec file {str(path)!r}: {err}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(indent=2) + "\n")
@@ -285,27 +297,10 @@ def as_spec(spec: "ArchSpec | Mapping[str, Any] | str | Path") -> ArchSpec:
         return spec
     if isinstance(spec, Mapping):
         return ArchSpec.from_dict(spec)
-    if isinstance(spec, (str, Path)) and not str(spec).lstrip().startswith("{"):
-        data = _read_json(spec)
-        return ArchSpec.from_dict(data["spec"] if isinstance(data.get("spec"), Mapping) else data)
     if isinstance(spec, (str, Path)):
         text = str(spec).lstrip()
         return ArchSpec.from_json(text) if text.startswith("{") else ArchSpec.load(spec)
     raise ValueError(f"spec={spec!r} is invalid; accepted: ArchSpec, dict, JSON string or path to a JSON file")
-
-
-def _read_json(path: str | Path) -> dict[str, Any]:
-    """A spec file: a spec, or a record holding one under `spec` (an exported `arch.json`)."""
-    path = Path(path)
-    if not path.is_file():
-        _fail("spec path", str(path), "an existing JSON file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"spec file {str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        _fail("spec file", str(path), "a JSON object")
-    return data
 
 
 __all__ = ["ArchSpec", "LayerSpec", "as_spec", "FFN_TYPES", "ACTIVATIONS", "CHANNEL_ATTENTIONS"]

@@ -175,21 +175,7 @@ def arch_record(spec: ArchSpec, proxy: Mapping[str, Any] | None = None) -> dict[
 
 def read_spec(path: str | Path) -> ArchSpec:
     """The spec of an exported `arch.json`, or of a bare spec JSON file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"spec={str(path)!r} is invalid; accepted: an existing arch.json or spec JSON file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"spec file {path} is not valid JSON: {err}") from None
-    if isinstance(data, dict) and isinstance(data.get("spec"), dict):
-        data = data["spec"]
-    if not isinstance(data, dict):
-        raise ValueError(f"spec file {path} holds {type(data).__name__}; accepted: a JSON object")
-    try:
-        return ArchSpec.from_dict(data)
-    except ValueError as err:
-        raise ValueError(f"spec file {path}: {err}") from None
+    return ArchSpec.load(path)
 
 
 def trial_provenance(study: optuna.Study, trial: FrozenTrial, baselines: Mapping[str, Any] | None = None) \
