@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,46 @@ def interleaved_throughput(models: dict[Any, torch.nn.Module], rounds: int, **me
     return per_round
 
 
-def paired_change(values: list[float], baseline: list[float]) -> float:
-    """Median over rounds of each round's relative change against the baseline of that round:
-    steadier than comparing medians when the machine's speed drifts between rounds."""
-    return statistics.median(v / b - 1 for v, b in zip(values, baseline))
+@dataclass(frozen=True)
+class Change:
+    """A relative change (-0.03: 3% slower) with a confidence interval for it."""
+
+    median: float
+    low: float
+    high: float
+    coverage: float  # the interval's confidence level
+
+    def __str__(self) -> str:
+        return f"{100 * self.median:+.1f}% ({100 * self.low:+.1f} to {100 * self.high:+.1f})"
+
+    def verdict(self, at_least: float) -> str:
+        """`met` when the whole interval is at or above `at_least` (-0.027: lose at most 2.7%),
+        `missed` when it is wholly below, else `undecided` (more rounds would tell)."""
+        return "met" if self.low >= at_least else "missed" if self.high < at_least else "undecided"
+
+
+def median_interval(samples: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """The narrowest order-statistic interval [x_(j), x_(n+1-j)] that holds the median with at least
+    `confidence` (sign test: no assumption on the distribution), and its exact coverage; with too
+    few samples for that, the full range."""
+    ordered, n = sorted(samples), len(samples)
+
+    def coverage(j: int) -> float:  # 1 - 2 P(Binomial(n, 1/2) <= j - 1)
+        return 1 - 2 * sum(math.comb(n, i) for i in range(j)) / 2 ** n
+
+    j = 1
+    while j + 1 <= (n + 1) // 2 and coverage(j + 1) >= confidence:
+        j += 1
+    return ordered[j - 1], ordered[n - j], coverage(j)
+
+
+def paired_change(values: list[float], baseline: list[float], confidence: float = 0.95) -> Change:
+    """Median over rounds of each round's relative change against the baseline of that round
+    (steadier than comparing medians when the machine's speed drifts between rounds), with a
+    distribution-free interval for it from `median_interval`."""
+    changes = [v / b - 1 for v, b in zip(values, baseline, strict=True)]
+    low, high, coverage = median_interval(changes, confidence)
+    return Change(statistics.median(changes), low, high, coverage)
 
 
 def save(name: str, rows: list[dict[str, Any]], settings: dict[str, Any], markdown: str) -> Path:
