@@ -173,11 +173,6 @@ def arch_record(spec: ArchSpec, proxy: Mapping[str, Any] | None = None) -> dict[
             "flops_convention": FLOPS_CONVENTION, "proxy": dict(proxy) if proxy else None}
 
 
-def read_spec(path: str | Path) -> ArchSpec:
-    """The spec of an exported `arch.json`, or of a bare spec JSON file."""
-    return ArchSpec.load(path)
-
-
 def trial_provenance(study: optuna.Study, trial: FrozenTrial, baselines: Mapping[str, Any] | None = None) \
         -> dict[str, Any]:
     """Where a trial's architecture came from: study, trial, settings, proxy protocol and result."""
@@ -322,9 +317,8 @@ def _readme(spec: ArchSpec, out: Path, cfg: TrainConfig, arch: Mapping[str, Any]
         "timm's RandAugment `inc1` posterize fails (0 bits) about once in 800 images: use Pillow < 13 there "
         "(`search.train` handles it).", "",
         "## Use the model", "",
-        "    from search.export import read_spec",
         "    import localvit",
-        f"    model = localvit.build_model(read_spec('{out / 'arch.json'}'))", "",
+        f"    model = localvit.build_model('{out / 'arch.json'}')", "",
     ]
     return "\n".join(lines)
 
@@ -348,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.spec:
         if not args.out:
             parser.error("--spec needs --out DIR")
-        folders = [export_spec(read_spec(args.spec), args.out, provenance={"source": str(args.spec)})]
+        folders = [export_spec(ArchSpec.load(args.spec), args.out, provenance={"source": str(args.spec)})]
     else:
         if args.out:
             parser.error("--out goes with --spec; trials are written under <results>/<study>/export/")

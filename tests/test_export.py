@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from localvit import ArchSpec, LayerSpec, build_model, localvit_spec, proxy_spec
-from search.export import export_spec, export_trials, main, open_study, read_spec, select_trials, trial_provenance
+from search.export import export_spec, export_trials, main, open_study, select_trials, trial_provenance
 from search.recipe import TrainConfig, to_timm_args
 from space.cost import target_cost
 from tests.conftest import FIXTURES, fvcore_cost
@@ -111,7 +111,7 @@ def test_exported_job(study, tmp_path):
         "README.md", "arch.json", "provenance.json", "train.yaml", "train_timm.yaml"]
 
     arch = json.loads((folder / "arch.json").read_text())
-    assert arch["spec_id"] == spec.id and read_spec(folder / "arch.json") == spec
+    assert arch["spec_id"] == spec.id and ArchSpec.load(folder / "arch.json") == spec
     assert arch["target_cost"] == arch["cost"] == {"img_size": 224, "in_chans": 3, "num_classes": 1000,
                                                    "flops": target_cost(spec).flops,
                                                    "params": target_cost(spec).params}
@@ -189,7 +189,7 @@ def test_timm_variant_uses_only_timm_train_py_names(tmp_path):
 def test_model_from_arch_json_has_its_flops_and_params(spec, tmp_path):
     folder = export_spec(spec, tmp_path / "job")
     arch = json.loads((folder / "arch.json").read_text())
-    flops, params = fvcore_cost(build_model(read_spec(folder / "arch.json")), spec.img_size)
+    flops, params = fvcore_cost(build_model(ArchSpec.load(folder / "arch.json")), spec.img_size)
     assert (flops, params) == (arch["cost"]["flops"], arch["cost"]["params"])
     target = target_cost(spec)
     assert (arch["target_cost"]["flops"], arch["target_cost"]["params"]) == (target.flops, target.params)
@@ -208,7 +208,7 @@ def test_cli_exports_from_sqlite_and_from_a_spec_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run(["--spec", str(Path(folders[0]) / "arch.json"), "--out", str(tmp_path / "again")])
     assert exit_.value.code == 0
-    assert read_spec(tmp_path / "again" / "arch.json") == read_spec(Path(folders[0]) / "arch.json")
+    assert ArchSpec.load(tmp_path / "again" / "arch.json") == ArchSpec.load(Path(folders[0]) / "arch.json")
 
 
 def run(argv):
