@@ -14,7 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
-from search.cli import usage_errors
+from localvit.cli import usage_errors
 
 if TYPE_CHECKING:
     from search.settings import SearchSettings

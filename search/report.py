@@ -1,7 +1,7 @@
 """Reports of a study: a pandas table, a Pareto plot, a per-layer picture, a summary, exports.
 
 "Best" and the Pareto front are taken among feasible trials trained to the full proxy
-budget only (`search.export.ranked_candidates`, the same selection the exports use); trials
+budget only (`imagenet.export.ranked_candidates`, the same selection the exports use); trials
 stopped early by ASHA carry their low-epoch accuracy and are counted apart.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from localvit.spec import ArchSpec
 
-from .export import export_trials, pareto_front, ranked_candidates
+from imagenet.export import export_trials, pareto_front, ranked_candidates
 from .settings import TRAIN, SearchSettings
 
 def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
@@ -198,7 +198,7 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
             mean = "-" if entry["mean"] is None else f"{entry['mean']:.2f}"
             lines.append(f"| {name} (trial {entry['trial']}) | {values} | {mean} |")
     lines += ["", "Files: `trials.csv`, `pareto.png`, `layers.png`" + (", exports:" if exported else "")]
-    lines += [f"- `{path.relative_to(settings.study_dir)}`: `python -m search.train --config "
+    lines += [f"- `{path.relative_to(settings.study_dir)}`: `python -m imagenet.train --config "
               f"{path / 'train.yaml'} --data-dir /path/to/imagenet`" for path in exported]
     lines += ["", f"Inspect: `optuna-dashboard {settings.storage_url}`", ""]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Export of found architectures as ImageNet training jobs (search.export, search.recipe)."""
+"""Export of found architectures as ImageNet training jobs (imagenet.export, imagenet.recipe)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from localvit import ArchSpec, LayerSpec, build_model, localvit_spec, proxy_spec
-from search.export import export_spec, export_trials, main, open_study, select_trials, trial_provenance
-from search.recipe import TrainConfig, to_timm_args
+from imagenet.export import export_spec, export_trials, main, open_study, select_trials, trial_provenance
+from imagenet.recipe import TrainConfig, to_timm_args
 from space.cost import target_cost
 from tests.conftest import FIXTURES, fvcore_cost
 
@@ -36,7 +36,7 @@ def _spec(ffn: str, act: str | None, attn: str, ratio: int | None, gamma: float)
 
 
 def make_study(storage: str | None = None, name: str = "demo", baselines_attr: bool = True) -> optuna.Study:
-    """A study as the search writes it (the storage contract of search.export)."""
+    """A study as the search writes it (the storage contract of imagenet.export)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     study.set_user_attr("settings", {"budget_flops": 1.3e9, "sampler": "tpe", "backbone": "deit_tiny"})
@@ -126,7 +126,7 @@ def test_exported_job(study, tmp_path):
     assert "git" in prov["exported"]
 
     readme = (folder / "README.md").read_text()
-    for text in (f"--config {folder / 'train.yaml'} --data-dir", "torchrun --nproc_per_node=8 -m search.train",
+    for text in (f"--config {folder / 'train.yaml'} --data-dir", "torchrun --nproc_per_node=8 -m imagenet.train",
                  "--eval --checkpoint", "device_modules", f"{target_cost(spec).flops / 1e9:.3f} GFLOPs"):
         assert text in readme
 
@@ -212,7 +212,7 @@ def test_cli_exports_from_sqlite_and_from_a_spec_file(tmp_path, capsys):
 
 
 def run(argv):
-    from search.cli import run_cli
+    from localvit.cli import run_cli
 
     run_cli(main, argv)
 

@@ -1,4 +1,4 @@
-"""The ImageNet trainer (search.train) on a tiny ImageNet-layout folder of real Fashion-MNIST images."""
+"""The ImageNet trainer (imagenet.train) on a tiny ImageNet-layout folder of real Fashion-MNIST images."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from localvit import ArchSpec, LayerSpec, build_model
-from search.export import export_spec
-from search.train import keep_zero_bit_posterize, main
+from imagenet.export import export_spec
+from imagenet.train import keep_zero_bit_posterize, main
 from tests.conftest import OFFICIAL as OFFICIAL_FIXTURES
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -149,8 +149,8 @@ def test_evaluates_an_official_checkpoint(imagenet, tmp_path, capsys):
 
 def test_a_paper_model_by_its_official_name_gets_the_recipe():
     from localvit.vision_transformer import PAPER_SPECS
-    from search.recipe import TrainConfig
-    from search.train import load_config, parse_args
+    from imagenet.recipe import TrainConfig
+    from imagenet.train import load_config, parse_args
 
     args = parse_args(["--model", "localvit_tiny_mlp4_act3_r192", "--data-dir", "in1k", "--eval", "--checkpoint",
                        "localvit_t.pth"])
@@ -211,7 +211,7 @@ def test_bad_input_is_one_line_and_exit_2(imagenet, tmp_path, capsys, monkeypatc
 
 def test_command_line_error_has_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "search.train", "--config", str(tmp_path / "none.yaml"),
+    result = subprocess.run([sys.executable, "-m", "imagenet.train", "--config", str(tmp_path / "none.yaml"),
                              "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: config=") and result.stderr.count("\n") == 1
@@ -223,7 +223,7 @@ def test_distributed_run_counts_every_validation_image_once(imagenet, tmp_path, 
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "search.train",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "imagenet.train",
          *_tiny_run_args(job / "train.yaml", imagenet, out), "--epochs", "1"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,9 +1,9 @@
 """Train an architecture on ImageNet with the DeiT / LocalViT recipe, on the CPU or 1..N GPUs.
 
-    python -m search.train --config train.yaml --data-dir /path/to/imagenet
-    torchrun --nproc_per_node=8 -m search.train --config train.yaml --data-dir /path/to/imagenet
-    python -m search.train --config train.yaml --data-dir /path/to/imagenet --eval --checkpoint best.pth
-    python -m search.train --model localvit_tiny --data-dir /path/to/imagenet --eval --checkpoint localvit_t.pth
+    python -m imagenet.train --config train.yaml --data-dir /path/to/imagenet
+    torchrun --nproc_per_node=8 -m imagenet.train --config train.yaml --data-dir /path/to/imagenet
+    python -m imagenet.train --config train.yaml --data-dir /path/to/imagenet --eval --checkpoint best.pth
+    python -m imagenet.train --model localvit_tiny --data-dir /path/to/imagenet --eval --checkpoint localvit_t.pth
 
 Built from timm's parts (dataset, transforms with RandAugment and random erasing, Mixup/CutMix,
 SoftTargetCrossEntropy, optimizer and scheduler factories, ModelEmaV3, RepeatAugSampler) so that
@@ -44,8 +44,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import localvit
 from localvit.vision_transformer import OFFICIAL_NAMES, PAPER_SPECS
-from search.cli import usage_errors
-from search.recipe import TrainConfig
+from localvit.cli import usage_errors
+from imagenet.recipe import TrainConfig
 
 LOG_FIELDS = ("epoch", "lr", "train_loss", "top1", "top5", "ema_top1", "ema_top5", "time_s")
 
@@ -73,9 +73,9 @@ class Accuracy:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m search.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m imagenet.train", description=__doc__.split("\n\n")[0])
     model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--config", help="train.yaml written by search.export")
+    model.add_argument("--config", help="train.yaml written by imagenet.export")
     model.add_argument("--model", choices=sorted({*PAPER_SPECS, *OFFICIAL_NAMES}),
                        help="a paper model with the default recipe (e.g. to evaluate an official checkpoint)")
     parser.add_argument("--data-dir", help="ImageNet layout: <dir>/train/<class>/*, <dir>/val/<class>/*")

@@ -1,6 +1,6 @@
 """The DeiT / LocalViT ImageNet training recipe as one typed, strictly checked config.
 
-A `TrainConfig` is what `search.train` runs and what the export writes as `train.yaml`. The
+A `TrainConfig` is what `imagenet.train` runs and what the export writes as `train.yaml`. The
 model section holds the architecture spec inline, so the YAML file alone describes a run.
 Loading is strict: an unknown key or a value of the wrong type is a ValueError naming the key,
 the value and what is accepted, because a misspelt key in a 300-epoch recipe would otherwise

@@ -1,13 +1,13 @@
 """Export found architectures as complete ImageNet training jobs.
 
-    python -m search.export --study NAME --top 3         # the best 3 by proxy accuracy
-    python -m search.export --study NAME --pareto        # the accuracy / FLOPs Pareto front
-    python -m search.export --study NAME --trial 17      # one trial
-    python -m search.export --spec arch.json --out DIR   # a bare spec
+    python -m imagenet.export --study NAME --top 3         # the best 3 by proxy accuracy
+    python -m imagenet.export --study NAME --pareto        # the accuracy / FLOPs Pareto front
+    python -m imagenet.export --study NAME --trial 17      # one trial
+    python -m imagenet.export --spec arch.json --out DIR   # a bare spec
 
 Each job is a folder (`results/<study>/export/<spec id>/` for trials) with `arch.json` (the
 spec, its FLOPs and params, the proxy figures), `train.yaml` (the DeiT / LocalViT recipe with
-the spec inline, run by `python -m search.train`), `train_timm.yaml` (the same recipe for timm's
+the spec inline, run by `python -m imagenet.train`), `train_timm.yaml` (the same recipe for timm's
 `train.py`), `provenance.json` (where it came from) and a `README.md` with the commands.
 
 The search calls `export_trials(study, select_trials(study, top=3), results_dir)`; it reads
@@ -29,8 +29,8 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from localvit.spec import ArchSpec, as_spec
-from search.cli import run_cli
-from search.recipe import TIMM_GPUS, TrainConfig, to_timm_args
+from localvit.cli import run_cli
+from imagenet.recipe import TIMM_GPUS, TrainConfig, to_timm_args
 from space.cost import TARGET_IMG_SIZE, TARGET_IN_CHANS, TARGET_NUM_CLASSES, model_cost, target_cost
 
 FLOPS_CONVENTION = "fvcore's: one multiply-add is one FLOP; attention matmuls counted; one image's forward pass"
@@ -145,7 +145,7 @@ def export_spec(spec: ArchSpec, out_dir: str | Path, *, provenance: Mapping[str,
     cfg = TrainConfig.for_spec(spec)
     arch = arch_record(spec, proxy)
     (out / "arch.json").write_text(json.dumps(arch, indent=2) + "\n")
-    cfg.save(out / "train.yaml", _yaml_header(spec, out, "search.train"))
+    cfg.save(out / "train.yaml", _yaml_header(spec, out, "imagenet.train"))
     timm_args = to_timm_args(cfg)
     (out / "train_timm.yaml").write_text(
         "".join(f"# {line}\n" for line in _yaml_header(spec, out, "timm").splitlines())
@@ -248,7 +248,7 @@ def _yaml_header(spec: ArchSpec, out: Path, trainer: str) -> str:
                 f"torchrun --nproc_per_node={TIMM_GPUS} train.py --config {(out / 'train_timm.yaml').resolve()} "
                 f"--data-dir /path/to/imagenet")
     return (f"LocalViT-NAS architecture {spec.id}: the DeiT / LocalViT ImageNet recipe, every value explicit.\n"
-            f"python -m search.train --config {out / 'train.yaml'} --data-dir /path/to/imagenet\n"
+            f"python -m imagenet.train --config {out / 'train.yaml'} --data-dir /path/to/imagenet\n"
             f"lr = optim.lr_base x run.batch_size (global) / optim.lr_base_size; --batch-size changes both.")
 
 
@@ -296,14 +296,14 @@ def _readme(spec: ArchSpec, out: Path, cfg: TrainConfig, arch: Mapping[str, Any]
         "`--data-dir` is an ImageNet folder: `train/<class>/*.JPEG` and `val/<class>/*.JPEG` (1000 classes). "
         "Run from the repository root (with the project installed).", "",
         "On 1 GPU (the whole global batch on it; with `--batch-size 256` the learning rate follows):", "",
-        f"    python -m search.train --config {config} --data-dir /path/to/imagenet", "",
+        f"    python -m imagenet.train --config {config} --data-dir /path/to/imagenet", "",
         "On N GPUs of one machine (global batch split over them):", "",
-        f"    torchrun --nproc_per_node=8 -m search.train --config {config} --data-dir /path/to/imagenet", "",
+        f"    torchrun --nproc_per_node=8 -m imagenet.train --config {config} --data-dir /path/to/imagenet", "",
         f"It writes `{out / 'train'}/`: `log.csv` (top-1 / top-5 of the model and its EMA every epoch), "
         "`last.pth` every epoch, `best.pth`, `config.yaml`; the last line printed is `best top-1: X`. "
         "Add `--resume` to continue from `last.pth`.", "",
         "## Evaluate a checkpoint", "",
-        f"    python -m search.train --config {config} --data-dir /path/to/imagenet --eval --checkpoint "
+        f"    python -m imagenet.train --config {config} --data-dir /path/to/imagenet --eval --checkpoint "
         f"{out / 'train' / 'best.pth'}", "",
         "`--ema` evaluates the checkpoint's EMA weights.", "",
         "## With timm's train.py", "",
@@ -315,7 +315,7 @@ def _readme(spec: ArchSpec, out: Path, cfg: TrainConfig, arch: Mapping[str, Any]
         "derives the learning rate from `lr_base` for the GPUs it runs on. timm's loader supports repeated "
         "augmentation only in distributed runs: on one GPU add `--aug-repeats 0`. With Pillow 13 or newer, "
         "timm's RandAugment `inc1` posterize fails (0 bits) about once in 800 images: use Pillow < 13 there "
-        "(`search.train` handles it).", "",
+        "(`imagenet.train` handles it).", "",
         "## Use the model", "",
         "    import localvit",
         f"    model = localvit.build_model('{out / 'arch.json'}')", "",
@@ -326,7 +326,7 @@ def _readme(spec: ArchSpec, out: Path, cfg: TrainConfig, arch: Mapping[str, Any]
 # -- the command ----------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m imagenet.export", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--study", help="study name (SQLite at <results>/<study>/study.db unless --storage)")
     source.add_argument("--spec", help="arch.json or spec JSON file to export alone (with --out)")

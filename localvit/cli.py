@@ -1,4 +1,5 @@
-"""What every command of the project shares: bad input ends in one line and exit status 2."""
+"""What every command of the project shares (run_search, the audit, the export, the trainer): bad
+input ends in one line and exit status 2."""
 from __future__ import annotations
 
 import sys
