@@ -12,27 +12,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from localvit.cli import usage_errors
+from localvit.cli import OneLineErrors, usage_errors
 
 if TYPE_CHECKING:
     from search.settings import SearchSettings
 
 
-class OneLineErrors(argparse.ArgumentParser):
-    """Usage errors in one line and exit status 2, like every other bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from localvit.backbones import PROXY_IMG_SIZE
-    from search.proxy import PRECISIONS, ProxyProtocol
+    from search.options import add_compute_options, add_proxy_options
     from search.settings import SAMPLERS, SearchSettings
 
-    d, p = SearchSettings(), ProxyProtocol()
+    d = SearchSettings()
     parser = OneLineErrors(
         prog="run_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("budget (at 224x224, 1000 classes; e.g. 1.3G, 900M, 5.9M, 1.3e9)")
@@ -44,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="least inference images/s, measured on this machine's CPU at 224x224, batch "
                         f"{d.throughput_batch}, {d.throughput_threads} thread(s), BN folded (default: none)")
     g = parser.add_argument_group("what to search")
-    g.add_argument("--space", default=d.space, help="default, paper, or a .yaml/.json space file "
+    g.add_argument("--space", default=d.space, help="default, paper, a .yaml/.json space file, or a reference "
+                                                     "file (its designs; with --sampler grid) "
                                                      f"(default: {d.space})")
     g.add_argument("--backbone", default=d.backbone,
                    help="deit_tiny, deit_small, pvt_tiny, swin_tiny, swin_mini, tnt_tiny or t2t_7 "
@@ -69,35 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the study; it must exist")
     g.add_argument("--export-top", type=int, default=d.export_top,
                    help=f"export this many best trials as ImageNet jobs (default: {d.export_top})")
-    g = parser.add_argument_group("compute")
-    g.add_argument("--workers", type=int, default=d.workers, help=f"concurrent trials (default: {d.workers})")
-    g.add_argument("--cpus-per-trial", type=float, help="(default: the CPUs shared by the workers)")
-    g.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial,
-                   help="GPUs per trial, fractions allowed; only what the cluster has (default: 0)")
-    g.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
+    add_compute_options(parser)
+    g = parser.add_argument_group("time")
     g.add_argument("--time-limit", default="20m",
                    help="stop launching and running search trials after this long, e.g. 45m or 2h; 'none' for "
                         "no limit; the seed confirmation runs after it (default: 20m, which keeps the default "
                         "search within 30 minutes on 2 CPU cores)")
-    g = parser.add_argument_group("proxy training")
-    g.add_argument("--dataset", default=p.dataset, help=f"fashion-mnist or imagefolder (default: {p.dataset})")
-    g.add_argument("--data-dir", help="Fashion-MNIST idx files, or an ImageNet-layout folder "
-                                      "(default: /usr/share/datasets/fashion-mnist)")
-    g.add_argument("--img-size", type=int, help=f"proxy resolution (default: {p.img_size} for the ViT "
-                                                 f"backbones, {PROXY_IMG_SIZE} for the stage backbones)")
-    for name, kind, text in (("train-size", int, "training images"), ("val-size", int, "validation images"),
-                             ("patch-size", int, "proxy patch of the ViT backbones"),
-                             ("width-mult", float, "width multiplier of the proxy"), ("epochs", int, "epochs"),
-                             ("batch-size", int, "batch size"), ("lr", float, "peak learning rate")):
-        attr = name.replace("-", "_")
-        g.add_argument(f"--{name}", type=kind, default=getattr(p, attr), help=f"{text} (default: {getattr(p, attr)})")
-    g.add_argument("--precision", default=p.precision, help=f"{', '.join(PRECISIONS)} (default: {p.precision})")
+    add_proxy_options(parser)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
-    from localvit.backbones import PROXY_IMG_SIZE, VIT_BACKBONES
-    from search.proxy import ProxyProtocol
+    from search.options import protocol_from_args
     from search.settings import SearchSettings, parse_duration
     from space.budget import Budget, parse_budget
 
@@ -109,11 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
                     min_throughput=args.min_throughput)
     if args.min_throughput is not None and args.min_throughput <= 0:
         raise ValueError(f"--min-throughput {args.min_throughput:g} is invalid; accepted: a positive number")
-    img_size = args.img_size or (ProxyProtocol.img_size if args.backbone in VIT_BACKBONES else PROXY_IMG_SIZE)
-    protocol = ProxyProtocol(dataset=args.dataset, data_dir=args.data_dir, train_size=args.train_size,
-                             val_size=args.val_size, img_size=img_size, patch_size=args.patch_size,
-                             width_mult=args.width_mult, epochs=args.epochs, batch_size=args.batch_size,
-                             lr=args.lr, precision=args.precision, seed=args.seed)
+    protocol = protocol_from_args(args, args.backbone, args.seed)
     study = args.study or "-".join([args.backbone, os.path.splitext(os.path.basename(args.space))[0],
                                     args.budget_flops or args.budget_params or "nobudget"])
     return SearchSettings(

@@ -2,6 +2,7 @@
 input ends in one line and exit status 2."""
 from __future__ import annotations
 
+import argparse
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator, NoReturn, Sequence
@@ -27,3 +28,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     with usage_errors():
         status = main(argv)
     sys.exit(status or 0)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Usage errors in one line and exit status 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"error: {message} (see --help)\n")

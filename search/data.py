@@ -8,6 +8,13 @@ Two sources:
   so every Ray worker on the machine shares the page cache instead of re-decoding), then held
   in memory as uint8 tensors; augmentation (random crop with padding, horizontal flip) and
   normalisation run on whole batches in the training loop, without DataLoader workers.
+* ``fashion-pairs``: a harder task made of the same files, harder in the ways ImageNet is:
+  56x56 mosaics of four items (2x2), whose class is the pair of the top-left and the
+  bottom-right item (100 classes; the other two are distractors). It rewards capacity (many
+  classes) and global mixing (the two items that decide the class are far apart) as well as
+  locality. Mosaics are drawn deterministically (``split_seed``) with balanced classes: train
+  and validation mosaics from disjoint pools of the train files, test mosaics from the t10k
+  files. No horizontal flip (it would swap the items that name the class).
 * ``imagefolder``: any ImageNet-layout folder (``DIR/train/<class>/*.JPEG`` and optionally
   ``DIR/val/<class>/...``, or ``DIR/<class>/...``), streamed with torchvision transforms and
   worker processes.
@@ -34,7 +41,9 @@ import torch
 from torch.nn import functional as F
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("fashion-mnist", "imagefolder")
+DATASETS = ("fashion-mnist", "fashion-pairs", "imagefolder")
+#: fashion-pairs: 2x2 mosaics of Fashion-MNIST items; the class is the pair (top-left, bottom-right).
+PAIRS_GRID, PAIRS_TEST_SIZE, PAIRS_VAL_POOL = 2, 10_000, 10_000
 FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -247,6 +256,38 @@ def _quotas(total: int, available: list[int], rng: np.random.Generator) -> list[
     return quotas
 
 
+def _pair_mosaics(arrays: dict[str, np.ndarray], cfg: DataConfig, num_items: int) -> dict[str, np.ndarray]:
+    """Train+validation mosaics (in that order) from disjoint pools of the train files, test
+    mosaics from the test files; class = num_items * class(top-left) + class(bottom-right)."""
+    if not cfg.train_size or not cfg.val_size:
+        raise ValueError(f"train_size={cfg.train_size}, val_size={cfg.val_size} are invalid for dataset="
+                         f"'fashion-pairs'; accepted: positive numbers of mosaics")
+    rng = np.random.default_rng(cfg.split_seed)
+    train_pool, val_pool = stratified_split(arrays["train_labels"], 0, PAIRS_VAL_POOL, cfg.split_seed)
+    images, labels = np.asarray(arrays["train_images"]), np.asarray(arrays["train_labels"])
+    parts = [_mosaics(images[pool], labels[pool], n, num_items, rng)
+             for pool, n in ((train_pool, cfg.train_size), (val_pool, cfg.val_size))]
+    test = _mosaics(np.asarray(arrays["test_images"]), np.asarray(arrays["test_labels"]), PAIRS_TEST_SIZE,
+                    num_items, rng)
+    return {"train_images": np.concatenate([p[0] for p in parts]),
+            "train_labels": np.concatenate([p[1] for p in parts]), "test_images": test[0], "test_labels": test[1]}
+
+
+def _mosaics(images: np.ndarray, labels: np.ndarray, n: int, num_items: int, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """n mosaics with balanced pair classes: the two named cells hold items of the pair's classes,
+    the other cells random items."""
+    pair = rng.permutation(np.arange(n) % (num_items * num_items))
+    by_class = [np.flatnonzero(labels == c) for c in range(num_items)]
+    cells = rng.integers(0, len(labels), size=(n, PAIRS_GRID * PAIRS_GRID))
+    cells[:, 0] = [rng.choice(by_class[c]) for c in pair // num_items]
+    cells[:, -1] = [rng.choice(by_class[c]) for c in pair % num_items]
+    side = images.shape[1]
+    tiles = images[cells].reshape(n, PAIRS_GRID, PAIRS_GRID, side, side)
+    mosaics = tiles.transpose(0, 1, 3, 2, 4).reshape(n, PAIRS_GRID * side, PAIRS_GRID * side)
+    return np.ascontiguousarray(mosaics), pair.astype(np.int64)
+
+
 # --- batches --------------------------------------------------------------------------------
 
 def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -281,7 +322,7 @@ class ProxyData:
         if overrides:
             config = DataConfig(**{**config.to_dict(), **overrides})
         self.config = config
-        if config.dataset == "fashion-mnist":
+        if config.dataset != "imagefolder":
             self._init_fmnist()
         else:
             self._init_folder()
@@ -303,12 +344,19 @@ class ProxyData:
                 arrays[f"{split}_images"] = np.asarray(arrays[f"{split}_images"])[sel]
                 labels = labels[sel]
             arrays[f"{split}_labels"] = labels
-        train_idx, val_idx = stratified_split(arrays["train_labels"], cfg.train_size, cfg.val_size, cfg.split_seed)
+        if cfg.dataset == "fashion-pairs":
+            arrays = _pair_mosaics(arrays, cfg, len(keep))
+            keep_names = tuple(f"{FASHION_MNIST_CLASSES[a]} | {FASHION_MNIST_CLASSES[b]}" for a in keep for b in keep)
+            train_idx, val_idx = np.arange(cfg.train_size), cfg.train_size + np.arange(cfg.val_size)
+        else:
+            keep_names = tuple(FASHION_MNIST_CLASSES[c] for c in keep)
+            train_idx, val_idx = stratified_split(arrays["train_labels"], cfg.train_size, cfg.val_size,
+                                                  cfg.split_seed)
         self.indices = {"train": train_idx, "val": val_idx}
         self.img_size = cfg.img_size or arrays["train_images"].shape[1]
         self.in_chans = 1
-        self.num_classes = len(keep)
-        self.classes = tuple(FASHION_MNIST_CLASSES[c] for c in keep)
+        self.num_classes = len(keep_names)
+        self.classes = keep_names
         self.in_memory = True
         self._arrays = arrays
         self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -425,7 +473,8 @@ class ProxyData:
             idx = order[start:start + batch_size]
             x = images[idx]
             if train and self.config.augment:
-                x = random_crop_flip(x, self.config.crop_padding, self.config.hflip, gen)
+                hflip = self.config.hflip and self.config.dataset != "fashion-pairs"
+                x = random_crop_flip(x, self.config.crop_padding, hflip, gen)
             yield self.normalize(x), labels[idx]
 
     def _folder_batches(self, split, batch_size, epoch, seed, train):

@@ -24,10 +24,10 @@ from localvit.backbones import baseline_spec, localvit_spec
 from localvit.spec import ArchSpec
 from space.budget import Bounds, format_count, require_feasible
 from space.cost import target_cost
-from space.space import PaperSpace, Space, make_space
+from space.space import ListSpace, Space, make_space
 
 from .data import get_proxy_data
-from .proxy import jemalloc_env
+from .proxy import jemalloc_env, precision_record
 from .settings import TRAIN, SearchSettings
 from .tune import BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
 
@@ -62,8 +62,8 @@ def make_sampler(settings: SearchSettings, space: Space, offset: int = 0) -> opt
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, settings.trials // 2)))
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    assert isinstance(space, PaperSpace)
-    return optuna.samplers.GridSampler({"paper_row": list(space.points)}, seed=seed)
+    assert isinstance(space, ListSpace)
+    return optuna.samplers.GridSampler(space.distributions(), seed=seed)
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -79,10 +79,18 @@ def open_study(settings: SearchSettings, space: Space, storage: optuna.storages.
     directions = ["maximize" if o == "accuracy" else "minimize" for o in settings.objectives]
     exists = any(s.study_name == settings.study for s in storage.get_all_studies())
     held = 0
+    here = precision_record(settings.protocol.precision)
     if exists:
         previous = optuna.load_study(study_name=settings.study, storage=storage)
         _check_same_search(settings, previous.user_attrs.get("settings", {}))
         held = len(previous.get_trials(deepcopy=False))
+        first = previous.user_attrs.get("precision")
+        if first and first["resolved"] != here["resolved"]:
+            log(f"warning: precision={here['requested']} resolves to {here['resolved']} on this machine "
+                f"({here['cpu']}), but study {settings.study!r} was started where it resolved to "
+                f"{first['resolved']} ({first['cpu']}): trials trained from now on are not comparable with the "
+                f"earlier ones at equal precision")
+            previous.set_user_attr("precision_changed", [*previous.user_attrs.get("precision_changed", []), here])
     study = optuna.create_study(study_name=settings.study, storage=storage, directions=directions,
                                 sampler=make_sampler(settings, space, offset=held), load_if_exists=True)
     if not exists:
@@ -90,6 +98,7 @@ def open_study(settings: SearchSettings, space: Space, storage: optuna.storages.
         study.set_user_attr("settings", settings.to_dict())
         study.set_user_attr("proxy_protocol", settings.protocol.to_dict())
         study.set_user_attr("objectives", list(settings.objectives))
+        study.set_user_attr("precision", here)
     return study
 
 
@@ -137,11 +146,11 @@ def enqueue_warm_starts(study: optuna.Study, settings: SearchSettings, space: Sp
                         baselines: dict[str, ArchSpec]) -> list[str]:
     """Queue up to `warm_start` rows of the paper's tables that the space holds and the budget
     admits, closest to the FLOP budget first: strong, known designs for the sampler to learn from."""
-    if not settings.warm_start or isinstance(space, PaperSpace) or study.get_trials(deepcopy=False, states=(
+    if not settings.warm_start or isinstance(space, ListSpace) or study.get_trials(deepcopy=False, states=(
             TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)):
         return []
     taken = set(baselines.values())
-    rows = [(name, spec) for name, spec in PaperSpace().points.items()
+    rows = [(name, spec) for name, spec in ListSpace().points.items()
             if spec not in taken and space.contains(spec) and settings.budget.admits(spec)]
     rows.sort(key=lambda row: -target_cost(row[1]).flops)
     for name, spec in rows[:settings.warm_start]:
@@ -293,6 +302,9 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
     if settings.backbone not in BASELINE_NAMES:
         raise ValueError(f"backbone={settings.backbone!r} is invalid; accepted: {', '.join(BASELINE_NAMES)}")
     space = make_space(settings.space, settings.backbone)
+    if settings.sampler == "grid" and not isinstance(space, ListSpace):
+        raise ValueError(f"sampler='grid' is invalid with space={settings.space!r}; accepted: --space paper or a "
+                         f"reference file (or a small space file with --sampler random)")
     bounds = require_feasible(space, settings.budget)
     try:
         settings.study_dir.mkdir(parents=True, exist_ok=True)
@@ -318,8 +330,9 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
     return Plan(space, bounds, open_study(settings, space, storage), (data.in_chans, data.num_classes))
 
 
-def run(settings: SearchSettings, plan: Plan) -> Path:
-    """Run (or resume) the search `prepare` checked; returns the study folder."""
+def train_trials(settings: SearchSettings, plan: Plan) -> dict[str, float]:
+    """Close what a crash left running, queue baselines and warm starts, and train trials until the
+    study holds as many as asked; returns the Ray cluster's resources (empty if none were needed)."""
     space, study = plan.space, plan.study
     cost = plan.bounds.cheapest_flops[1]
     log(f"space {space.name!r} on {settings.backbone}: {space.size():.3g} architectures; cheapest "
@@ -345,14 +358,21 @@ def run(settings: SearchSettings, plan: Plan) -> Path:
         log(f"the grid holds {space.size()} architectures: {remaining} trial(s) to go")
     if done:
         log(f"study {settings.study!r} holds {done} trained trial(s); {max(remaining, 0)} to go")
-    cluster: dict[str, float] = {}
-    if remaining > 0 or (settings.confirm_seeds and "confirmation" not in study.user_attrs):
-        cluster = start_ray(settings)
-    if remaining > 0:
-        if queued:
-            log(f"baselines first: {', '.join(queued)}")
-        run_trials(settings, plan, baselines, remaining, cluster)
+    if remaining <= 0:
+        return {}
+    cluster = start_ray(settings)
+    if queued:
+        log(f"baselines first: {', '.join(queued)}")
+    run_trials(settings, plan, baselines, remaining, cluster)
+    return cluster
+
+
+def run(settings: SearchSettings, plan: Plan) -> Path:
+    """Run (or resume) the search `prepare` checked; returns the study folder."""
+    study = plan.study
+    cluster = train_trials(settings, plan)
     if settings.confirm_seeds and "confirmation" not in study.user_attrs:
+        cluster = cluster or start_ray(settings)
         confirm(settings, study, cluster)
     from .report import write_reports
 

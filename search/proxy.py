@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -290,6 +291,25 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if native else "fp32"
 
 
+def precision_record(precision: str) -> dict[str, Any]:
+    """What `precision` resolves to on this machine and why (`auto` differs from one CPU to the
+    next): stored with a study, so that a study resumed elsewhere can say it changed."""
+    return {"requested": precision, "resolved": resolve_precision(precision), "cpu": cpu_name()}
+
+
+def cpu_name() -> str:
+    """The processor's model name and whether oneDNN computes bf16 natively on it."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {'native' if resolve_precision('auto') == 'bf16' else 'no native'} bf16"
+
+
 def _autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -397,6 +417,7 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
             if report is not None:
                 extra = {"train_loss": loss_sum / max(1, seen), "lr": lr, "train_s": train_s, "eval_s": eval_s,
                          "images_per_s": seen / train_s if train_s else 0.0, "epochs_total": protocol.epochs,
+                         "precision": precision,
                          "proxy_flops": cost.flops, "proxy_params": cost.params}
                 if report(epoch, val_acc, extra) is True:
                     result.stopped_early = epoch < protocol.epochs
@@ -420,4 +441,4 @@ def jemalloc_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 __all__ = ["ProxyProtocol", "ProxyResult", "NonFiniteLossError", "project_to_proxy", "project_layer",
-           "scaled_width", "train_proxy", "evaluate", "resolve_precision", "lr_at", "jemalloc_env", "PRECISIONS"]
+           "scaled_width", "train_proxy", "evaluate", "resolve_precision", "precision_record", "cpu_name", "lr_at", "jemalloc_env", "PRECISIONS"]

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from localvit.spec import ArchSpec
 
+from .audit import audit_for, describe_audit
 from imagenet.export import export_trials, pareto_front, ranked_candidates
 from .settings import TRAIN, SearchSettings
 
@@ -156,6 +157,17 @@ def _row(label: str, t: FrozenTrial) -> str:
             f"{a['params'] / 1e6:.2f} | {a.get('wall_time_s', 0):.0f} |")
 
 
+def _precision(study: optuna.Study) -> str:
+    """What `precision` resolved to, and whether a resume on another machine changed it."""
+    first = study.user_attrs.get("precision")
+    if not first:
+        return "precision not recorded"
+    text = f"precision {first['requested']} resolved to {first['resolved']} ({first['cpu']})"
+    for change in study.user_attrs.get("precision_changed", []):
+        text += f", then to {change['resolved']} on a resume ({change['cpu']}): trials are not all comparable"
+    return text
+
+
 def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.DataFrame,
                      exported: list[Path]) -> str:
     best = best_trial(study)
@@ -172,7 +184,8 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
              f"{settings.protocol.val_size} val images at {settings.protocol.img_size}x{settings.protocol.img_size}"
              + (f", patch {settings.protocol.patch_size}, width x{settings.protocol.width_mult}"
                 if settings.backbone.startswith("deit") else "")
-             + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}",
+             + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}; {_precision(study)}",
+             f"- ranking signal: {describe_audit(audit_for(settings.protocol, settings.study_dir.parent))}",
              f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
              f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
              f"{counts.get('interrupted', 0)} interrupted and re-queued"

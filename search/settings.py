@@ -58,9 +58,6 @@ class SearchSettings:
         object.__setattr__(self, "objectives", objectives)
         if self.sampler == "nsga2" and len(objectives) < 2:
             raise ValueError("sampler='nsga2' is invalid with one objective; accepted: --objectives accuracy,flops")
-        if self.sampler == "grid" and self.space != "paper":
-            raise ValueError(f"sampler='grid' is invalid with space={self.space!r}; accepted: --space paper "
-                             f"(or a small space file with --sampler random)")
         for name, low in (("trials", 1), ("workers", 1), ("confirm_seeds", 0), ("export_top", 0), ("warm_start", 0),
                           ("throughput_batch", 1), ("throughput_threads", 1)):
             value = getattr(self, name)

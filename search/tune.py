@@ -30,15 +30,16 @@ MAX_SKIPPED_IN_A_ROW = 2000
 def train_candidate(config: dict[str, Any]) -> None:
     """Ray Tune trial: proxy-train one spec and report validation top-1 (%) after every epoch."""
     protocol = ProxyProtocol.from_dict(config["protocol"])
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     curve: list[float] = []
     constant = {"flops": config["flops"], "params": config["params"]}
 
     def report(epoch: int, val_acc: float, extra: dict) -> None:
         curve.append(round(100 * val_acc, 3))
         tune.report({"accuracy": curve[-1], "epoch": epoch, "val_acc_curve": list(curve),
-                     "wall_time_s": time.perf_counter() - start, "train_loss": extra.get("train_loss"),
-                     "images_per_s": extra.get("images_per_s"), **constant})
+                     "wall_time_s": time.perf_counter() - start, "cpu_time_s": time.process_time() - cpu_start,
+                     "train_loss": extra.get("train_loss"), "images_per_s": extra.get("images_per_s"),
+                     "precision": extra.get("precision"), **constant})
 
     try:
         train_proxy(config["spec"], protocol.replace(seed=config.get("seed", protocol.seed)), report=report)
@@ -174,6 +175,9 @@ class ConstrainedOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("full_fidelity", epochs >= self.full_epochs and not error)
             ot_trial.set_user_attr("val_acc_curve", list(last.get("val_acc_curve") or []))
             ot_trial.set_user_attr("wall_time_s", round(float(last.get("wall_time_s") or 0.0), 1))
+            ot_trial.set_user_attr("cpu_time_s", round(float(last.get("cpu_time_s") or 0.0), 1))
+            if last.get("precision"):
+                ot_trial.set_user_attr("precision", last["precision"])
             if last.get("images_per_s"):
                 ot_trial.set_user_attr("train_images_per_s", round(float(last["images_per_s"]), 1))
             if error or last.get("failure"):

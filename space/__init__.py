@@ -4,10 +4,10 @@ from localvit.spec import ArchSpec, LayerSpec
 from .budget import Bounds, Budget, bounds, format_count, parse_budget, require_feasible
 from .cost import Cost, at_resolution, model_cost, target_cost
 from .paper import PAPER_NAMED_SPECS, PAPER_ROWS, PaperRow
-from .space import LayerChoices, PaperSpace, SearchSpace, Space, base_spec, load_space, make_space
+from .space import LayerChoices, ListSpace, SearchSpace, Space, base_spec, load_space, make_space
 
 __all__ = [
     "ArchSpec", "Bounds", "Budget", "Cost", "LayerChoices", "LayerSpec", "PAPER_NAMED_SPECS", "PAPER_ROWS",
-    "PaperRow", "PaperSpace", "SearchSpace", "Space", "at_resolution", "base_spec", "bounds", "format_count",
+    "PaperRow", "ListSpace", "SearchSpace", "Space", "at_resolution", "base_spec", "bounds", "format_count",
     "load_space", "make_space", "model_cost", "parse_budget", "require_feasible", "target_cost",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from localvit.spec import ArchSpec
 
 from .cost import Cost, target_cost
-from .space import PaperSpace, Space
+from .space import ListSpace, Space
 
 _SUFFIX = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGT]?)\s*(FLOPS?|MACS?|PARAMS?)?\s*$",
@@ -104,7 +104,7 @@ def bounds(space: Space) -> Bounds:
     """Exact extremes. A block's cost depends only on its own design, so each block's design
     is picked on its own from a table of the block's costs, for every combination of global
     choices."""
-    if isinstance(space, PaperSpace):
+    if isinstance(space, ListSpace):
         candidates = list(space.points.values())
     else:
         candidates = []

@@ -292,37 +292,40 @@ class SearchSpace:
 
 
 @dataclass(frozen=True)
-class PaperSpace:
-    """The paper's study: one categorical choice among the distinct specs of its table rows."""
+class ListSpace:
+    """A list of named designs, one categorical choice among them: the paper's table rows (the
+    default, `--space paper`) or the rows of a reference file (`space.references`), which a grid
+    sampler trains one by one."""
 
     name: str = "paper"
     points: Mapping[str, ArchSpec] = field(default_factory=lambda: _distinct(PAPER_NAMED_SPECS))
+    param: str = "paper_row"
 
     def suggest(self, trial: TrialLike) -> ArchSpec:
-        return self.points[trial.suggest_categorical("paper_row", list(self.points))]
+        return self.points[trial.suggest_categorical(self.param, list(self.points))]
 
     def sample(self, rng: random.Random | int | None = None,
                accept: Callable[[ArchSpec], bool] | None = None, max_tries: int = 10_000) -> ArchSpec:
         rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         candidates = [s for s in self.points.values() if accept is None or accept(s)]
         if not candidates:
-            raise ValueError("no row of the paper's tables meets the constraint; accepted: a looser budget")
+            raise ValueError(f"no design of space {self.name!r} meets the constraint; accepted: a looser budget")
         return rng.choice(candidates)
 
     def to_params(self, spec: ArchSpec) -> dict[str, Any]:
         for name, point in self.points.items():
             if point == spec:
-                return {"paper_row": name}
-        raise ValueError(f"spec {spec.id} is not a row of the paper's tables")
+                return {self.param: name}
+        raise ValueError(f"spec {spec.id} is not a design of space {self.name!r}")
 
     def from_params(self, params: Mapping[str, Any]) -> ArchSpec:
-        row = params.get("paper_row")
+        row = params.get(self.param)
         if row not in self.points:
-            raise ValueError(f"paper_row={row!r} is invalid; accepted: {', '.join(self.points)}")
+            raise ValueError(f"{self.param}={row!r} is invalid; accepted: {', '.join(self.points)}")
         return self.points[row]
 
     def distributions(self) -> dict[str, list[Any]]:
-        return {"paper_row": list(self.points)}
+        return {self.param: list(self.points)}
 
     def contains(self, spec: ArchSpec) -> bool:
         return spec in self.points.values()
@@ -342,7 +345,7 @@ def _distinct(named: Mapping[str, ArchSpec]) -> dict[str, ArchSpec]:
     return {name: spec for spec, name in seen.items()}
 
 
-Space = SearchSpace | PaperSpace
+Space = SearchSpace | ListSpace
 
 # --- presets and files ------------------------------------------------------------------------
 
@@ -370,7 +373,7 @@ def make_space(preset: str = "default", backbone: str = "deit_tiny") -> Space:
     if preset == "paper":
         if backbone != "deit_tiny":
             raise ValueError(f"backbone={backbone!r} is invalid with space 'paper'; accepted: deit_tiny")
-        return PaperSpace()
+        return ListSpace()
     if preset == "default":
         base = base_spec(backbone)
         heads = {"deit_tiny": (3, 4), "deit_small": (6, 8)}.get(backbone, ())
@@ -378,11 +381,13 @@ def make_space(preset: str = "default", backbone: str = "deit_tiny") -> Space:
     path = Path(preset)
     if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
         return load_space(path, backbone)
-    raise ValueError(f"space={preset!r} is invalid; accepted: paper, default, or a .yaml/.json space file")
+    raise ValueError(f"space={preset!r} is invalid; accepted: paper, default, or a .yaml/.json space or "
+                     f"reference file")
 
 
-def load_space(path: str | Path, backbone: str = "deit_tiny") -> SearchSpace:
-    """A space from a YAML or JSON file (see README, "Design space files")."""
+def load_space(path: str | Path, backbone: str = "deit_tiny") -> Space:
+    """A space from a YAML or JSON file (see README, "Design space files"), or the designs of a
+    reference file (`space.references`: a file with `rows`), which a grid sampler trains in turn."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"space file {str(path)!r} is invalid; accepted: an existing .yaml or .json file")
@@ -396,6 +401,10 @@ def load_space(path: str | Path, backbone: str = "deit_tiny") -> SearchSpace:
             data = yaml.safe_load(text)
     except Exception as err:  # both parsers' errors: report the file, not a trace
         raise ValueError(f"space file {str(path)!r} cannot be parsed: {str(err).splitlines()[0]}") from None
+    from .references import is_reference_file, references_from_dict
+
+    if is_reference_file(data):
+        return references_from_dict(data, path=path, backbone=backbone).space()
     if not isinstance(data, dict):
         raise ValueError(f"space file {str(path)!r} is invalid; accepted: a mapping with keys "
                          f"{', '.join(sorted(_SPACE_KEYS))}")

@@ -170,7 +170,7 @@ def test_plain_files_accepted(tmp_path):
 
 
 def test_bad_config_values():
-    with pytest.raises(ValueError, match="dataset='cifar'.*fashion-mnist, imagefolder"):
+    with pytest.raises(ValueError, match="dataset=.cifar.*fashion-mnist, fashion-pairs, imagefolder"):
         DataConfig(dataset="cifar")
     with pytest.raises(ValueError, match="--data-dir"):
         DataConfig(dataset="imagefolder")
@@ -203,3 +203,27 @@ def test_imagefolder_errors(tmp_path):
     with pytest.raises(ValueError, match="not an ImageNet-layout folder") as err:
         ProxyData(dataset="imagefolder", data_dir=str(tmp_path / "empty"), img_size=16)
     assert "\n" not in str(err.value)
+
+
+@needs_fmnist
+def test_fashion_pairs_mosaics_are_named_by_their_top_left_and_bottom_right_items(tmp_path):
+    data = ProxyData(dataset="fashion-pairs", img_size=56, train_size=300, val_size=200, cache_dir=str(tmp_path))
+    assert data.num_classes == 100 and data.img_size == 56 and data.classes[12] == "Trouser | Pullover"
+    raw = load_fashion_mnist(cache_dir=tmp_path)
+    # an independent look-up: each source item by its pixels, in the files the split may use
+    train_items = {bytes(img): int(lab) for img, lab in zip(raw["train_images"], raw["train_labels"])}
+    test_items = {bytes(img): int(lab) for img, lab in zip(raw["test_images"], raw["test_labels"])}
+    for split, items in (("train", train_items), ("val", train_items), ("test", test_items)):
+        images, labels = data.tensors(split)
+        for image, label in list(zip(images[:, 0].numpy(), labels.tolist()))[:50]:
+            top_left, bottom_right = bytes(image[:28, :28].copy()), bytes(image[28:, 28:].copy())
+            assert 10 * items[top_left] + items[bottom_right] == label
+            assert bytes(image[:28, 28:].copy()) in items and bytes(image[28:, :28].copy()) in items
+    counts = np.bincount(data.tensors("train")[1].numpy(), minlength=100)
+    assert counts.min() == 3 and counts.max() == 3  # balanced pair classes
+    train = {bytes(m.numpy()) for m in data.tensors("train")[0]}
+    assert not train & {bytes(m.numpy()) for m in data.tensors("val")[0]}
+    again = ProxyData(dataset="fashion-pairs", img_size=56, train_size=300, val_size=200, cache_dir=str(tmp_path))
+    assert torch.equal(again.tensors("val")[0], data.tensors("val")[0])  # deterministic in split_seed
+    x, y = next(data.batches("train", 100, epoch=1))
+    assert x.shape == (100, 1, 56, 56) and y.shape == (100,)

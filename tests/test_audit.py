@@ -1,0 +1,240 @@
+"""The ranking-fidelity audit: rank statistics against scipy, reference files, design axes, and a
+tiny audit end to end through Ray and Optuna, killed and resumed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import optuna
+import psutil
+import pytest
+import yaml
+from scipy import stats
+
+from localvit.spec import ArchSpec
+from search.audit import AXES, ProxyScore, pair_axis, protocol_key, score_audit
+from search.proxy import ProxyProtocol
+from search.ranking import bootstrap_interval, kendall_tau_b, pair_agreement, spearman, top_k_overlap
+from space.paper import PAPER_NAMED_SPECS
+from space.references import PAPER_IMAGENET, load_references, references_from_dict
+from space.space import make_space
+
+REPO = Path(__file__).resolve().parents[1]
+# Fixed data with ties on both sides (the proxy often ties at 0.05-point resolution; the paper at 0.1).
+PROXY = [78.5, 79.4, 76.6, 65.7, 78.5, 80.1, 33.2, 77.0, 79.4, 70.3, 74.4, 74.4]
+TARGET = [74.8, 75.0, 73.7, 66.2, 74.8, 75.8, 72.2, 72.9, 74.5, 70.1, 72.5, 73.1]
+
+
+# --- statistics, against scipy -------------------------------------------------------------------
+
+def test_kendall_tau_b_and_spearman_equal_scipy_with_ties() -> None:
+    assert kendall_tau_b(PROXY, TARGET) == pytest.approx(stats.kendalltau(PROXY, TARGET).statistic, abs=1e-12)
+    assert spearman(PROXY, TARGET) == pytest.approx(stats.spearmanr(PROXY, TARGET).statistic, abs=1e-12)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        x, y = rng.integers(0, 5, 15).astype(float), rng.integers(0, 4, 15).astype(float)  # many ties
+        assert kendall_tau_b(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert np.isnan(kendall_tau_b([1, 1, 1], [1, 2, 3]))
+
+
+def test_bootstrap_interval_equals_scipy_paired_percentile_bootstrap() -> None:
+    for statistic, reference in ((kendall_tau_b, stats.kendalltau), (spearman, stats.spearmanr)):
+        ours = bootstrap_interval(statistic, PROXY, TARGET, n_resamples=2000, seed=11)
+        theirs = stats.bootstrap((PROXY, TARGET), lambda a, b: reference(a, b).statistic, paired=True,
+                                 vectorized=False, n_resamples=2000, method="percentile",
+                                 rng=np.random.default_rng(11)).confidence_interval
+        assert ours == pytest.approx((theirs.low, theirs.high), abs=1e-12)
+        assert ours[0] < statistic(PROXY, TARGET) < ours[1]
+
+
+def test_pair_agreement_and_top_k_by_hand() -> None:
+    x, y = [3.0, 2.0, 2.0, 1.0], [4.0, 3.0, 1.0, 1.0]
+    # (0,1) alike, (1,2) proxy tie -> half, (2,3) target tie -> not counted, (0,3) alike
+    assert pair_agreement(x, y, [(0, 1), (1, 2), (2, 3), (0, 3)]) == (2.5, 3)
+    assert top_k_overlap(x, y, 1) == 1.0 and top_k_overlap([1, 2, 3], [3, 2, 1], 1) == 0.0
+    with pytest.raises(ValueError, match="k=5"):
+        top_k_overlap(x, y, 5)
+
+
+# --- reference sets ------------------------------------------------------------------------------
+
+def test_shipped_references_are_the_papers_18_designs_of_tables_i_ii_iv() -> None:
+    refs = load_references()
+    assert len(refs.rows) == 18 and len({r.spec for r in refs.rows}) == 18
+    for row in refs.rows:  # each spec is the one space/paper.py builds for that row (checked against params)
+        assert row.spec == PAPER_NAMED_SPECS[row.name], row.name
+        assert row.source["table"] == row.name.split("/")[0]
+    acc = {r.name: r.accuracy for r in refs.rows}
+    assert acc["IV/gamma1"] < acc["IV/gamma2"] < acc["IV/gamma3"] < acc["II/hswish"]  # the paper's gamma order
+    assert acc["I/deit-mlp-g4"] < acc["I/local-relu6-g4"] and acc["II/hswish-se4"] == 75.8
+    space = make_space(str(PAPER_IMAGENET))  # a reference file is also a space a grid sampler walks
+    assert space.size() == 18 and set(space.grid()) == {r.spec for r in refs.rows}
+
+
+def _file(tmp_path: Path, rows: list) -> Path:
+    path = tmp_path / "refs.yaml"
+    path.write_text(yaml.safe_dump({"name": "mine", "target": "ImageNet-100", "rows": rows}))
+    return path
+
+
+def test_a_bad_reference_row_is_one_error_naming_the_row(tmp_path) -> None:
+    good = {"name": "a", "accuracy": 70.0, "spec": PAPER_NAMED_SPECS["I/deit-mlp-g4"].to_dict()}
+    bad_spec = {"name": "broken", "accuracy": 71.0, "spec": {"embed_dim": 192, "layers": [{"ffn": "lstm"}]}}
+    with pytest.raises(ValueError, match=r"row 2 \('broken'\): spec is invalid: ffn='lstm'"):
+        load_references(_file(tmp_path, [good, bad_spec]))
+    swin = ArchSpec.uniform(PAPER_NAMED_SPECS["I/deit-mlp-g4"].layers[0], depth=12, backbone="swin_tiny")
+    outside = {"name": "swin", "accuracy": 80.0, "spec": swin.to_dict()}
+    with pytest.raises(ValueError, match=r"row 2 \('swin'\): spec \w+ is outside backbone 'deit_tiny'"):
+        load_references(_file(tmp_path, [good, outside]))
+    small = PAPER_NAMED_SPECS["I/deit-mlp-g4"].replace(embed_dim=384, num_heads=6)
+    with pytest.raises(ValueError, match=r"row 2 \('wide'\).*outside backbone"):
+        load_references(_file(tmp_path, [good, {"name": "wide", "accuracy": 1, "spec": small.to_dict()}]))
+    with pytest.raises(ValueError, match=r"row 2 \('b'\): its spec is the design of row 'a'"):
+        load_references(_file(tmp_path, [good, {**good, "name": "b"}]))
+    with pytest.raises(ValueError, match=r"row 1 \('a'\): accuracy='high' is invalid"):
+        load_references(_file(tmp_path, [{**good, "accuracy": "high"}]))
+    with pytest.raises(ValueError, match="row 1.*key 'top1' is invalid"):
+        references_from_dict({"rows": [{**good, "top1": 3}]})
+    spec_file = tmp_path / "arch.json"  # a spec by path, relative to the reference file
+    PAPER_NAMED_SPECS["II/hswish"].save(spec_file)
+    refs = load_references(_file(tmp_path, [good, {"name": "p", "accuracy": 74.4, "spec": "arch.json"}]))
+    assert refs.rows[1].spec == PAPER_NAMED_SPECS["II/hswish"] and refs.name == "mine"
+
+
+def test_design_axes_of_the_papers_pairs_counted_by_hand() -> None:
+    specs = {r.name: r.spec for r in load_references().rows}
+    axes = {a: set() for a in AXES}
+    for a, b in combinations(specs, 2):
+        axis = pair_axis(specs[a], specs[b])
+        if axis:
+            axes[axis].add(frozenset((a, b)))
+    # FFN type: DeiT MLP / 1x1 conv / locality, each gamma of Table I (the heads differ too: 3 vs 4), and
+    # the DeiT MLP against every locality FFN of Table II (its GELU and lack of SE are not choices)
+    table_ii = ["II/hswish", "II/hswish-eca", "II/hswish-se192", "II/hswish-se96", "II/hswish-se48", "II/hswish-se4"]
+    assert axes["ffn type"] == {frozenset(p) for g in ("g4", "g6") for p in combinations(
+        [f"I/deit-mlp-{g}", f"I/conv1x1-relu6-{g}", f"I/local-relu6-{g}"], 2)} | {
+        frozenset(("I/deit-mlp-g4", name)) for name in table_ii}
+    # gamma: Table I's three FFN types at 4 vs 6; Table IV's 1-4 without SE and with 4 SE channels
+    no_se = ["IV/gamma1", "IV/gamma2", "IV/gamma3", "II/hswish"]
+    with_se = ["IV/gamma1-se4", "IV/gamma2-se4", "IV/gamma3-se4", "II/hswish-se192"]
+    expected = {frozenset((f"I/{t}-g4", f"I/{t}-g6")) for t in ("deit-mlp", "conv1x1-relu6", "local-relu6")}
+    expected |= {frozenset(p) for group in (no_se, with_se) for p in combinations(group, 2)}
+    assert axes["gamma"] == expected
+    within_iv = {frozenset((f"IV/gamma{g}", f"IV/gamma{g}-se4")) for g in (1, 2, 3)}
+    assert axes["channel attention"] == {frozenset(p) for p in combinations(table_ii, 2)} | within_iv
+    assert axes["activation"] == {frozenset(("I/local-relu6-g4", "II/hswish"))}
+    placed = ArchSpec(layers=specs["II/hswish-se192"].layers[:4] + specs["I/deit-mlp-g4"].layers[4:],
+                      embed_dim=192, num_heads=4)
+    assert pair_axis(placed, specs["II/hswish-se192"]) == "placement"
+    assert pair_axis(specs["I/deit-mlp-g4"], specs["IV/gamma1"]) is None  # FFN type and gamma at once
+
+
+def test_score_audit_uses_the_mean_over_seeds_and_reports_the_ceiling() -> None:
+    refs = load_references()
+    rng = np.random.default_rng(0)
+    seed0 = {r.spec.id: ProxyScore(r.accuracy + rng.normal(0, 1), 120.0, 125.0, "bf16") for r in refs.rows}
+    seed1 = {r.spec.id: ProxyScore(r.accuracy + rng.normal(0, 1), 100.0, 110.0, "bf16")
+             for r in refs.rows[1:]}  # one design missing in seed 1: its score is seed 0's alone
+    result = score_audit(refs, {"0": seed0, "1": seed1}, study="t", protocol=ProxyProtocol(), n_resamples=500)
+    mean = [(seed0[r.spec.id].accuracy + seed1[r.spec.id].accuracy) / 2 if r.spec.id in seed1
+            else seed0[r.spec.id].accuracy for r in refs.rows]
+    target = [r.accuracy for r in refs.rows]
+    assert result.agreement.kendall_tau_b == pytest.approx(stats.kendalltau(mean, target).statistic)
+    both = [(seed0[k].accuracy, seed1[k].accuracy) for k in seed1]
+    assert result.seed_to_seed.kendall_tau_b == pytest.approx(stats.kendalltau(*zip(*both)).statistic)
+    assert result.axes["gamma"]["pairs"] == 15 and 0 <= result.axes["gamma"]["share"] <= 1
+    assert result.cpu_s_per_candidate == pytest.approx((120 * 1 + 110 * 17) / 18)
+    with pytest.raises(ValueError, match="2 of the 18 reference designs"):
+        score_audit(refs, {"0": dict(list(seed0.items())[:2])}, study="t", protocol=ProxyProtocol())
+
+
+def test_protocol_key_ignores_seed_and_threads_but_not_what_is_measured() -> None:
+    p = ProxyProtocol()
+    assert protocol_key(p) == protocol_key(p.replace(seed=5, threads=2, data_dir="/x"))
+    assert protocol_key(p) != protocol_key(p.replace(epochs=6)) != protocol_key(p.replace(precision="fp32"))
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+def _completed(db: Path) -> int:
+    try:
+        return sum(1 for s in optuna.get_all_study_summaries(f"sqlite:///{db}")
+                   for t in optuna.load_study(study_name=s.study_name, storage=f"sqlite:///{db}").trials
+                   if t.state == optuna.trial.TrialState.COMPLETE)
+    except Exception:  # the file exists before its schema does
+        return 0
+
+
+def test_tiny_audit_end_to_end_killed_and_resumed_trains_nothing_twice(tmp_path) -> None:
+    names = ["I/deit-mlp-g4", "IV/gamma1", "II/hswish-se4"]
+    refs = _file(tmp_path, [{"name": n, "accuracy": a, "spec": PAPER_NAMED_SPECS[n].to_dict()}
+                            for n, a in zip(names, (72.2, 65.9, 75.8))])
+    cmd = [sys.executable, "-m", "search.audit", "--references", str(refs), "--study", "a", "--results-dir",
+           str(tmp_path), "--seeds", "0", "1", "--train-size", "200", "--val-size", "100", "--epochs", "1",
+           "--batch-size", "50", "--resamples", "300"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env,
+                            start_new_session=True)
+    db = tmp_path / "a" / "study.db"
+    deadline = time.time() + 300
+    while time.time() < deadline and _completed(db) < 2 and proc.poll() is None:
+        time.sleep(1)
+    assert proc.poll() is None and _completed(db) >= 2, "the audit did not get going, or ended before the kill"
+    family = [proc] + psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    storage = f"sqlite:///{db}"
+    before = {(s.study_name, t.user_attrs["spec_id"]): t.values
+              for s in optuna.get_all_study_summaries(storage)
+              for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
+              if t.state == optuna.trial.TrialState.COMPLETE}
+
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    studies = {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+               for s in optuna.get_all_study_summaries(storage)}
+    assert set(studies) == {"a-s0", "a-s1"}
+    for name, study in studies.items():
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        specs = [t.user_attrs["spec_id"] for t in done]
+        assert sorted(specs) == sorted(PAPER_NAMED_SPECS[n].id for n in names)  # each design once, none twice
+        assert all(t.user_attrs["precision"] in ("bf16", "fp32") and t.user_attrs["cpu_time_s"] > 0 for t in done)
+        assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+        for t in done:  # what finished before the kill was kept as it was
+            assert before.get((name, t.user_attrs["spec_id"]), t.values) == t.values
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    proxy = {r["name"]: r["proxy_mean"] for r in report["rows"]}
+    for row in report["rows"]:  # the report's figures are the studies' trial values
+        per_seed = {s: next(t.values[0] for t in studies[f"a-s{s}"].trials
+                            if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["spec_id"] == row["spec_id"])
+                    for s in ("0", "1")}
+        assert row["proxy"] == per_seed and row["proxy_mean"] == pytest.approx(sum(per_seed.values()) / 2)
+    target = [r["target"] for r in report["rows"]]
+    assert report["agreement"]["kendall_tau_b"] == pytest.approx(
+        stats.kendalltau([proxy[r["name"]] for r in report["rows"]], target).statistic)
+    assert report["seed_to_seed"] is not None and report["precision"]["resolved"] in ("bf16", "fp32")
+    assert (tmp_path / "a" / "audit.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (tmp_path / "a" / "audit.md").read_text()
+    assert "Kendall tau-b" in markdown and "seed 0 vs seed 1 (the ceiling)" in markdown
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_audit_bad_input_is_one_line_exit_2(tmp_path) -> None:
+    bad = _file(tmp_path, [{"name": "x", "accuracy": 1.0, "spec": {"layers": [{"ffn": "lstm"}]}}])
+    result = subprocess.run([sys.executable, "-m", "search.audit", "--references", str(bad), "--results-dir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "row 1 ('x')" in result.stderr
