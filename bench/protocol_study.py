@@ -1,58 +1,124 @@
-"""Seed noise and cost of a proxy protocol: train paper models with several seeds, one JSON line each.
+"""Protocol study: how well each way of spending the CPU on a proxy ranks the paper's ImageNet designs.
 
-    python bench/protocol_study.py --models localvit_tiny localvit_deit_tiny --seeds 0 1 2 \
-        --set train_size=4000 epochs=3 --out bench/results/protocol_study.jsonl
+    python -m bench.protocol_study                       # audit every protocol below (resumes), then tabulate
+    python -m bench.protocol_study --only default pairs  # some of them
+    python -m bench.protocol_study --tabulate            # only collect the audits already in --results-dir
 
-Run it under jemalloc (LD_PRELOAD) as the search does; two copies side by side with 1 thread
-each reproduce the default search's load.
+Each protocol is one `python -m search.audit` run (the paper's 18 ImageNet designs of Tables I,
+II and IV, study `proto-<name>` under --results-dir). The table gives Kendall tau-b against
+ImageNet with its 95% bootstrap interval, the seed-to-seed ceiling where two seeds ran, the
+share of pairs ordered as ImageNet orders them along gamma and FFN type (MLP vs 1x1 conv vs
+locality), and CPU-minutes per candidate; `protocol_study.png` plots tau against the CPU cost.
+Run it under jemalloc as `make bench` does; other jobs on the machine inflate the CPU figures
+only a little (they are CPU time, not wall time) but slow everything down.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import subprocess
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import RESULTS, environment, markdown_table, save
 
-from localvit import PAPER_SPECS  # noqa: E402
-from search.proxy import ProxyProtocol, train_proxy  # noqa: E402
+#: name -> (what it changes, audit arguments, seeds). The default protocol is the search's.
+PROTOCOLS: dict[str, tuple[str, list[str], list[int]]] = {
+    "default": ("the default: Fashion-MNIST 4000 images x 3 epochs, 28 px, patch 4, width x0.5", [], [0, 1]),
+    "pairs": ("harder task: 56 px 2x2 mosaics, class = (top-left, bottom-right), 100 classes, patch 8",
+              ["--dataset", "fashion-pairs", "--img-size", "56", "--patch-size", "8"], [0]),
+    "data12k-e1": ("3x the images, 1 epoch (same steps and cost)", ["--train-size", "12000", "--epochs", "1"], [0]),
+    "e6": ("twice the epochs (6)", ["--epochs", "6"], [0]),
+    "width1": ("full width instead of half", ["--width-mult", "1.0"], [0]),
+    "res56": ("upsampled to 56 px, patch 4: the 14x14 token grid of ImageNet at 224",
+              ["--img-size", "56", "--patch-size", "4", "--train-size", "2000"], [0]),
+    "lr-warmup": ("half the learning rate (1e-3), one epoch of warm-up", ["--lr", "0.001", "--warmup-epochs", "1"],
+                  [0]),
+    "noaug": ("no augmentation", ["--no-augment"], [0]),
+    "fp32": ("fp32 instead of bf16 where bf16 is native", ["--precision", "fp32"], [0]),
+}
 
 
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def run_audit(name: str, results_dir: Path, workers: int) -> None:
+    _, args, seeds = PROTOCOLS[name]
+    cmd = [sys.executable, "-m", "search.audit", "--study", f"proto-{name}", "--results-dir", str(results_dir),
+           "--workers", str(workers), "--seeds", *map(str, seeds), *args]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["localvit_tiny", "localvit_deit_tiny"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--set", nargs="*", default=[], help="protocol overrides KEY=VALUE")
-    ap.add_argument("--tag", default="")
-    ap.add_argument("--test", action="store_true", help="also score the test split (not for search decisions)")
-    ap.add_argument("--out", default="bench/results/protocol_study.jsonl")
-    args = ap.parse_args(argv)
-    overrides = dict(kv.split("=", 1) for kv in args.set)
-    protocol = ProxyProtocol.from_dict({**ProxyProtocol().to_dict(), **{k: parse_value(v) for k, v in overrides.items()}})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for model in args.models:
-        for seed in args.seeds:
-            p = protocol.replace(seed=seed)
-            r = train_proxy(PAPER_SPECS[model], p, eval_test=args.test)
-            row = {"tag": args.tag, "model": model, "seed": seed, "overrides": overrides,
-                   "jemalloc": "jemalloc" in os.environ.get("LD_PRELOAD", ""), "time": time.time(),
-                   "load1": os.getloadavg()[0], **r.to_dict()}
-            row.pop("proxy_spec")
-            with out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            print(f"{model} seed {seed}: val {r.val_curve} test {r.test_acc} {r.images_per_s:.0f} img/s "
-                  f"train {r.train_time_s:.0f}s eval {r.eval_time_s:.0f}s total {r.total_time_s:.0f}s", flush=True)
+def tabulate(results_dir: Path) -> list[dict]:
+    rows = []
+    for name, (what, _, _) in PROTOCOLS.items():
+        path = results_dir / f"proto-{name}" / "audit.json"
+        if not path.is_file():
+            continue
+        audit = json.loads(path.read_text())
+        variants = [(name, audit["agreement"], audit["seeds"])]
+        if len(audit["seeds"]) > 1:  # each seed alone too: what one seed of this protocol gives
+            variants += [(f"{name} (seed {s} alone)", a, [s]) for s, a in audit["per_seed"].items()]
+        ceiling = audit.get("seed_to_seed")
+        for label, a, seeds in variants:
+            rows.append({
+                "protocol": label, "changes": what if label == name else "", "seeds": " ".join(seeds),
+                "tau_b": round(a["kendall_tau_b"], 2),
+                "tau_b_95": f"{a['kendall_interval'][0]:.2f} to {a['kendall_interval'][1]:.2f}",
+                "spearman": round(a["spearman"], 2),
+                "seed_to_seed_tau_b": "-" if ceiling is None else
+                f"{ceiling['kendall_tau_b']:.2f} ({ceiling['kendall_interval'][0]:.2f} to "
+                f"{ceiling['kendall_interval'][1]:.2f})",
+                "gamma_pairs_ok": _share(audit, "gamma"), "ffn_pairs_ok": _share(audit, "ffn type"),
+                "cpu_min_per_candidate": round(audit["cpu_s_per_candidate"] / 60 * len(seeds), 2),
+                "precision": audit["precision"].get("resolved"), "designs": len(audit["rows"])})
+    return rows
+
+
+def _share(audit: dict, axis: str) -> str:
+    entry = audit["axes"].get(axis)
+    return "-" if not entry else f"{entry['agreed']:g}/{entry['pairs']}"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for row in rows:
+        low, high = (float(v) for v in row["tau_b_95"].split(" to "))
+        x, y = row["cpu_min_per_candidate"], row["tau_b"]
+        ax.errorbar(x, y, yerr=[[y - low], [high - y]], fmt="o", capsize=3)
+        ax.annotate(row["protocol"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(0.6, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("CPU-minutes per candidate (all seeds)")
+    ax.set_ylabel("Kendall tau-b vs ImageNet (95% bootstrap interval)")
+    ax.set_title("Proxy protocols on the paper's 18 ImageNet designs", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(PROTOCOLS), help="these protocols (default: all)")
+    parser.add_argument("--tabulate", action="store_true", help="do not train: collect the audits present")
+    parser.add_argument("--results-dir", default="results", help="where the audits' studies live (default: results)")
+    parser.add_argument("--workers", type=int, default=2, help="trials at a time (default: 2)")
+    args = parser.parse_args(argv)
+    results_dir = Path(args.results_dir).resolve()
+    if not args.tabulate:
+        for name in args.only or PROTOCOLS:
+            run_audit(name, results_dir, args.workers)
+    rows = tabulate(results_dir)
+    columns = ["protocol", "changes", "seeds", "tau_b", "tau_b_95", "spearman", "seed_to_seed_tau_b",
+               "gamma_pairs_ok", "ffn_pairs_ok", "cpu_min_per_candidate", "precision"]
+    markdown = markdown_table(rows, columns)
+    print(markdown)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(rows, RESULTS / "protocol_study.png")
+    save("protocol_study", rows, {"results_dir": str(results_dir), **environment()}, markdown)
 
 
 if __name__ == "__main__":

@@ -299,6 +299,12 @@ def write_audit(result: AuditResult, folder: Path) -> Path:
     return path
 
 
+def _describe_precision(record: Mapping[str, Any]) -> str:
+    if not record.get("resolved"):
+        return f"{record.get('requested', '?')} (what it resolved to was not recorded)"
+    return f"{record['requested']} resolved to {record['resolved']} ({record.get('cpu', '?')})"
+
+
 def _interval(a: Agreement) -> str:
     return f"{a.kendall_tau_b:.2f} [{a.kendall_interval[0]:.2f}, {a.kendall_interval[1]:.2f}]"
 
@@ -314,8 +320,7 @@ def audit_markdown(result: AuditResult) -> str:
              f"val images at {p['img_size']}x{p['img_size']}, patch {p['patch_size']}, width x{p['width_mult']}, "
              f"{p['epochs']} epochs of batch {p['batch_size']}, lr {p['lr']:g}, warm-up {p['warmup_epochs']:g} "
              f"epochs, augmentation {'on' if p['augment'] else 'off'}",
-             f"- precision: {result.precision.get('requested')} resolved to {result.precision.get('resolved')} "
-             f"({result.precision.get('cpu')})",
+             f"- precision: {_describe_precision(result.precision)}",
              f"- seeds: {', '.join(result.seeds)} (the proxy score of a design is the mean over them)", "",
              "| | Kendall tau-b [95% interval] | Spearman [95% interval] |", "|---|---|---|",
              f"| **proxy vs target** | **{_interval(a)}** | {a.spearman:.2f} [{a.spearman_interval[0]:.2f}, "
@@ -400,7 +405,7 @@ def describe_audit(audit: Mapping[str, Any] | None) -> str:
             f" with the mean of seeds {', '.join(audit['seeds'])}")
     if c:
         text += f"; seed-to-seed {c['kendall_tau_b']:.2f} [{c['kendall_interval'][0]:.2f}, {c['kendall_interval'][1]:.2f}]"
-    return text + f" ({audit['precision'].get('resolved')}, {audit['precision'].get('cpu')}, {audit['created']})"
+    return text + f" (precision {_describe_precision(audit['precision'])}, {audit['created']})"
 
 
 # --- command line ----------------------------------------------------------------------------------
