@@ -238,3 +238,19 @@ def test_audit_bad_input_is_one_line_exit_2(tmp_path) -> None:
                              str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "row 1 ('x')" in result.stderr
+
+
+def test_a_search_summary_names_the_audit_of_its_protocol(tmp_path) -> None:
+    from search.audit import audit_for, describe_audit, write_audit
+
+    refs = load_references()
+    scores = {r.spec.id: ProxyScore(r.accuracy + i % 3, 60.0, 60.0, "fp32") for i, r in enumerate(refs.rows)}
+    protocol = ProxyProtocol(epochs=7, seed=3)  # a protocol the project never audited
+    assert audit_for(protocol, tmp_path) is None and describe_audit(None).startswith("not audited")
+    result = score_audit(refs, {"3": scores}, study="mine", protocol=protocol, n_resamples=200)
+    write_audit(result, tmp_path / "mine")
+    found = audit_for(protocol.replace(seed=0, threads=2), tmp_path)  # the seed is not part of the protocol
+    assert found is not None and found["study"] == "mine"
+    line = describe_audit(found)
+    assert f"Kendall tau-b {result.agreement.kendall_tau_b:.2f}" in line and "paper-imagenet (18 designs" in line
+    assert audit_for(protocol.replace(epochs=8), tmp_path) is None

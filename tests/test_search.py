@@ -69,6 +69,7 @@ def test_tiny_search_writes_study_csv_plots_summary_and_exports(finished) -> Non
     assert len(frame) == len(study.trials) and {"l00.ffn", "l11.gamma", "gflops", "accuracy"} <= set(frame.columns)
     summary = (tmp / "s" / "summary.md").read_text()
     assert "LocalViT-T baseline" in summary and "Re-trained with other seeds" in summary
+    assert "- ranking signal: " in summary and "precision auto resolved to" in summary
     for name in ("pareto.png", "layers.png"):
         assert (tmp / "s" / name).read_bytes()[:4] == b"\x89PNG"
     exports = list((tmp / "s" / "export").iterdir())
