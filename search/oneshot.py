@@ -29,8 +29,8 @@ from .data import ProxyData
 from .proxy import (NonFiniteLossError, ProxyProtocol, _autocast, evaluate, lr_at, param_groups, project_layer,
                     project_to_proxy, resolve_precision, seed_everything)
 
-__all__ = ["fair_specs", "proxy_of", "recalibration_batches", "score", "space_supernet", "train_supernet",
-           "training_key"]
+__all__ = ["check_checkpoint", "fair_specs", "load_supernet", "proxy_of", "recalibration_batches", "score", "space_supernet",
+           "train_supernet", "training_key"]
 
 
 def proxy_of(spec: ArchSpec, protocol: ProxyProtocol, data_shape: tuple[int, int]) -> ArchSpec:
@@ -135,7 +135,11 @@ def training_key(space: Space, supernet: Supernet, protocol: ProxyProtocol, epoc
 def _load_checkpoint(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle's and torch's many errors: name the file, not a trace
+        raise ValueError(f"supernet checkpoint {str(path)!r} cannot be read ({type(err).__name__}); accepted: a "
+                         f"checkpoint train_supernet wrote") from None
     held = state.get("key", {}) if isinstance(state, dict) else {}
     if held.get("digest") != key["digest"]:
         differs = [name for name in ("space", "choices", "supernet", "protocol", "epochs")
@@ -143,6 +147,11 @@ def _load_checkpoint(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         raise ValueError(f"supernet checkpoint {str(path)!r} was made with another {', '.join(differs)}; accepted: "
                          f"a checkpoint of the same space, protocol and epochs (or a new --study)")
     return state
+
+
+def check_checkpoint(path: str | Path, key: dict[str, Any]) -> None:
+    """ValueError when a checkpoint exists at `path` and was made for another `training_key`."""
+    _load_checkpoint(Path(path), key)
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -154,6 +163,20 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 EpochReport = Callable[[int, dict[str, Any]], Any]
+
+
+def load_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, int], checkpoint: str | Path,
+                  epochs: int) -> Supernet:
+    """The supernet of a finished `train_supernet` checkpoint, in eval mode."""
+    supernet = space_supernet(space, protocol, data_shape)
+    state = _load_checkpoint(Path(checkpoint), training_key(space, supernet, protocol, epochs))
+    if state is None or len(state["history"]) < epochs:
+        done = 0 if state is None else len(state["history"])
+        raise ValueError(f"supernet checkpoint {str(checkpoint)!r} holds {done} of {epochs} epochs; accepted: a "
+                         f"finished one (train_supernet)")
+    supernet.load_state_dict(state["model"])
+    return supernet.eval()
+
 
 
 def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, epochs: int,
