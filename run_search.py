@@ -94,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial, fractions allowed; only what the cluster has (default: 0)")
     g.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
     g.add_argument("--time-limit", default="20m",
-                   help="stop launching and running search trials after this long, e.g. 45m or 2h; 'none' for "
-                        "no limit; the seed confirmation runs after it (default: 20m, which keeps the default "
-                        "search within 30 minutes on 2 CPU cores)")
+                   help="stop launching and running search trials (oneshot: stop scoring candidates; the top-k "
+                        "training follows) this long after the start, e.g. 45m or 2h; 'none' for no limit; the "
+                        "seed confirmation runs after it (default: 20m, which keeps the default search within "
+                        "30 minutes on 2 CPU cores)")
     g = parser.add_argument_group("proxy training")
     g.add_argument("--dataset", default=p.dataset, help=f"fashion-mnist or imagefolder (default: {p.dataset})")
     g.add_argument("--data-dir", help="Fashion-MNIST idx files, or an ImageNet-layout folder "

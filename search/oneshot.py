@@ -97,10 +97,10 @@ def recalibration_batches(data: ProxyData, protocol: ProxyProtocol, images: int,
     """Training images (augmented as in training, seeded) for `recalibrate_bn`."""
     taken = 0
     for x, _ in data.batches("train", protocol.batch_size, epoch=0, seed=seed):
-        if taken >= images:
-            return
         yield x[:images - taken]
         taken += len(x)
+        if taken >= images:
+            return
 
 
 def score(supernet: Supernet, spec: ArchSpec, data: ProxyData, protocol: ProxyProtocol, *,
