@@ -254,7 +254,8 @@ class Supernet(nn.Module):
     def extract(self, spec: ArchSpec) -> nn.Module:
         """`build_model(spec)` carrying copies of the subnet's weights and statistics, in eval mode."""
         model = build_model(self.check(spec))
-        model.load_state_dict({k: v.detach().clone() for k, v in self.subnet_state(spec).items()}, strict=True)
+        state = self._state(spec, model)  # the model is its own template
+        model.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
         return model.eval()
 
 

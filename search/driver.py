@@ -360,7 +360,7 @@ def run(settings: SearchSettings, plan: Plan) -> Path:
         warm = enqueue_warm_starts(study, settings, space, baselines)
         if warm:
             log(f"warm start from the paper's tables (scored on the supernet): {', '.join(warm)}")
-        if "oneshot_scoring" not in study.user_attrs:  # else scored already: resuming what follows
+        if "oneshot_top_k" not in study.user_attrs:  # else scored already: resuming what follows
             cluster = start_ray(settings)
             run_oneshot(settings, plan, cluster, started + settings.time_limit_s if settings.time_limit_s else None)
         queued = enqueue_baselines(study, settings, space, baselines)

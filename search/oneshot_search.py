@@ -156,6 +156,8 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
 
     proposer = _Proposer(settings, plan, define)
     held = len(proposer.scored)
+    if held >= settings.candidates:
+        return {"scored": held, "scored_now": 0, "held_before": held, "seconds_now": 0.0, "per_s": 0.0}
     protocol = define.protocol
     actor = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(SupernetEvaluator)
     actors = [actor.remote(settings.space, settings.backbone, protocol.to_dict(), str(checkpoint),
@@ -200,6 +202,10 @@ def enqueue_top_k(study: optuna.Study, settings: SearchSettings, exclude: set[st
     """Queue the `top_k` best distinct supernet candidates for proxy training from scratch (once);
     specs in `exclude` (the baselines, trained anyway) are passed over."""
     if "oneshot_top_k" in study.user_attrs:
+        return []
+    if not supernet_trials(study):
+        log("no candidate was scored on the supernet (the time limit passed first?): run the same command with a "
+            "longer --time-limit to score some; the supernet is kept")
         return []
     ranked, seen = [], set(exclude)
     for t in sorted(supernet_trials(study), key=lambda t: (-t.values[0], t.user_attrs["flops"], t.number)):

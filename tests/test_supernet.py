@@ -46,6 +46,12 @@ def test_subnets_of_the_default_space_equal_their_stand_alone_models() -> None:
             torch.testing.assert_close(model(x), supernet(x, proxy), rtol=0, atol=1e-5)
 
 
+def test_the_paper_space_has_a_supernet_that_holds_every_row() -> None:
+    space, protocol = PaperSpace(), ProxyProtocol()
+    supernet = space_supernet(space, protocol, (1, 10))
+    assert all(supernet.why_not(proxy_of(spec, protocol, (1, 10))) is None for spec in space.points.values())
+
+
 # A small supernet whose every cut is checked by hand.
 BASE = ArchSpec.uniform(LayerSpec("mlp"), depth=2, embed_dim=32, num_heads=2, img_size=28, patch_size=4,
                         in_chans=1, num_classes=10)
