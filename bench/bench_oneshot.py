@@ -28,7 +28,6 @@ from search.proxy import ProxyProtocol, resolve_precision
 from search.settings import SearchSettings
 from space import make_space
 from space.budget import Budget
-from space.cost import target_cost
 
 SEARCH_S = 30 * 60
 #: Proxy trainings after the scoring in a default one-shot search: top-4 and two baselines, then the
@@ -63,7 +62,8 @@ def main() -> None:
     for _ in range(args.candidates):
         spec = space.sample(rng, accept=lambda s: budget.admits(s))
         started = time.perf_counter()
-        accuracies.append(100 * score(supernet, spec, data, protocol, recalibration_images=settings.recalibration_images))
+        accuracy = score(supernet, spec, data, protocol, recalibration_images=settings.recalibration_images)
+        accuracies.append(100 * accuracy)
         seconds.append(time.perf_counter() - started)
     score_s = statistics.median(seconds)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -76,7 +76,8 @@ def main() -> None:
         {"figure": f"supernet epoch, {args.train_threads} threads (s)", "value": f"{epoch_s:.0f}"},
         {"figure": "supernet training images/s (3 subnets per batch)",
          "value": f"{statistics.median(h['images_per_s'] for h in history):.0f}"},
-        {"figure": f"supernet training, {settings.supernet_epochs} epochs (s, projected)", "value": f"{supernet_s:.0f}"},
+        {"figure": f"supernet training, {settings.supernet_epochs} epochs (s, projected)",
+         "value": f"{supernet_s:.0f}"},
         {"figure": "scoring one candidate, 1 thread (s, median)", "value": f"{score_s:.2f}"},
         {"figure": "candidates scored per second, 2 actors (projected)", "value": f"{WORKERS / score_s:.2f}"},
         {"figure": "candidates in a 30-minute default search (projected)", "value": str(projected)},

@@ -21,7 +21,6 @@ import json
 import multiprocessing
 import random
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS

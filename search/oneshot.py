@@ -29,8 +29,8 @@ from .data import ProxyData
 from .proxy import (NonFiniteLossError, ProxyProtocol, _autocast, evaluate, lr_at, param_groups, project_layer,
                     project_to_proxy, resolve_precision, seed_everything)
 
-__all__ = ["check_checkpoint", "fair_specs", "load_supernet", "proxy_of", "recalibration_batches", "score", "space_supernet",
-           "train_supernet", "training_key"]
+__all__ = ["check_checkpoint", "describe", "fair_specs", "load_supernet", "proxy_of", "recalibration_batches",
+           "score", "space_supernet", "train_supernet", "training_key"]
 
 
 def proxy_of(spec: ArchSpec, protocol: ProxyProtocol, data_shape: tuple[int, int]) -> ArchSpec:
