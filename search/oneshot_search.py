@@ -28,13 +28,15 @@ from .data import get_proxy_data
 from .oneshot import check_checkpoint, load_supernet, score, space_supernet, train_supernet, training_key
 from .proxy import ProxyProtocol
 from .settings import DUPLICATE, INFEASIBLE, SUPERNET, SearchSettings
-from .tune import MAX_SKIPPED_IN_A_ROW, DefineByRun
+from .tune import DefineByRun
 
 if TYPE_CHECKING:
     from .driver import Plan
 
 #: Candidates per actor call: Ray's overhead per call (milliseconds) is paid once for them.
 CHUNK = 8
+#: Proposals in a row that are over the budget or scored already, after which the scoring ends.
+SKIPS_IN_A_ROW = 200
 
 
 def log(message: str) -> None:
@@ -109,12 +111,16 @@ class _Proposer:
         self.scored = {t.user_attrs["spec_id"]: t.values for t in supernet_trials(plan.study)}
         self.in_flight: set[str] = set()
         self.skipped = {INFEASIBLE: 0, DUPLICATE: 0}
+        self.exhausted = False
 
     def _values(self, accuracy: float, flops: int) -> list[float]:
         return [accuracy if o == "accuracy" else float(flops) for o in self.settings.objectives]
 
-    def next(self) -> tuple[optuna.Trial, ArchSpec]:
-        for _ in range(MAX_SKIPPED_IN_A_ROW):
+    def next(self) -> tuple[optuna.Trial, ArchSpec] | None:
+        """The next candidate to score; None (and `exhausted`) once the sampler has proposed only
+        infeasible or already scored ones `SKIPS_IN_A_ROW` times in a row (a small space, or a
+        tight budget): the scoring then ends instead of asking forever."""
+        for _ in range(SKIPS_IN_A_ROW):
             trial = self.study.ask()
             config = self.define(trial)
             spec = ArchSpec.from_json(config["spec"])
@@ -125,8 +131,8 @@ class _Proposer:
             else:
                 self.in_flight.add(spec.id)
                 return trial, spec
-        raise RuntimeError(f"the sampler proposed {MAX_SKIPPED_IN_A_ROW} infeasible or already scored candidates "
-                           f"in a row; the budget leaves too little of the space")
+        self.exhausted = True
+        return None
 
     def _close(self, trial: optuna.Trial, status: str, values: list[float] | None) -> None:
         """Closed unscored: with its values (infeasible: the worst; a repeat: the earlier score), or
@@ -168,7 +174,10 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
         while True:
             while idle and (deadline is None or time.time() < deadline):
                 room = settings.candidates - len(proposer.scored) - sum(len(c) for _, c in busy.values())
-                chunk = [proposer.next() for _ in range(min(CHUNK, room))]
+                chunk = []
+                while len(chunk) < min(CHUNK, room) and not proposer.exhausted:
+                    candidate = proposer.next()
+                    chunk += [candidate] if candidate else []
                 if not chunk:
                     break
                 worker = idle.pop()
@@ -195,6 +204,9 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
                **{f"skipped_{k}": v for k, v in proposer.skipped.items()}}
     log(f"scored {scored} candidate(s) on the supernet in {seconds:.0f} s ({figures['per_s']:.2f}/s); "
         f"{proposer.skipped[INFEASIBLE]} over the budget and {proposer.skipped[DUPLICATE]} repeats closed unscored")
+    if proposer.exhausted:
+        log(f"the sampler proposed only candidates over the budget or scored already, {SKIPS_IN_A_ROW} times in a "
+            f"row: scoring ended before --candidates {settings.candidates}")
     return figures
 
 

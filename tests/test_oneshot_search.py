@@ -18,7 +18,12 @@ import pytest
 import run_search
 from search.data import ProxyData
 from search.oneshot import train_supernet
+from search.oneshot_search import SKIPS_IN_A_ROW, _Proposer
 from search.proxy import ProxyProtocol
+from search.settings import SearchSettings
+from search.tune import DefineByRun
+from space.budget import Budget
+from space.cost import target_cost
 from space.space import space_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +116,28 @@ def test_oneshot_search_end_to_end_killed_in_training_and_in_scoring(tmp_path) -
     summary = (out / "summary.md").read_text()
     assert "24 candidates scored with inherited weights" in summary and "the ranking rests on:" in summary
     assert "Re-trained with other seeds" in summary and list((out / "export").iterdir())
+
+
+def test_scoring_ends_when_the_sampler_has_nothing_new_to_propose() -> None:
+    """A space of four designs, the costliest over the budget: the others are scored, each once,
+    then the proposer gives up instead of asking forever."""
+    space = space_from_dict({"base": {"embed_dim": 64, "num_heads": 2, "depth": 2},
+                             "layers": {"ffn": ["mlp"], "gamma": [1, 4]}}, name="four")
+    costs = {spec.id: target_cost(spec).flops for spec in space.grid()}
+    budget = Budget(max_flops=sorted(costs.values())[-2])
+    feasible = {spec_id for spec_id, flops in costs.items() if flops <= budget.max_flops}
+    assert len(costs) == 4 and len(feasible) == 3
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    plan = type("Plan", (), {"study": study})()
+    proposer = _Proposer(SearchSettings(budget=budget), plan, DefineByRun(space, budget, ProxyProtocol(), {}, (1, 10)))
+    scored = []
+    while (candidate := proposer.next()) is not None:
+        proposer.record(*candidate, accuracy=50.0, seconds=0.0)
+        scored.append(candidate[1].id)
+    assert proposer.exhausted and sorted(scored) == sorted(feasible)
+    statuses = [t.user_attrs["status"] for t in study.trials]
+    assert statuses[-SKIPS_IN_A_ROW:].count("supernet") == 0 and "infeasible" in statuses
+    assert all(t.user_attrs["flops"] > budget.max_flops for t in study.trials if t.user_attrs["status"] == "infeasible")
 
 
 # --- bad input: one line, exit 2 ------------------------------------------------------------------
