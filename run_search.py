@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     from search.options import add_compute_options, add_proxy_options
-    from search.settings import SAMPLERS, SearchSettings
+    from search.settings import SAMPLERS, STRATEGIES, SearchSettings
 
     d = SearchSettings()
     parser = OneLineErrors(
@@ -55,6 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--confirm-seeds", type=int, default=d.confirm_seeds,
                    help=f"re-train the best and LocalViT with this many other seeds (default: {d.confirm_seeds})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"sampler and training seed (default: {d.seed})")
+    g.add_argument("--strategy", default=d.strategy,
+                   help=f"{', '.join(STRATEGIES)}: proxy-train every candidate from scratch, or score candidates "
+                        f"with weights inherited from a supernet trained once and proxy-train only the top "
+                        f"--top-k (default: {d.strategy})")
+    g = parser.add_argument_group("one-shot (--strategy oneshot)")
+    g.add_argument("--supernet-epochs", type=int, default=d.supernet_epochs,
+                   help=f"proxy epochs of supernet training (default: {d.supernet_epochs})")
+    g.add_argument("--candidates", type=int, default=d.candidates,
+                   help=f"most candidates scored on the supernet; --time-limit may stop sooner "
+                        f"(default: {d.candidates})")
+    g.add_argument("--top-k", type=int, default=d.top_k,
+                   help=f"best supernet candidates proxy-trained from scratch (default: {d.top_k})")
+    g.add_argument("--recalibration-images", type=int, default=d.recalibration_images,
+                   help="training images that re-estimate a candidate's BatchNorm statistics "
+                        f"(default: {d.recalibration_images})")
+    g.add_argument("--supernet-checkpoint", metavar="PATH",
+                   help="where the supernet is trained to or reused from (default: "
+                        "<results-dir>/.supernets/<key of space, protocol, epochs>.pt)")
     g = parser.add_argument_group("where")
     g.add_argument("--study", help="study name (default: <backbone>-<space>-<budget>)")
     g.add_argument("--results-dir", default=d.results_dir, help=f"(default: {d.results_dir})")
@@ -65,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_compute_options(parser)
     g = parser.add_argument_group("time")
     g.add_argument("--time-limit", default="20m",
-                   help="stop launching and running search trials after this long, e.g. 45m or 2h; 'none' for "
-                        "no limit; the seed confirmation runs after it (default: 20m, which keeps the default "
-                        "search within 30 minutes on 2 CPU cores)")
+                   help="stop launching and running search trials (oneshot: stop scoring candidates; the top-k "
+                        "training follows) this long after the start, e.g. 45m or 2h; 'none' for no limit; the "
+                        "seed confirmation runs after it (default: 20m, which keeps the default search within "
+                        "30 minutes on 2 CPU cores)")
     add_proxy_options(parser)
     return parser
 
@@ -95,7 +114,9 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address, protocol=protocol,
         asha=not args.no_asha, baselines=not args.no_baselines, warm_start=args.warm_start, seed=args.seed,
         time_limit_s=None if args.time_limit.strip().lower() == "none" else parse_duration(args.time_limit),
-        confirm_seeds=args.confirm_seeds, export_top=args.export_top)
+        confirm_seeds=args.confirm_seeds, export_top=args.export_top, strategy=args.strategy,
+        supernet_epochs=args.supernet_epochs, candidates=args.candidates, top_k=args.top_k,
+        recalibration_images=args.recalibration_images, supernet_checkpoint=args.supernet_checkpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,11 +9,12 @@ from .backbones import (SEARCH_BACKBONES, STAGE_PAPER_SPECS, baseline_spec, bloc
 from .builder import build_model
 from .layers import LocalityFeedForward, fold_batchnorm, optimize_for_inference
 from .spec import ACTIVATIONS, CHANNEL_ATTENTIONS, FFN_TYPES, ArchSpec, LayerSpec, as_spec
+from .supernet import Supernet, recalibrate_bn
 from .vision_transformer import PAPER_SPECS, LocalityBlock, LocalVisionTransformer
 
 __all__ = [
     "ACTIVATIONS", "CHANNEL_ATTENTIONS", "FFN_TYPES", "PAPER_SPECS", "SEARCH_BACKBONES", "STAGE_PAPER_SPECS",
     "ArchSpec", "LayerSpec", "LocalityBlock", "LocalityFeedForward", "LocalVisionTransformer", "as_spec",
     "baseline_spec", "block_dims", "build_model", "fold_batchnorm", "localvit_spec", "make_spec",
-    "optimize_for_inference", "proxy_spec",
+    "optimize_for_inference", "proxy_spec", "recalibrate_bn", "Supernet",
 ]

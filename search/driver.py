@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from space.space import ListSpace, Space, make_space
 
 from .data import get_proxy_data
 from .proxy import jemalloc_env, precision_record
-from .settings import TRAIN, SearchSettings
+from .settings import ONESHOT, TRAIN, SearchSettings
 from .tune import BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
 
 #: The paper's names of each backbone's LocalViT model and of the transformer it improves.
@@ -104,7 +104,8 @@ def open_study(settings: SearchSettings, space: Space, storage: optuna.storages.
 
 def _check_same_search(settings: SearchSettings, recorded: dict[str, Any]) -> None:
     current = settings.to_dict()
-    for key in ("space", "backbone", "objectives", "sampler", "protocol"):
+    recorded = {"strategy": "train", **recorded}  # studies made before the strategies existed
+    for key in ("space", "backbone", "objectives", "sampler", "protocol", "strategy"):
         if recorded.get(key) != current[key]:
             shown = "the proxy protocol" if key == "protocol" else f"{key}={current[key]!r}"
             raise ValueError(f"{shown} differs from what study {settings.study!r} was made with; accepted: the "
@@ -124,7 +125,8 @@ def close_interrupted(study: optuna.Study) -> int:
         study._storage.set_trial_user_attr(trial._trial_id, "failure", reason)
         study._storage.set_trial_user_attr(trial._trial_id, "status", status)
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        attrs = {k: trial.user_attrs[k] for k in ("baseline", "warm_start") if k in trial.user_attrs}
+        attrs = {k: trial.user_attrs[k] for k in ("baseline", "warm_start", "oneshot_rank", "supernet_accuracy",
+                                                  "supernet_trial") if k in trial.user_attrs}
         study.enqueue_trial(trial.params or trial.system_attrs.get("fixed_params", {}), user_attrs=attrs,
                             skip_if_exists=False)
     return len(running)
@@ -285,6 +287,20 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: dict[str, fl
     return outcome
 
 
+def run_oneshot(settings: SearchSettings, plan: Plan, cluster: dict[str, float], deadline: float | None) -> None:
+    """Train or reuse the supernet, then score candidates on it until `deadline` (`search.oneshot_search`)."""
+    from .oneshot_search import ensure_supernet, evaluate_candidates
+
+    threads = max(1, min(os.cpu_count() or 1, int(cluster.get("CPU", 1))))  # before any actor starts
+    checkpoint = ensure_supernet(settings, plan, threads)
+    resources = trial_resources(settings, cluster)
+    protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
+    throughput = _throughput_measurer(settings) if settings.budget.min_throughput else None
+    define = DefineByRun(plan.space, settings.budget, protocol, {}, plan.data_shape, throughput)
+    figures = evaluate_candidates(settings, plan, checkpoint, resources, define, deadline)
+    plan.study.set_user_attr("oneshot_scoring", figures)
+
+
 # --- the whole search -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -327,12 +343,18 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
                              f"the cheapest architecture of space {space.name!r} reaches ({measured:.1f} images/s "
                              f"at {format_count(cost.flops, 'FLOPs')}, spec {spec.id}, on this machine)")
     data = get_proxy_data(settings.protocol.data_config())  # a missing dataset fails here; workers reuse its cache
+    if settings.strategy == ONESHOT:  # a space no supernet holds, another space's checkpoint
+        from .oneshot_search import supernet_checkpoint
+
+        supernet_checkpoint(settings, space, (data.in_chans, data.num_classes))
     return Plan(space, bounds, open_study(settings, space, storage), (data.in_chans, data.num_classes))
 
 
 def train_trials(settings: SearchSettings, plan: Plan) -> dict[str, float]:
     """Close what a crash left running, queue baselines and warm starts, and train trials until the
-    study holds as many as asked; returns the Ray cluster's resources (empty if none were needed)."""
+    study holds as many as asked (one-shot: score candidates on the supernet first, then train its
+    top-k); returns the Ray cluster's resources (empty if none were needed)."""
+    started = time.time()
     space, study = plan.space, plan.study
     cost = plan.bounds.cheapest_flops[1]
     log(f"space {space.name!r} on {settings.backbone}: {space.size():.3g} architectures; cheapest "
@@ -347,23 +369,42 @@ def train_trials(settings: SearchSettings, plan: Plan) -> dict[str, float]:
         verdict = "fits" if settings.budget.admits(spec) else "is over the budget; not trained"
         log(f"baseline {name}: {format_count(target_cost(spec).flops, 'FLOPs')}, "
             f"{format_count(target_cost(spec).params)} params, {verdict}")
-    queued = enqueue_baselines(study, settings, space, baselines)
-    warm = enqueue_warm_starts(study, settings, space, baselines)
-    if warm:
-        log(f"warm start from the paper's tables: {', '.join(warm)}")
-    done = trained_count(study)
-    remaining = settings.trials - done
-    if settings.sampler == "grid" and remaining > space.size() - done:
-        remaining = max(0, space.size() - done)
-        log(f"the grid holds {space.size()} architectures: {remaining} trial(s) to go")
-    if done:
-        log(f"study {settings.study!r} holds {done} trained trial(s); {max(remaining, 0)} to go")
+    cluster: dict[str, float] = {}
+    if settings.strategy == ONESHOT:
+        warm = enqueue_warm_starts(study, settings, space, baselines)
+        if warm:
+            log(f"warm start from the paper's tables (scored on the supernet): {', '.join(warm)}")
+        if "oneshot_top_k" not in study.user_attrs:  # else scored already: resuming what follows
+            cluster = start_ray(settings)
+            run_oneshot(settings, plan, cluster, started + settings.time_limit_s if settings.time_limit_s else None)
+        queued = enqueue_baselines(study, settings, space, baselines)
+        from .oneshot_search import enqueue_top_k
+
+        top = enqueue_top_k(study, settings, exclude={spec.id for spec in baselines.values()})
+        if top:
+            log(f"proxy-training the supernet's top {len(top)} from scratch: trials "
+                f"{', '.join(str(t.number) for t in top)}")
+        remaining = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        trial_settings = replace(settings, asha=False, time_limit_s=None)  # the few finalists train in full
+    else:
+        queued = enqueue_baselines(study, settings, space, baselines)
+        warm = enqueue_warm_starts(study, settings, space, baselines)
+        if warm:
+            log(f"warm start from the paper's tables: {', '.join(warm)}")
+        done = trained_count(study)
+        remaining = settings.trials - done
+        if settings.sampler == "grid" and remaining > space.size() - done:
+            remaining = max(0, space.size() - done)
+            log(f"the grid holds {space.size()} architectures: {remaining} trial(s) to go")
+        if done:
+            log(f"study {settings.study!r} holds {done} trained trial(s); {max(remaining, 0)} to go")
+        trial_settings = settings
     if remaining <= 0:
-        return {}
-    cluster = start_ray(settings)
+        return cluster
+    cluster = cluster or start_ray(settings)
     if queued:
         log(f"baselines first: {', '.join(queued)}")
-    run_trials(settings, plan, baselines, remaining, cluster)
+    run_trials(trial_settings, plan, baselines, remaining, cluster)
     return cluster
 
 

@@ -17,7 +17,7 @@ from localvit.spec import ArchSpec
 
 from .audit import audit_for, describe_audit
 from imagenet.export import export_trials, pareto_front, ranked_candidates
-from .settings import TRAIN, SearchSettings
+from .settings import ONESHOT, SUPERNET, TRAIN, SearchSettings
 
 def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     """The baselines trained to the full proxy budget, by name."""
@@ -49,6 +49,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "throughput": a.get("throughput"), "wall_time_s": a.get("wall_time_s"),
             "train_images_per_s": a.get("train_images_per_s"), "duplicate_of": a.get("duplicate_of"),
             "failure": a.get("failure", ""), "val_acc_curve": a.get("val_acc_curve"),
+            "fidelity": a.get("fidelity", ""),
+            "supernet_accuracy": t.values[0] if t.values and status == SUPERNET else a.get("supernet_accuracy"),
+            "oneshot_rank": a.get("oneshot_rank"),
         }
         if "spec" in a:
             spec = ArchSpec.from_json(a["spec"])
@@ -210,11 +213,50 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
             values = " | ".join("-" if v is None else f"{v:.2f}" for v in entry["seeds"].values())
             mean = "-" if entry["mean"] is None else f"{entry['mean']:.2f}"
             lines.append(f"| {name} (trial {entry['trial']}) | {values} | {mean} |")
+    if settings.strategy == ONESHOT:
+        lines += oneshot_markdown(study, settings)
     lines += ["", "Files: `trials.csv`, `pareto.png`, `layers.png`" + (", exports:" if exported else "")]
     lines += [f"- `{path.relative_to(settings.study_dir)}`: `python -m imagenet.train --config "
               f"{path / 'train.yaml'} --data-dir /path/to/imagenet`" for path in exported]
     lines += ["", f"Inspect: `optuna-dashboard {settings.storage_url}`", ""]
     return "\n".join(lines)
+
+
+def ranking_audit(supernet: dict[str, Any] | None) -> str:
+    """Which audit a supernet's ranking rests on: the one saved beside its checkpoint, if any."""
+    if not supernet:
+        return "none (no supernet was trained)"
+    path = Path(supernet["path"]).with_suffix(".audit.json")
+    if not path.is_file():
+        return (f"none yet: this supernet's ranking has not been audited against stand-alone proxy training "
+                f"(an audit saved as `{path}` is cited here)")
+    import json
+
+    audit = json.loads(path.read_text())
+    return audit.get("summary", f"`{path}`")
+
+
+def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]:
+    """The one-shot part of the summary: the supernet, the scoring, the top-k trained from scratch."""
+    supernet = study.user_attrs.get("supernet")
+    scoring = study.user_attrs.get("oneshot_scoring", {})
+    lines = ["", "One-shot (`--strategy oneshot`):", ""]
+    if supernet:
+        lines.append(f"- supernet `{supernet['key']}`: {supernet['epochs']} proxy epochs, {supernet['train_s']:.0f} s "
+                     f"of training (`{supernet['path']}`)")
+    if scoring:
+        lines.append(f"- {scoring['scored']} candidates scored with inherited weights ({scoring['per_s']:.2f} per s "
+                     f"in the last run), {scoring.get('skipped_infeasible', 0)} over the budget closed unscored")
+    lines.append(f"- the ranking rests on: {ranking_audit(supernet)}")
+    finalists = sorted((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("oneshot_rank")
+                        and t.user_attrs.get("status") == TRAIN and t.state == TrialState.COMPLETE),
+                       key=lambda t: t.user_attrs["oneshot_rank"])
+    if finalists:
+        lines += ["", "| supernet rank | trial | spec id | supernet top-1 (%) | proxy-trained top-1 (%) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {t.user_attrs['oneshot_rank']} | {t.number} | {t.user_attrs['spec_id']} | "
+                  f"{t.user_attrs['supernet_accuracy']:.2f} | {t.values[0]:.2f} |" for t in finalists]
+    return lines
 
 
 __all__ = ["best_trial", "baseline_trials", "trials_frame", "write_reports"]

@@ -11,8 +11,13 @@ from space.budget import Budget
 from .proxy import ProxyProtocol
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
-#: What became of a proposed candidate (the trial's `status` attribute).
-TRAIN, INFEASIBLE, DUPLICATE = "train", "infeasible", "duplicate"
+#: `train`: every candidate proxy-trained from scratch; `oneshot`: scored on a trained supernet,
+#: the top-k then proxy-trained from scratch.
+STRATEGIES = ("train", "oneshot")
+ONESHOT = "oneshot"
+#: What became of a proposed candidate (the trial's `status` attribute); SUPERNET: scored with
+#: inherited weights (the trial's `fidelity` attribute says `supernet`, trained trials `trained`).
+TRAIN, INFEASIBLE, DUPLICATE, SUPERNET = "train", "infeasible", "duplicate", "supernet"
 OBJECTIVES = ("accuracy", "flops")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -44,8 +49,16 @@ class SearchSettings:
     export_top: int = 3
     throughput_batch: int = 64
     throughput_threads: int = 1
+    strategy: str = "train"
+    supernet_epochs: int = 4  # oneshot: proxy epochs of supernet training
+    candidates: int = 2000  # oneshot: most candidates scored on the supernet (--time-limit stops sooner)
+    top_k: int = 4  # oneshot: best supernet candidates proxy-trained from scratch
+    recalibration_images: int = 512  # oneshot: training images that re-estimate a subnet's BatchNorm
+    supernet_checkpoint: str | None = None  # oneshot: default <results_dir>/.supernets/<key>.pt
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r} is invalid; accepted: {', '.join(STRATEGIES)}")
         if not _STUDY_NAME.match(self.study):
             raise ValueError(f"study={self.study!r} is invalid; accepted: letters, digits, '_', '.', '-' "
                              f"(at most 100, not starting with a symbol)")
@@ -59,7 +72,8 @@ class SearchSettings:
         if self.sampler == "nsga2" and len(objectives) < 2:
             raise ValueError("sampler='nsga2' is invalid with one objective; accepted: --objectives accuracy,flops")
         for name, low in (("trials", 1), ("workers", 1), ("confirm_seeds", 0), ("export_top", 0), ("warm_start", 0),
-                          ("throughput_batch", 1), ("throughput_threads", 1)):
+                          ("throughput_batch", 1), ("throughput_threads", 1), ("supernet_epochs", 1),
+                          ("candidates", 1), ("top_k", 1), ("recalibration_images", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} is invalid; accepted: an integer >= {low}")

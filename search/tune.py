@@ -171,6 +171,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
         if ot_trial is not None:
             epochs = int(last.get("epoch") or 0)
             ot_trial.set_user_attr("status", TRAIN)
+            ot_trial.set_user_attr("fidelity", "trained")
             ot_trial.set_user_attr("epochs_trained", epochs)
             ot_trial.set_user_attr("full_fidelity", epochs >= self.full_epochs and not error)
             ot_trial.set_user_attr("val_acc_curve", list(last.get("val_acc_curve") or []))

@@ -1,0 +1,123 @@
+"""Ranking audit of a supernet: do its accuracies rank candidates as stand-alone proxy training does?
+
+    python -m bench.bench_supernet_audit --checkpoint results/.supernets/<key>.pt [--candidates 30] [--seeds 0 1]
+        [--set train_size=256 epochs=1 ...]   # protocol overrides: the checkpoint's protocol, for a smoke run
+
+Draws `--candidates` random candidates of the default space under 1.3 GFLOPs (seeded), scores
+each on the trained supernet of the checkpoint (the default protocol; train one with
+`run_search.py --strategy oneshot` or `search.oneshot.train_supernet`), and proxy-trains each
+from scratch with every seed of `--seeds` (`search.proxy.train_proxy`), `--workers` trainings at
+a time on one thread each. Every result is appended to bench/results/supernet_audit.jsonl as
+soon as it exists, so a rerun skips what is done. The rank statistics (Kendall tau-b and
+Spearman with bootstrap intervals, top-k overlap, and the tau-b between two seeds of
+stand-alone training as the ceiling) are `search.audit`'s, the project's one implementation of
+them (`search.ranking`): the pairs go to bench/results/supernet_audit_pairs.json and the report
+beside the checkpoint (`<checkpoint>.audit.json`), which one-shot summaries cite.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import random
+from pathlib import Path
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+from bench.common import RESULTS
+
+RECORDS = RESULTS / "supernet_audit.jsonl"
+
+
+def _train(spec_json: str, protocol: dict[str, Any], seed: int) -> dict[str, Any]:
+    from search.proxy import ProxyProtocol, train_proxy
+
+    result = train_proxy(spec_json, ProxyProtocol.from_dict(protocol).replace(seed=seed, threads=1))
+    return {"kind": "trained", "spec_id": result.spec_id, "seed": seed, "accuracy": 100 * result.val_acc,
+            "seconds": result.total_time_s}
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string, e.g. precision=fp32
+
+
+def _done(records: list[dict[str, Any]], kind: str, **match: Any) -> bool:
+    return any(r["kind"] == kind and all(r.get(k) == v for k, v in match.items()) for r in records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a finished supernet checkpoint of the default space")
+    parser.add_argument("--epochs", type=int, default=4, help="the epochs it was trained for (its key holds them)")
+    parser.add_argument("--candidates", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="proxy protocol overrides")
+    args = parser.parse_args()
+
+    import torch
+
+    from search.data import get_proxy_data
+    from search.oneshot import load_supernet, score
+    from search.proxy import ProxyProtocol
+    from space import make_space
+    from space.budget import Budget
+
+    torch.set_num_threads(1)
+    overrides = {key: _value(text) for key, text in (item.split("=", 1) for item in args.set)}
+    protocol, space = ProxyProtocol(**overrides), make_space("default")
+    data = get_proxy_data(protocol.data_config())
+    supernet = load_supernet(space, protocol, (data.in_chans, data.num_classes), args.checkpoint, args.epochs)
+    budget, rng = Budget(max_flops=1_300_000_000), random.Random(0)
+    specs = [space.sample(rng, accept=budget.admits) for _ in range(args.candidates)]
+    records = [r for r in (json.loads(line) for line in RECORDS.read_text().splitlines()) if
+               r["checkpoint"] == str(args.checkpoint)] if RECORDS.is_file() else []
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    def keep(record: dict[str, Any]) -> None:
+        records.append(record)
+        with RECORDS.open("a") as out:
+            out.write(json.dumps({**record, "checkpoint": str(args.checkpoint)}) + "\n")
+        print(json.dumps({k: v for k, v in record.items() if k != "spec"}), flush=True)
+
+    for spec in specs:
+        if not _done(records, "supernet", spec_id=spec.id):
+            keep({"kind": "supernet", "spec_id": spec.id, "spec": spec.to_json(),
+                  "accuracy": 100 * score(supernet, spec, data, protocol, seed=protocol.seed)})
+    jobs = [(spec, seed) for seed in args.seeds for spec in specs
+            if not _done(records, "trained", spec_id=spec.id, seed=seed)]
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train, spec.to_json(), protocol.to_dict(), seed) for spec, seed in jobs]
+        for future in as_completed(futures):
+            keep(future.result())
+
+    ids = [spec.id for spec in specs]
+    supernet_acc = {r["spec_id"]: r["accuracy"] for r in records if r["kind"] == "supernet"}
+    trained = {(r["spec_id"], r["seed"]): r["accuracy"] for r in records if r["kind"] == "trained"}
+    pairs = {"spec_ids": ids, "supernet": [supernet_acc[i] for i in ids],
+             **{f"seed {s}": [trained[(i, s)] for i in ids] for s in args.seeds}}
+    (RESULTS / "supernet_audit_pairs.json").write_text(json.dumps(pairs, indent=2) + "\n")
+    report = rank_report(pairs, args.seeds)
+    print(report["summary"], flush=True)
+    # Beside the checkpoint, where every one-shot summary that uses this supernet cites it.
+    Path(args.checkpoint).with_suffix(".audit.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def rank_report(pairs: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """Supernet vs stand-alone proxy accuracy (mean of the seeds), with the seeds' own agreement as ceiling."""
+    from search.ranking import agreement, top_k_overlap
+
+    n = len(pairs["spec_ids"])
+    standalone = [sum(pairs[f"seed {s}"][i] for s in seeds) / len(seeds) for i in range(n)]
+    vs = agreement(pairs["supernet"], standalone)
+    ceiling = agreement(pairs[f"seed {seeds[0]}"], pairs[f"seed {seeds[1]}"]) if len(seeds) > 1 else None
+    k = max(1, n // 10)
+    summary = (f"supernet vs stand-alone proxy training on {n} random candidates: {vs.describe()}; top-{k} overlap "
+               f"{top_k_overlap(pairs['supernet'], standalone, k):.0%}"
+               + (f"; stand-alone seed {seeds[0]} vs seed {seeds[1]} (the ceiling): {ceiling.describe()}"
+                  if ceiling else ""))
+    return {"summary": summary, "n": n, "kendall_tau_b": vs.kendall_tau_b, "kendall_interval": vs.kendall_interval,
+            "spearman": vs.spearman, "ceiling_kendall_tau_b": ceiling.kendall_tau_b if ceiling else None}

@@ -1,0 +1,262 @@
+"""One-shot evaluation: a space's supernet at the proxy geometry, trained once, and candidates
+scored with weights inherited from it after BatchNorm recalibration.
+
+`space_supernet(space, protocol, data_shape)` builds the `localvit.supernet.Supernet` that
+holds the proxy projection of every spec of a space; `train_supernet` trains it on the proxy
+data with the proxy protocol's optimiser and schedule (checkpoint every epoch, resumable);
+`score(supernet, spec, data, protocol)` is a candidate's validation top-1 with inherited
+weights, in about a second instead of minutes of training.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from localvit.spec import ArchSpec, LayerSpec
+from localvit.supernet import Supernet, recalibrate_bn
+from space.space import ListSpace, SearchSpace, Space
+
+from .data import ProxyData
+from .proxy import (NonFiniteLossError, ProxyProtocol, _autocast, evaluate, lr_at, param_groups, project_layer,
+                    project_to_proxy, resolve_precision, seed_everything)
+
+__all__ = ["check_checkpoint", "describe", "fair_specs", "load_supernet", "proxy_of", "recalibration_batches",
+           "score", "space_supernet", "train_supernet", "training_key"]
+
+
+def proxy_of(spec: ArchSpec, protocol: ProxyProtocol, data_shape: tuple[int, int]) -> ArchSpec:
+    """The proxy spec of a target spec for data of (`in_chans`, `num_classes`)."""
+    in_chans, num_classes = data_shape
+    return project_to_proxy(spec, protocol, num_classes=num_classes, in_chans=in_chans)
+
+
+def _space_bases(space: Space) -> list[ArchSpec]:
+    if isinstance(space, ListSpace):
+        return list(space.points.values())
+    if space.embed_dims or space.depths:
+        raise ValueError(f"space {space.name!r} chooses its embed_dim or depth; accepted for a supernet: a space "
+                         f"with one width and depth (heads may vary)")
+    return list(space.bases())
+
+
+def space_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, int]) -> Supernet:
+    """The supernet that holds the proxy projection of every spec of `space`.
+
+    Raises ValueError when it cannot: a stage backbone, a space that chooses width or depth, or
+    head choices that the width multiplier turns into different proxy widths."""
+    bases = _space_bases(space)
+    if bases[0].backbone != "vit":
+        raise ValueError(f"backbone={bases[0].backbone!r} is invalid for --strategy oneshot; accepted: deit_tiny, "
+                         f"deit_small (the supernet holds ViT spaces)")
+    proxies = [proxy_of(base, protocol, data_shape) for base in bases]
+    widths = sorted({p.embed_dim for p in proxies})
+    if len(widths) > 1:
+        heads = sorted({b.num_heads for b in bases})
+        raise ValueError(f"width_mult={protocol.width_mult} gives heads {heads} the proxy widths {widths}; accepted "
+                         f"for a supernet: one proxy width (e.g. width_mult 0.5 or 1)")
+    dim = widths[0]
+    blocks: list[dict[LayerSpec, None]] = [{} for _ in range(bases[0].depth)]
+    for base in bases:
+        if isinstance(space, SearchSpace):
+            choices = space.block_choices(base)
+            per_block = choices * base.depth if space.shared else choices
+        else:
+            per_block = [[layer] for layer in base.layers]
+        for held, layers in zip(blocks, per_block):
+            held.update(dict.fromkeys(project_layer(layer, dim) for layer in layers))
+    return Supernet(proxies[0], [list(held) for held in blocks])
+
+
+def fair_specs(space: Space, rng: random.Random) -> list[ArchSpec]:
+    """Subnets for one training step, fair across FFN types (FairNAS's strict fairness):
+    as many specs as a block has FFN types, and in every block each type is used by exactly
+    one of them; every other choice is uniform. A paper space gives one random row."""
+    if isinstance(space, ListSpace):
+        return [space.sample(rng)]
+    names = space.distributions()
+    ffn_names = [name for name in names if name.endswith(".ffn")]
+    count = len(space.layer.ffn)
+    orders = {name: rng.sample(list(space.layer.ffn), count) for name in ffn_names}
+    specs = []
+    for k in range(count):
+        params = {name: orders[name][k] if name in orders else rng.choice(choices) for name, choices in names.items()}
+        specs.append(space.from_params(params))
+    return specs
+
+
+def recalibration_batches(data: ProxyData, protocol: ProxyProtocol, images: int, seed: int) -> Iterator[torch.Tensor]:
+    """Training images (augmented as in training, seeded) for `recalibrate_bn`."""
+    taken = 0
+    for x, _ in data.batches("train", protocol.batch_size, epoch=0, seed=seed):
+        yield x[:images - taken]
+        taken += len(x)
+        if taken >= images:
+            return
+
+
+def score(supernet: Supernet, spec: ArchSpec, data: ProxyData, protocol: ProxyProtocol, *,
+          recalibration_images: int = 512, seed: int = 0, split: str = "val") -> float:
+    """Validation top-1 of a target `spec` with the supernet's weights, after recalibrating its
+    BatchNorm statistics on `recalibration_images` training images (deterministic in `seed`).
+    `recalibration_images=0` keeps the supernet's own (mixed) statistics."""
+    model = supernet.extract(proxy_of(spec, protocol, (data.in_chans, data.num_classes)))
+    precision = resolve_precision(protocol.precision)
+    if recalibration_images:
+        with _autocast(precision):
+            recalibrate_bn(model, recalibration_batches(data, protocol, recalibration_images, seed))
+    return evaluate(model, data, split, protocol.eval_batch_size, precision)
+
+
+def describe(supernet: Supernet) -> dict[str, Any]:
+    """What a supernet holds, for records and checkpoints."""
+    return {"base": supernet.base.to_dict(), "params": sum(p.numel() for p in supernet.parameters()),
+            "blocks": [{ffn: vars(caps) for ffn, caps in block.caps.items()} for block in supernet.blocks]}
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def training_key(space: Space, supernet: Supernet, protocol: ProxyProtocol, epochs: int) -> dict[str, Any]:
+    """What a trained supernet depends on: a checkpoint is reused only when this is equal."""
+    key = {"space": space.name, "choices": space.distributions(), "supernet": describe(supernet),
+           "protocol": protocol.replace(threads=None).to_dict(), "epochs": epochs}
+    key["digest"] = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return key
+
+
+def _load_checkpoint(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle's and torch's many errors: name the file, not a trace
+        raise ValueError(f"supernet checkpoint {str(path)!r} cannot be read ({type(err).__name__}); accepted: a "
+                         f"checkpoint train_supernet wrote") from None
+    held = state.get("key", {}) if isinstance(state, dict) else {}
+    if held.get("digest") != key["digest"]:
+        differs = [name for name in ("space", "choices", "supernet", "protocol", "epochs")
+                   if held.get(name) != key[name]] or ["its format"]
+        raise ValueError(f"supernet checkpoint {str(path)!r} was made with another {', '.join(differs)}; accepted: "
+                         f"a checkpoint of the same space, protocol and epochs (or a new --study)")
+    return state
+
+
+def check_checkpoint(path: str | Path, key: dict[str, Any]) -> None:
+    """ValueError when a checkpoint exists at `path` and was made for another `training_key`."""
+    _load_checkpoint(Path(path), key)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Written next to the old one and renamed over it: a kill never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+EpochReport = Callable[[int, dict[str, Any]], Any]
+
+
+def load_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, int], checkpoint: str | Path,
+                  epochs: int) -> Supernet:
+    """The supernet of a finished `train_supernet` checkpoint, in eval mode."""
+    supernet = space_supernet(space, protocol, data_shape)
+    state = _load_checkpoint(Path(checkpoint), training_key(space, supernet, protocol, epochs))
+    if state is None or len(state["history"]) < epochs:
+        done = 0 if state is None else len(state["history"])
+        raise ValueError(f"supernet checkpoint {str(checkpoint)!r} holds {done} of {epochs} epochs; accepted: a "
+                         f"finished one (train_supernet)")
+    supernet.load_state_dict(state["model"])
+    return supernet.eval()
+
+
+
+def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, epochs: int,
+                   checkpoint: str | Path | None = None, report: EpochReport | None = None
+                   ) -> tuple[Supernet, list[dict[str, Any]]]:
+    """Train the supernet of `space` on the proxy data; return it (in eval mode) and its figures per epoch.
+
+    Every step trains the subnets of `fair_specs` on one batch, their gradients accumulated
+    (each loss divided by their number), then one AdamW step; the learning rate follows the
+    protocol's warm-up and cosine over `epochs`, per step, as stand-alone proxy training does.
+    With `checkpoint`, the state is saved there after every epoch and training resumes from
+    it (an epoch cut short is trained again from its start, with the same batches and
+    subnets, since both are seeded by the protocol's seed and the epoch); a finished
+    checkpoint is returned without training. `report(epoch, figures)` is called per epoch.
+    """
+    precision = resolve_precision(protocol.precision)
+    old_threads = torch.get_num_threads()
+    if protocol.threads:
+        torch.set_num_threads(protocol.threads)
+    try:
+        seed_everything(protocol.seed)
+        supernet = space_supernet(space, protocol, (data.in_chans, data.num_classes))
+        key = training_key(space, supernet, protocol, epochs)
+        optimizer = torch.optim.AdamW(param_groups(supernet, protocol.weight_decay), lr=protocol.lr,
+                                      betas=(0.9, 0.999), eps=1e-8)
+        path = Path(checkpoint) if checkpoint is not None else None
+        state = _load_checkpoint(path, key) if path is not None else None
+        history: list[dict[str, Any]] = []
+        if state is not None:
+            supernet.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history = state["history"]
+        criterion = nn.CrossEntropyLoss(label_smoothing=protocol.label_smoothing)
+        steps_per_epoch = data.steps_per_epoch(protocol.batch_size)
+        total_steps = steps_per_epoch * epochs
+        warmup_steps = min(total_steps, int(round(protocol.warmup_epochs * steps_per_epoch)))
+        supernet.train()
+        for epoch in range(len(history) + 1, epochs + 1):
+            figures = _train_epoch(supernet, space, optimizer, criterion, data, protocol, precision, epoch,
+                                   (epoch - 1) * steps_per_epoch, steps_per_epoch, total_steps, warmup_steps)
+            history.append(figures)
+            if path is not None:
+                _save_checkpoint(path, {"key": key, "model": supernet.state_dict(),
+                                        "optimizer": optimizer.state_dict(), "history": history})
+            if report is not None:
+                report(epoch, figures)
+        return supernet.eval(), history
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train_epoch(supernet: Supernet, space: Space, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                 data: ProxyData, protocol: ProxyProtocol, precision: str, epoch: int, step: int,
+                 steps_per_epoch: int, total_steps: int, warmup_steps: int) -> dict[str, Any]:
+    data_shape = (data.in_chans, data.num_classes)
+    rng = random.Random(f"supernet-{protocol.seed}-{epoch}")
+    started = time.perf_counter()
+    loss_sum, seen, subnets = 0.0, 0, 0
+    for i, (x, y) in enumerate(data.batches("train", protocol.batch_size, epoch=epoch, seed=protocol.seed)):
+        if i >= steps_per_epoch:
+            break
+        lr = lr_at(step, total_steps, warmup_steps, protocol.lr, protocol.min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        specs = fair_specs(space, rng)
+        optimizer.zero_grad(set_to_none=True)
+        for spec in specs:
+            with _autocast(precision):
+                loss = criterion(supernet(x, proxy_of(spec, protocol, data_shape)).float(), y) / len(specs)
+            value = loss.item() * len(specs)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(epoch, i, value, spec.id)
+            loss.backward()
+            loss_sum += value * len(y)
+            seen += len(y)
+        if protocol.grad_clip:
+            nn.utils.clip_grad_norm_(supernet.parameters(), protocol.grad_clip)
+        optimizer.step()
+        subnets += len(specs)
+        step += 1
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "lr": lr, "subnets": subnets,
+            "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1) if seconds else 0.0}

@@ -1,0 +1,236 @@
+"""The one-shot strategy of a search (`--strategy oneshot`).
+
+1. Train the space's supernet on the proxy, or reuse it: it is kept under
+   `<results-dir>/.supernets/<key>.pt`, keyed by the space, the proxy protocol (its seed
+   included) and the epochs, checkpointed every epoch, so a killed search resumes it.
+2. Score the candidates the study's sampler proposes with inherited weights, on Ray actors
+   that each load the supernet once and score a chunk of candidates per call. Every candidate
+   is an Optuna trial of the study: over budget ones are closed as infeasible and never scored;
+   scored ones carry `status` and `fidelity` = `supernet`. Trials a kill left running are
+   closed and queued again by the driver, so nothing is lost or scored twice.
+3. Queue the top-k distinct candidates for proxy training from scratch; the driver then trains
+   them with the LocalViT baselines as Ray Tune trials and confirms the best with other seeds.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from localvit.spec import ArchSpec
+from space.space import Space, make_space
+
+from .data import get_proxy_data
+from .oneshot import check_checkpoint, load_supernet, score, space_supernet, train_supernet, training_key
+from .proxy import ProxyProtocol
+from .settings import DUPLICATE, INFEASIBLE, SUPERNET, SearchSettings
+from .tune import DefineByRun
+
+if TYPE_CHECKING:
+    from .driver import Plan
+
+#: Candidates per actor call: Ray's overhead per call (milliseconds) is paid once for them.
+CHUNK = 8
+#: Proposals in a row that are over the budget or scored already, after which the scoring ends.
+SKIPS_IN_A_ROW = 200
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def supernet_checkpoint(settings: SearchSettings, space: Space, data_shape: tuple[int, int]
+                        ) -> tuple[Path, dict[str, Any]]:
+    """Where the supernet of this search is kept, and what it is keyed by. Raises ValueError when
+    the space cannot be held by a supernet, or the checkpoint there is another space's."""
+    supernet = space_supernet(space, settings.protocol, data_shape)
+    key = training_key(space, supernet, settings.protocol, settings.supernet_epochs)
+    path = Path(settings.supernet_checkpoint or settings.study_dir.parent / ".supernets" / f"{key['digest']}.pt")
+    check_checkpoint(path, key)
+    return path, key
+
+
+def ensure_supernet(settings: SearchSettings, plan: "Plan", threads: int) -> Path:
+    """Train the supernet (or resume or reuse it) in this process, with `threads` threads."""
+    path, key = supernet_checkpoint(settings, plan.space, plan.data_shape)
+    data = get_proxy_data(settings.protocol.data_config())
+    started = time.perf_counter()
+
+    def report(epoch: int, figures: dict[str, Any]) -> None:
+        log(f"supernet epoch {epoch}/{settings.supernet_epochs}: loss {figures['train_loss']:.3f}, "
+            f"{figures['subnets']} subnets, {figures['seconds']:.0f} s")
+
+    log(f"supernet {key['digest']} ({key['supernet']['params'] / 1e6:.2f}M shared params): {path}")
+    _, history = train_supernet(plan.space, settings.protocol.replace(threads=threads), data,
+                                epochs=settings.supernet_epochs, checkpoint=path, report=report)
+    plan.study.set_user_attr("supernet", {"key": key["digest"], "path": str(path), "epochs": len(history),
+                                          "train_s": round(sum(h["seconds"] for h in history), 1),
+                                          "trained_now_s": round(time.perf_counter() - started, 1)})
+    return path
+
+
+class SupernetEvaluator:
+    """What a Ray actor holds: the trained supernet and the proxy data, loaded once."""
+
+    def __init__(self, space: str, backbone: str, protocol: dict[str, Any], checkpoint: str, epochs: int,
+                 recalibration_images: int) -> None:
+        self.protocol = ProxyProtocol.from_dict(protocol)
+        if self.protocol.threads:
+            torch.set_num_threads(self.protocol.threads)
+        self.space = make_space(space, backbone)
+        self.data = get_proxy_data(self.protocol.data_config())
+        self.supernet = load_supernet(self.space, self.protocol, (self.data.in_chans, self.data.num_classes),
+                                      checkpoint, epochs)
+        self.recalibration_images = recalibration_images
+
+    def score(self, specs: list[str]) -> list[tuple[float, float]]:
+        """Validation top-1 (%) and seconds of each spec (JSON), with inherited weights."""
+        results = []
+        for text in specs:
+            started = time.perf_counter()
+            accuracy = score(self.supernet, ArchSpec.from_json(text), self.data, self.protocol,
+                             recalibration_images=self.recalibration_images, seed=self.protocol.seed)
+            results.append((round(100 * accuracy, 3), time.perf_counter() - started))
+        return results
+
+
+def supernet_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("status") == SUPERNET]
+
+
+class _Proposer:
+    """Asks the study for candidates; closes the infeasible and the already scored at once."""
+
+    def __init__(self, settings: SearchSettings, plan: "Plan", define: DefineByRun) -> None:
+        self.study, self.settings, self.define = plan.study, settings, define
+        self.scored = {t.user_attrs["spec_id"]: t.values for t in supernet_trials(plan.study)}
+        self.in_flight: set[str] = set()
+        self.skipped = {INFEASIBLE: 0, DUPLICATE: 0}
+        self.exhausted = False
+
+    def _values(self, accuracy: float, flops: int) -> list[float]:
+        return [accuracy if o == "accuracy" else float(flops) for o in self.settings.objectives]
+
+    def next(self) -> tuple[optuna.Trial, ArchSpec] | None:
+        """The next candidate to score; None (and `exhausted`) once the sampler has proposed only
+        infeasible or already scored ones `SKIPS_IN_A_ROW` times in a row (a small space, or a
+        tight budget): the scoring then ends instead of asking forever."""
+        for _ in range(SKIPS_IN_A_ROW):
+            trial = self.study.ask()
+            config = self.define(trial)
+            spec = ArchSpec.from_json(config["spec"])
+            if config["status"] == INFEASIBLE:
+                self._close(trial, INFEASIBLE, self._values(0.0, config["flops"]))
+            elif spec.id in self.scored or spec.id in self.in_flight:
+                self._close(trial, DUPLICATE, self.scored.get(spec.id))
+            else:
+                self.in_flight.add(spec.id)
+                return trial, spec
+        self.exhausted = True
+        return None
+
+    def _close(self, trial: optuna.Trial, status: str, values: list[float] | None) -> None:
+        """Closed unscored: with its values (infeasible: the worst; a repeat: the earlier score), or
+        failed when it repeats a candidate still being scored."""
+        trial.set_user_attr("status", status)
+        if values is None:
+            self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            self.study.tell(trial, values)
+        self.skipped[status] += 1
+
+    def record(self, trial: optuna.Trial, spec: ArchSpec, accuracy: float, seconds: float) -> None:
+        trial.set_user_attr("status", SUPERNET)
+        trial.set_user_attr("fidelity", SUPERNET)
+        trial.set_user_attr("eval_s", round(seconds, 2))
+        values = self._values(accuracy, trial.user_attrs["flops"])
+        self.study.tell(trial, values)
+        self.scored[spec.id] = values
+        self.in_flight.discard(spec.id)
+
+
+def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path, resources: dict[str, float],
+                        define: DefineByRun, deadline: float | None) -> dict[str, Any]:
+    """Score candidates on Ray actors until `settings.candidates` are scored or `deadline`
+    (a `time.time()`) passes; returns the figures of this run of the phase."""
+    import ray
+
+    proposer = _Proposer(settings, plan, define)
+    held = len(proposer.scored)
+    if held >= settings.candidates:
+        return {"scored": held, "scored_now": 0, "held_before": held, "seconds_now": 0.0, "per_s": 0.0}
+    protocol = define.protocol
+    actor = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(SupernetEvaluator)
+    actors = [actor.remote(settings.space, settings.backbone, protocol.to_dict(), str(checkpoint),
+                           settings.supernet_epochs, settings.recalibration_images) for _ in range(settings.workers)]
+    idle, busy = list(actors), {}
+    started, last_log, scored = time.time(), time.time(), 0
+    try:
+        while True:
+            while idle and (deadline is None or time.time() < deadline):
+                room = settings.candidates - len(proposer.scored) - sum(len(c) for _, c in busy.values())
+                chunk = []
+                while len(chunk) < min(CHUNK, room) and not proposer.exhausted:
+                    candidate = proposer.next()
+                    chunk += [candidate] if candidate else []
+                if not chunk:
+                    break
+                worker = idle.pop()
+                busy[worker.score.remote([spec.to_json() for _, spec in chunk])] = (worker, chunk)
+            if not busy:
+                break
+            [ready], _ = ray.wait(list(busy), num_returns=1)
+            worker, chunk = busy.pop(ready)
+            for (trial, spec), (accuracy, seconds) in zip(chunk, ray.get(ready)):
+                proposer.record(trial, spec, accuracy, seconds)
+                scored += 1
+            idle.append(worker)
+            if time.time() - last_log > 30:
+                last_log = time.time()
+                best = max(proposer.scored.values(), key=lambda v: v[0])[0]
+                log(f"scored {len(proposer.scored)}/{settings.candidates} on the supernet "
+                    f"({scored / (time.time() - started):.2f}/s), best {best:.2f}%")
+    finally:
+        for worker in actors:
+            ray.kill(worker)
+    seconds = time.time() - started
+    figures = {"scored": len(proposer.scored), "scored_now": scored, "held_before": held,
+               "seconds_now": round(seconds, 1), "per_s": round(scored / seconds, 3) if seconds else 0.0,
+               **{f"skipped_{k}": v for k, v in proposer.skipped.items()}}
+    log(f"scored {scored} candidate(s) on the supernet in {seconds:.0f} s ({figures['per_s']:.2f}/s); "
+        f"{proposer.skipped[INFEASIBLE]} over the budget and {proposer.skipped[DUPLICATE]} repeats closed unscored")
+    if proposer.exhausted:
+        log(f"the sampler proposed only candidates over the budget or scored already, {SKIPS_IN_A_ROW} times in a "
+            f"row: scoring ended before --candidates {settings.candidates}")
+    return figures
+
+
+def enqueue_top_k(study: optuna.Study, settings: SearchSettings, exclude: set[str]) -> list[FrozenTrial]:
+    """Queue the `top_k` best distinct supernet candidates for proxy training from scratch (once);
+    specs in `exclude` (the baselines, trained anyway) are passed over."""
+    if "oneshot_top_k" in study.user_attrs:
+        return []
+    if not supernet_trials(study):
+        log("no candidate was scored on the supernet (the time limit passed first?): run the same command with a "
+            "longer --time-limit to score some; the supernet is kept")
+        return []
+    ranked, seen = [], set(exclude)
+    for t in sorted(supernet_trials(study), key=lambda t: (-t.values[0], t.user_attrs["flops"], t.number)):
+        if t.user_attrs["spec_id"] not in seen:
+            seen.add(t.user_attrs["spec_id"])
+            ranked.append(t)
+    top = ranked[:settings.top_k]
+    for rank, t in enumerate(top, 1):
+        study.enqueue_trial(t.params, user_attrs={"oneshot_rank": rank, "supernet_accuracy": t.values[0],
+                                                  "supernet_trial": t.number})
+    study.set_user_attr("oneshot_top_k", [t.number for t in top])
+    return top
+
+
+__all__ = ["SupernetEvaluator", "enqueue_top_k", "ensure_supernet", "evaluate_candidates", "supernet_checkpoint",
+           "supernet_trials"]

@@ -1,0 +1,173 @@
+"""`run_search.py --strategy oneshot`: the supernet trained, candidates scored on it through Ray
+and recorded in Optuna with their fidelity, the top-k trained and confirmed; kills resumed."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import psutil
+import pytest
+
+import run_search
+from search.data import ProxyData
+from search.oneshot import train_supernet
+from search.oneshot_search import SKIPS_IN_A_ROW, _Proposer
+from search.proxy import ProxyProtocol
+from search.settings import SearchSettings
+from search.tune import DefineByRun
+from space.budget import Budget
+from space.cost import target_cost
+from space.space import space_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--train-size", "200", "--val-size", "100", "--epochs", "2", "--batch-size", "50", "--export-top", "1"]
+SPACE = """base: {embed_dim: 64, num_heads: 2, depth: 2}
+layers: {ffn: [mlp, conv, local], act: [relu6, hswish], attn: [none, se, eca], se_ratio: [4, 16],
+         gamma: [1, 2, 4], kernel: [3, 5]}
+"""
+# At 224x224 this space costs 30-42 MFLOPs: a 35M floor rules out about half of it, and the
+# LocalViT-T and DeiT-T baselines (1.26-1.28G) fit under the ceiling.
+ONESHOT = ["--strategy", "oneshot", "--min-flops", "35M", "--budget-flops", "1.3G", "--supernet-epochs", "3",
+           "--candidates", "24", "--top-k", "2", "--recalibration-images", "100", "--confirm-seeds", "1"]
+
+
+def _count(db: Path, status: str) -> int:
+    """COMPLETE trials of a status so far; 0 while Optuna is still creating the study's tables."""
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute(
+                "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+                f"where t.state = 'COMPLETE' and a.key = 'status' and a.value_json = '\"{status}\"'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _run_until(cmd: list[str], cwd: Path, ready, timeout: float = 600) -> None:
+    """Start the search and SIGKILL it (with the Ray processes it started) once `ready()`."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.5)
+    assert proc.poll() is None and ready(), "the search ended before the moment to kill it"
+    family = [proc] + psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_oneshot_search_end_to_end_killed_in_training_and_in_scoring(tmp_path) -> None:
+    (tmp_path / "tiny.yaml").write_text(SPACE)
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--study", "o", "--results-dir", ".", "--space", "tiny.yaml",
+           *TINY, *ONESHOT]
+    db, supernets = tmp_path / "o" / "study.db", tmp_path / ".supernets"
+    # killed after the first supernet epoch's checkpoint, then again after some candidates were scored
+    _run_until(cmd, tmp_path, lambda: any(supernets.glob("*.pt")))
+    _run_until(cmd, tmp_path, lambda: db.exists() and _count(db, "supernet") >= 6)
+    scored_before = {t.number: t.values for t in optuna.load_study(study_name="o", storage=f"sqlite:///{db}").trials
+                     if t.user_attrs.get("status") == "supernet" and t.state.is_finished()}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "supernet epoch 1/3" not in result.stdout  # trained before the kills, not again
+
+    study = optuna.load_study(study_name="o", storage=f"sqlite:///{db}")
+    trials = study.trials
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    scored = [t for t in trials if t.user_attrs.get("status") == "supernet"]
+    assert len(scored) == 24 and all(t.user_attrs["fidelity"] == "supernet" for t in scored)
+    assert {t.number: t.values for t in scored if t.number in scored_before} == scored_before  # kept as they were
+    spec_ids = [t.user_attrs["spec_id"] for t in scored]
+    assert len(spec_ids) == len(set(spec_ids))  # none scored twice
+    for t in trials:
+        if t.user_attrs.get("status") == "interrupted" and "spec_id" in t.user_attrs:
+            assert spec_ids.count(t.user_attrs["spec_id"]) == 1  # queued again, scored once
+    infeasible = [t for t in trials if t.user_attrs.get("status") == "infeasible"]
+    assert infeasible and all(t.user_attrs["flops"] < 35e6 and "eval_s" not in t.user_attrs for t in infeasible)
+    assert all(35e6 <= t.user_attrs["flops"] for t in scored)
+
+    trained = [t for t in trials if t.user_attrs.get("status") == "train"]
+    assert all(t.user_attrs["fidelity"] == "trained" and t.user_attrs["full_fidelity"] for t in trained)
+    assert sorted(t.user_attrs.get("baseline", "") for t in trained) == ["", "", "DeiT-T", "LocalViT-T"]
+    top = sorted((t for t in scored if t.user_attrs["spec_id"] not in
+                  {u.user_attrs["spec_id"] for u in trained if u.user_attrs.get("baseline")}),
+                 key=lambda t: (-t.values[0], t.user_attrs["flops"], t.number))[:2]
+    finalists = sorted((t for t in trained if t.user_attrs.get("oneshot_rank")), key=lambda t: t.user_attrs[
+        "oneshot_rank"])
+    assert [t.user_attrs["spec_id"] for t in finalists] == [t.user_attrs["spec_id"] for t in top]
+    assert [t.user_attrs["supernet_accuracy"] for t in finalists] == [t.values[0] for t in top]
+    confirmation = study.user_attrs["confirmation"]
+    assert set(confirmation) == {"best", "LocalViT-T"} and all(len(e["seeds"]) == 2 for e in confirmation.values())
+
+    out = tmp_path / "o"
+    frame = pd.read_csv(out / "trials.csv")
+    assert set(frame["fidelity"].dropna()) == {"supernet", "trained"}
+    summary = (out / "summary.md").read_text()
+    assert "24 candidates scored with inherited weights" in summary and "the ranking rests on:" in summary
+    assert "Re-trained with other seeds" in summary and list((out / "export").iterdir())
+
+
+def test_scoring_ends_when_the_sampler_has_nothing_new_to_propose() -> None:
+    """A space of four designs, the costliest over the budget: the others are scored, each once,
+    then the proposer gives up instead of asking forever."""
+    space = space_from_dict({"base": {"embed_dim": 64, "num_heads": 2, "depth": 2},
+                             "layers": {"ffn": ["mlp"], "gamma": [1, 4]}}, name="four")
+    costs = {spec.id: target_cost(spec).flops for spec in space.grid()}
+    budget = Budget(max_flops=sorted(costs.values())[-2])
+    feasible = {spec_id for spec_id, flops in costs.items() if flops <= budget.max_flops}
+    assert len(costs) == 4 and len(feasible) == 3
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    plan = type("Plan", (), {"study": study})()
+    proposer = _Proposer(SearchSettings(budget=budget), plan, DefineByRun(space, budget, ProxyProtocol(), {}, (1, 10)))
+    scored = []
+    while (candidate := proposer.next()) is not None:
+        proposer.record(*candidate, accuracy=50.0, seconds=0.0)
+        scored.append(candidate[1].id)
+    assert proposer.exhausted and sorted(scored) == sorted(feasible)
+    statuses = [t.user_attrs["status"] for t in study.trials]
+    assert statuses[-SKIPS_IN_A_ROW:].count("supernet") == 0 and "infeasible" in statuses
+    assert all(t.user_attrs["flops"] > budget.max_flops for t in study.trials if t.user_attrs["status"] == "infeasible")
+
+
+# --- bad input: one line, exit 2 ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory) -> Path:
+    """A finished supernet checkpoint of a tiny space that is not the default one."""
+    tmp = tmp_path_factory.mktemp("other")
+    protocol = ProxyProtocol(train_size=64, val_size=20, batch_size=32, precision="fp32", threads=1)
+    space = space_from_dict({"base": {"embed_dim": 64, "num_heads": 2, "depth": 2},
+                             "layers": {"ffn": ["mlp", "local"], "gamma": [1, 2]}}, name="other")
+    data = ProxyData(protocol.data_config(), cache_dir=str(tmp / "cache"))
+    train_supernet(space, protocol, data, epochs=1, checkpoint=tmp / "other.pt")
+    return tmp / "other.pt"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--strategy", "evolve"], "strategy='evolve' is invalid; accepted: train, oneshot"),
+    (["--strategy", "oneshot", "--backbone", "pvt_tiny", "--budget-flops", "2.2G"],
+     "backbone='pvt_tiny' is invalid for --strategy oneshot"),
+    (["--strategy", "oneshot", "--width-mult", "0.4"], "gives heads [3, 4] the proxy widths [76, 77]"),
+    (["--strategy", "oneshot", "--top-k", "0"], "top_k=0 is invalid"),
+    (["--strategy", "oneshot", "--supernet-checkpoint", "OTHER"], "was made with another space"),
+])
+def test_bad_oneshot_input_is_one_line_exit_2(tmp_path, capsys, other_checkpoint, args, words) -> None:
+    args = [str(other_checkpoint) if a == "OTHER" else a for a in args]
+    argv = ["--study", "b", "--results-dir", str(tmp_path), *TINY,
+            *(["--budget-flops", "1.3G"] if "--budget-flops" not in args else []), *args]
+    with pytest.raises(SystemExit) as exit_:
+        run_search.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, err
