@@ -1,5 +1,5 @@
 """One line per event instead of Ray's wall of logs: trials done, running, stopped early,
-failed, skipped as infeasible; the best so far against the baselines; time left."""
+failed, retried, skipped as infeasible; the best so far against the baselines; time left."""
 from __future__ import annotations
 
 import time
@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 from ray.tune import Callback
 
+from .cluster import lost_reason
 from .settings import SearchSettings
 
 
@@ -21,7 +22,7 @@ class Progress(Callback):
         self.study, self.settings, self.searcher, self.total = study, settings, searcher, total
         self.start = time.time()
         self.running: dict[str, str] = {}
-        self.done = self.stopped = self.failed = 0
+        self.done = self.stopped = self.failed = self.retried = self.lost = 0
         self.best: tuple[float, str] | None = None
         self.baselines: dict[str, float] = {}
         self.durations: list[float] = []
@@ -39,8 +40,31 @@ class Progress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finished(trial, "failed" if trial.last_result.get("failure") else "done")
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune restarts a trial its node or worker took down: say why, note it on the trial."""
+        reason = self._lost_reason(trial)
+        self.searcher.record_retry(trial.trial_id, reason)
+        self.retried += 1
+        self.running.pop(trial.trial_id, None)
+        self._line(f"retrying {self._name(trial)} on another node: {reason}")
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finished(trial, "failed")
+        """Only infrastructure losses get here (a candidate's own failure is a result): the
+        retries are spent; the candidate is queued again and does not count as a trial."""
+        reason = f"{self._lost_reason(trial)}, after {self.settings.max_retries} retries"
+        self.searcher.close_lost(trial.trial_id, reason)
+        self.lost += 1
+        self.running.pop(trial.trial_id, None)
+        self._line(f"lost {self._name(trial)}: {reason}; queued again")
+
+    @staticmethod
+    def _lost_reason(trial: Any) -> str:
+        result = trial.last_result or {}
+        try:
+            error = trial.get_pickled_error()
+        except Exception:  # the error file is Tune's; a reason without its text is still a reason
+            error = None
+        return lost_reason(error, result.get("node_ip"), int(result.get("epoch") or 0) + 1)
 
     def _finished(self, trial: Any, outcome: str) -> None:
         name = self.running.pop(trial.trial_id, trial.trial_id)
@@ -79,8 +103,9 @@ class Progress(Callback):
         best = f"best {self.best[0]:.2f}% ({self.best[1]})" if self.best else "best -"
         bases = " ".join(f"{k} {v:.2f}%" for k, v in self.baselines.items())
         skipped = self.searcher.skipped
+        lost = f", {self.retried} retried, {self.lost} lost" if self.retried or self.lost else ""
         print(f"[{_clock(elapsed)}] {finished}/{self.total} trained ({self.stopped} stopped early, {self.failed} "
-              f"failed), {len(self.running)} running, {skipped['infeasible']} infeasible skipped | {best}"
+              f"failed{lost}), {len(self.running)} running, {skipped['infeasible']} infeasible skipped | {best}"
               f"{' vs ' + bases if bases else ''}{left} | {event}", flush=True)
 
     def finish(self) -> None:

@@ -9,10 +9,13 @@ from typing import Any
 from space.budget import Budget
 
 from .proxy import ProxyProtocol
+from .storage import has_password
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 #: What became of a proposed candidate (the trial's `status` attribute).
 TRAIN, INFEASIBLE, DUPLICATE = "train", "infeasible", "duplicate"
+#: A trial whose node or worker was lost with every retry spent: its candidate is queued again.
+LOST = "lost"
 OBJECTIVES = ("accuracy", "flops")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -34,6 +37,8 @@ class SearchSettings:
     cpus_per_trial: float | None = None  # default: the machine's CPUs shared by the workers
     gpus_per_trial: float = 0.0
     ray_address: str | None = None
+    ray_storage: str | None = None  # Ray Tune's experiment folder, seen by every node; default: the study folder
+    max_retries: int = 2  # retries of a trial lost to the infrastructure (a node or worker died)
     protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
     asha: bool = True
     baselines: bool = True
@@ -61,7 +66,11 @@ class SearchSettings:
         if self.sampler == "grid" and self.space != "paper":
             raise ValueError(f"sampler='grid' is invalid with space={self.space!r}; accepted: --space paper "
                              f"(or a small space file with --sampler random)")
-        for name, low in (("trials", 1), ("workers", 1), ("confirm_seeds", 0), ("export_top", 0), ("warm_start", 0),
+        if has_password(self.storage):
+            raise ValueError("storage URL holds a password, which would be written to disk; accepted: a URL "
+                             "without one (search.storage.without_password moves a PostgreSQL password to "
+                             "PGPASSWORD)")
+        for name, low in (("trials", 1), ("workers", 1), ("max_retries", 0), ("confirm_seeds", 0), ("export_top", 0), ("warm_start", 0),
                           ("throughput_batch", 1), ("throughput_threads", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -75,6 +84,15 @@ class SearchSettings:
     @property
     def study_dir(self) -> Path:
         return Path(self.results_dir).resolve() / self.study
+
+    @property
+    def tune_storage(self) -> str:
+        """Where Ray Tune writes its experiments: `ray_storage`/<study>, else the study folder."""
+        if self.ray_storage is None:
+            return str(self.study_dir)
+        if "://" in self.ray_storage:
+            return f"{self.ray_storage.rstrip('/')}/{self.study}"
+        return str(Path(self.ray_storage).resolve() / self.study)
 
     @property
     def storage_url(self) -> str:
