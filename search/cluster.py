@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TextIO
 
 from .proxy import jemalloc_env
 from .settings import SearchSettings
@@ -52,21 +53,28 @@ class Cluster:
 
 
 @contextmanager
-def ray_output(log: Path) -> Iterator[None]:
-    """Send everything written to standard error (Ray's C++ and Python logs, its state dumps and
-    the tracebacks of lost workers) to `log` while inside, so that they never cover the progress
-    lines on standard output. An exception leaving the block is printed after it, on the console."""
+def ray_output(log: Path) -> Iterator[TextIO]:
+    """Send everything written to standard output and error while inside (Ray's C++ and Python
+    logs, its state dumps, the errors it relays from its nodes) to `log`, so that none of it
+    covers the progress lines; yields the console for the search's own lines. An exception
+    leaving the block is printed after it, on the console."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    console = os.fdopen(os.dup(saved[1]), "w", buffering=1)
     with open(log, "ab") as sink:
-        os.dup2(sink.fileno(), 2)
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
     try:
-        yield
+        yield console
     finally:
+        sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        console.close()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def worker_env(settings: SearchSettings) -> dict[str, str]:
@@ -185,16 +193,36 @@ def node_check(storage: str, name: str) -> str:
     return ""
 
 
+#: How long to wait for Ray to declare a node dead when a trial's worker stopped answering.
+NODE_DEATH_WAIT_S = 30.0
+
+
 def lost_reason(error: BaseException | None, node_ip: str | None, epoch: int) -> str:
-    """Why a trial was lost to the infrastructure, in words: which node, what happened, when."""
+    """Why a trial was lost to the infrastructure, in words: which node, what happened, when.
+
+    A worker that stops answering may have died alone or with its node; Ray takes some seconds
+    to declare a node dead, and that verdict is awaited here (also so that the retry is not
+    placed on the dead node)."""
     text = f"{type(error).__name__}: {error}" if error is not None else ""
     where = f"node {node_ip}" if node_ip else "its node"
     if getattr(error, "preempted", False) or "preempt" in text.lower():
         what = f"{where} was preempted"
     elif "out of memory" in text.lower() or "OOM" in text:
         what = f"its worker on {where} was killed for lack of memory"
-    elif "node" in text.lower() and ("died" in text or "dead" in text.lower()):
+    elif node_ip and not node_alive(node_ip, NODE_DEATH_WAIT_S if "unavailable" in text.lower() else 0.0):
         what = f"{where} died"
     else:
         what = f"its worker on {where} died"
     return f"{what} during epoch {epoch}"
+
+
+def node_alive(ip: str, wait_s: float = 0.0) -> bool:
+    """Whether Ray counts the node at `ip` alive, waiting up to `wait_s` for it to count it dead."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = any(n.get("Alive") and n["NodeManagerAddress"] == ip for n in ray.nodes())
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(1.0)

@@ -206,24 +206,24 @@ def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSp
     scheduler = BaselineSparingASHA(metric="accuracy", mode="max", time_attr="epoch", max_t=protocol.epochs,
                               grace_period=1, reduction_factor=2) if settings.asha and protocol.epochs > 1 \
         else FIFOScheduler()
-    progress = Progress(plan.study, settings, searcher, remaining)
-    tuner = tune.Tuner(
-        tune.with_resources(train_candidate, resources),
-        # No sample limit: the searcher ends the search when `remaining` trials trained, not
-        # counting those lost to the infrastructure.
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
-                                    max_concurrent_trials=settings.workers, reuse_actors=True,
-                                    time_budget_s=settings.time_limit_s),
-        run_config=tune.RunConfig(name="ray", storage_path=cluster.storage_path, verbose=0,
-                                  callbacks=[progress], progress_reporter=None,
-                                  failure_config=tune.FailureConfig(max_failures=settings.max_retries)),
-    )
-    with ray_output(cluster.log):
+    with ray_output(cluster.log) as console:
+        progress = Progress(plan.study, settings, searcher, remaining, out=console)
+        tuner = tune.Tuner(
+            tune.with_resources(train_candidate, resources),
+            # No sample limit: the searcher ends the search when `remaining` trials trained, not
+            # counting those lost to the infrastructure.
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                                        max_concurrent_trials=settings.workers, reuse_actors=True,
+                                        time_budget_s=settings.time_limit_s),
+            run_config=tune.RunConfig(name="ray", storage_path=cluster.storage_path, verbose=0,
+                                      callbacks=[progress], progress_reporter=None,
+                                      failure_config=tune.FailureConfig(max_failures=settings.max_retries)),
+        )
         tuner.fit()
-    progress.finish()
+        progress.finish()
     if searcher.lost:
         log(f"{searcher.lost} trial(s) lost to the infrastructure after {settings.max_retries} retries each; their "
-            f"candidates are queued again (run the search again to train them); Ray's log: {cluster.log}")
+            f"candidates were queued again, to be proposed first (see Ray's log: {cluster.log})")
 
 
 def _throughput_measurer(settings: SearchSettings) -> Any:

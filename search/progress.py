@@ -2,8 +2,9 @@
 failed, retried, skipped as infeasible; the best so far against the baselines; time left."""
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import optuna
 from ray.tune import Callback
@@ -18,14 +19,20 @@ def _clock(seconds: float) -> str:
 
 
 class Progress(Callback):
-    def __init__(self, study: optuna.Study, settings: SearchSettings, searcher: Any, total: int) -> None:
+    def __init__(self, study: optuna.Study, settings: SearchSettings, searcher: Any, total: int,
+                 out: TextIO | None = None) -> None:
         self.study, self.settings, self.searcher, self.total = study, settings, searcher, total
+        self.out = out or sys.stdout  # the console, while Ray's own output goes to its log
         self.start = time.time()
         self.running: dict[str, str] = {}
         self.done = self.stopped = self.failed = self.retried = self.lost = 0
         self.best: tuple[float, str] | None = None
         self.baselines: dict[str, float] = {}
         self.durations: list[float] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks into tuner.pkl: leave the console out."""
+        return {**self.__dict__, "out": None}
 
     def _name(self, trial: Any) -> str:
         spec = trial.config.get("spec", "")
@@ -106,7 +113,7 @@ class Progress(Callback):
         lost = f", {self.retried} retried, {self.lost} lost" if self.retried or self.lost else ""
         print(f"[{_clock(elapsed)}] {finished}/{self.total} trained ({self.stopped} stopped early, {self.failed} "
               f"failed{lost}), {len(self.running)} running, {skipped['infeasible']} infeasible skipped | {best}"
-              f"{' vs ' + bases if bases else ''}{left} | {event}", flush=True)
+              f"{' vs ' + bases if bases else ''}{left} | {event}", file=self.out, flush=True)
 
     def finish(self) -> None:
         self._line("search finished")
