@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import optuna
+import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -39,7 +40,8 @@ def train_candidate(config: dict[str, Any]) -> None:
     start = time.perf_counter()
     curve: list[float] = []
     device = trial_device()
-    constant = {"flops": config["flops"], "params": config["params"], "device": device}
+    constant = {"flops": config["flops"], "params": config["params"], "device": device,
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
     tune.report({"epoch": 0, "val_acc_curve": [], "wall_time_s": 0.0, **constant})
 
     def report(epoch: int, val_acc: float, extra: dict) -> None:
@@ -59,7 +61,6 @@ def train_candidate(config: dict[str, Any]) -> None:
 def trial_device() -> str:
     """The device Ray assigned to this trial: its GPU when it was given one, else the CPU, with
     every GPU hidden so that a CPU-only trial never touches one (Ray does not hide them)."""
-    import ray
     import torch
 
     if ray.get_gpu_ids():  # Ray has set CUDA_VISIBLE_DEVICES to the assigned GPU(s)
@@ -218,7 +219,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("full_fidelity", epochs >= self.full_epochs and not error)
             ot_trial.set_user_attr("val_acc_curve", list(last.get("val_acc_curve") or []))
             ot_trial.set_user_attr("wall_time_s", round(float(last.get("wall_time_s") or 0.0), 1))
-            for key in ("node_ip", "device"):
+            for key in ("node_ip", "device", "gpu_ids"):
                 if last.get(key):
                     ot_trial.set_user_attr(key, last[key])
             if last.get("images_per_s"):
