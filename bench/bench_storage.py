@@ -1,4 +1,5 @@
-"""Optuna storages under concurrent writers: SQLite, and PostgreSQL through psycopg2 and psycopg 3.
+"""Optuna storages under concurrent writers: SQLite, and PostgreSQL through psycopg 3 (the
+`postgres` extra's driver) and psycopg2 (when installed).
 
     python -m bench.bench_storage [--workers 8] [--trials 25] [--rounds 3]
 
@@ -6,11 +7,12 @@
 driver's searcher do), rounds interleaved over the storages so that the machine's drift hits
 them alike. A throw-away PostgreSQL server is started (tests/servers.py) and stopped by its id.
 Prints and saves the wall time per round and trials per second with a distribution-free
-interval for the median, and the change against psycopg2 (the `postgres` extra's driver).
+interval for the median, and the change against psycopg 3.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -63,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PGPASSWORD": server.password}
     folder = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     host = server.url().split("://", 1)[1]
-    urls = {"SQLite": f"sqlite:///{folder / 'study.db'}", "PostgreSQL psycopg2": f"postgresql+psycopg2://{host}",
-            "PostgreSQL psycopg 3": f"postgresql+psycopg://{host}"}
+    urls = {"SQLite": f"sqlite:///{folder / 'study.db'}", "PostgreSQL psycopg 3": f"postgresql+psycopg://{host}"}
+    if importlib.util.find_spec("psycopg2"):
+        urls["PostgreSQL psycopg2"] = f"postgresql+psycopg2://{host}"
     seconds: dict[str, list[float]] = {name: [] for name in urls}
     try:
         os.environ["PGPASSWORD"] = server.password
@@ -80,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         low, high, coverage = median_interval(values)
         rows.append({"storage": name, "median s": statistics.median(values), "interval s": f"{low:.1f}-{high:.1f}",
                      "trials/s": total / statistics.median(values),
-                     "vs psycopg2": "-" if name.endswith("psycopg2") else
-                     str(paired_change(values, seconds["PostgreSQL psycopg2"]))})
-    table = markdown_table(rows, ["storage", "median s", "interval s", "trials/s", "vs psycopg2"])
+                     "vs psycopg 3": "-" if name.endswith("psycopg 3") else
+                     str(paired_change(values, seconds["PostgreSQL psycopg 3"]))})
+    table = markdown_table(rows, ["storage", "median s", "interval s", "trials/s", "vs psycopg 3"])
     coverage = median_interval(seconds["SQLite"])[2]
     text = (f"{args.workers} processes x {args.trials} trials (ask + tell), {args.rounds} interleaved rounds; "
             f"intervals for the median at {100 * coverage:.0f}% (sign test)\n\n{table}")

@@ -100,6 +100,8 @@ def start_cluster(settings: SearchSettings) -> Cluster:
     else:
         runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(
             x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)
+    if not settings.ray_address:  # a local Ray gets this machine: say so before spending seconds starting it
+        trial_resources(settings, [this_machine()])
     log = settings.study_dir / "ray.log"
     with ray_output(log):
         try:
@@ -115,6 +117,14 @@ def start_cluster(settings: SearchSettings) -> Cluster:
         if settings.ray_address:
             check_nodes([n for n in nodes if n.cpus > 0], settings.tune_storage)
     return Cluster(tuple(nodes), resources, settings.tune_storage, log)
+
+
+def this_machine() -> Node:
+    """What a local Ray will find here: the CPUs this process may use and the visible GPUs."""
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return Node("this machine", "", float(cpus), float(torch.cuda.device_count()))
 
 
 def alive_nodes() -> list[Node]:

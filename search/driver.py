@@ -68,6 +68,9 @@ def make_sampler(settings: SearchSettings, space: Space, offset: int = 0) -> opt
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url)
+    except ImportError:
+        raise ValueError(f"storage {url!r} cannot be opened: its database driver is not installed; accepted: "
+                         f"SQLite, or PostgreSQL with pip install -e '.[postgres]' (psycopg 3)") from None
     except Exception as err:  # SQLAlchemy's many error types: report the URL, not a trace
         raise ValueError(f"storage {url!r} cannot be opened: {str(err).splitlines()[0]}; accepted: an "
                          f"SQLAlchemy database URL such as sqlite:///path/study.db") from None

@@ -220,7 +220,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("val_acc_curve", list(last.get("val_acc_curve") or []))
             ot_trial.set_user_attr("wall_time_s", round(float(last.get("wall_time_s") or 0.0), 1))
             for key in ("node_ip", "device", "gpu_ids"):
-                if last.get(key):
+                if last.get(key) is not None:
                     ot_trial.set_user_attr(key, last[key])
             if last.get("images_per_s"):
                 ot_trial.set_user_attr("train_images_per_s", round(float(last["images_per_s"]), 1))
