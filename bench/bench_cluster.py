@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import optuna
-import psutil
 
 from bench.common import markdown_table, median_interval, save
 
@@ -83,11 +82,9 @@ def recovery_run(cluster, results: Path, env: dict) -> float:
     proc = subprocess.Popen(search_cmd(cluster.address, study, results, None, 1, 2) + ["--train-size", "600"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines = Lines(proc)
-    raylets = {ip: psutil.Process(cluster.node(ip).raylet_pid()) for ip in ("127.0.0.3", "127.0.0.4")}
     victim = None
     while victim is None:
-        victim = next((ip for ip, r in raylets.items()
-                       if any("ImplicitFunc" in " ".join(c.cmdline()) for c in r.children(recursive=True))), None)
+        victim = next((ip for ip in ("127.0.0.3", "127.0.0.4") if cluster.node(ip).runs_a_trial()), None)
         time.sleep(0.2)
     time.sleep(3)
     killed = time.monotonic()

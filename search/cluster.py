@@ -219,7 +219,8 @@ def lost_reason(error: BaseException | None, node_ip: str | None, epoch: int) ->
         what = f"{where} was preempted"
     elif "out of memory" in text.lower() or "OOM" in text:
         what = f"its worker on {where} was killed for lack of memory"
-    elif node_ip and not node_alive(node_ip, NODE_DEATH_WAIT_S if "unavailable" in text.lower() else 0.0):
+    elif node_ip and not node_alive(node_ip, NODE_DEATH_WAIT_S if error is None or "unavailable" in text.lower()
+                                    else 0.0):
         what = f"{where} died"
     else:
         what = f"its worker on {where} died"

@@ -69,7 +69,8 @@ class Progress(Callback):
         result = trial.last_result or {}
         try:
             error = trial.get_pickled_error()
-        except Exception:  # the error file is Tune's; a reason without its text is still a reason
+        except Exception as err:  # the error file is Tune's; a reason without its text is still a reason
+            print(f"the error of trial {trial.trial_id} cannot be read: {err!r}", file=sys.stderr)  # to Ray's log
             error = None
         return lost_reason(error, result.get("node_ip"), int(result.get("epoch") or 0) + 1)
 

@@ -109,6 +109,16 @@ class RayNode:
     temp_dir: Path
     pids: list[int] = field(default_factory=list)  # the node's daemons (raylet, agents; GCS on the head)
 
+    def runs_a_trial(self) -> bool:
+        """Whether a Ray Tune trial actor runs on this node now."""
+        for child in psutil.Process(self.raylet_pid()).children(recursive=True):
+            try:
+                if "ImplicitFunc" in " ".join(child.cmdline()):
+                    return True
+            except psutil.Error:  # ended meanwhile
+                pass
+        return False
+
     def raylet_pid(self) -> int:
         for pid in self.pids:
             try:

@@ -250,10 +250,8 @@ def test_a_node_killed_mid_trial_is_retried_on_the_other_and_costs_no_trial(clus
            "--no-baselines", "--warm-start", "0", "--no-asha", "--trials", "3", "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     try:
-        raylet = psutil.Process(cluster.node("127.0.0.3").raylet_pid())
         deadline = time.time() + 300
-        while time.time() < deadline and not any("ImplicitFunc" in " ".join(c.cmdline())
-                                                 for c in raylet.children(recursive=True)):
+        while time.time() < deadline and not cluster.node("127.0.0.3").runs_a_trial():
             time.sleep(0.5)
         time.sleep(3)  # inside its first epoch
         cluster.kill_raylet("127.0.0.3")
