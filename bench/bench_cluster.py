@@ -94,6 +94,7 @@ def recovery_run(cluster, results: Path, env: dict) -> float:
     retry = next((line for t, line in lines.lines if t >= killed and "| retrying " in line), None)
     if proc.returncode or retry is None:
         raise RuntimeError(f"search {study} did not retry ({proc.returncode})")
+    print(retry, flush=True)
     name = retry.split("| retrying ")[1].split()[0]
     again = lines.first(rf"\| started {name}", after=killed)
     return again - killed
