@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import run_search as run_search_module
-from search.cluster import lost_reason
+from search.cluster import lost_reason, node_check
 from search.settings import SearchSettings
 from search.storage import without_password
 from tests.servers import Postgres, RayCluster, postgres_bin
@@ -83,6 +83,14 @@ def test_a_trial_bigger_than_this_machine_is_one_line_exit_2_before_ray_starts(t
     assert exit_.value.code == 2
     assert err.splitlines() == [err] and "no single node has that much" in err and args[1] in err, err
     assert not ray.is_initialized()
+
+
+def test_the_node_check_imports_the_trial_code_and_writes_to_the_storage(tmp_path) -> None:
+    assert node_check(str(tmp_path), "a-node") == ""
+    assert (tmp_path / ".node-check" / "a-node").read_bytes() == b"ok"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "cannot write to Ray's storage" in node_check(str(blocker), "a-node")
 
 
 WORKER = textwrap.dedent("""
