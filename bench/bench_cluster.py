@@ -15,6 +15,7 @@ moment that trial runs again on the other node. Prints and saves figures with in
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     server = Postgres.start(postgres_bin())
-    env = {**RayCluster.env(), "OMP_NUM_THREADS": "1", "PGPASSWORD": server.password}
+    os.environ["PGPASSWORD"] = server.password  # this process reads the studies too
+    env = {**RayCluster.env(), "OMP_NUM_THREADS": "1"}
     rows, recovery = [], []
     try:
         cluster = RayCluster.start([{"cpus": 2}, {"cpus": 2}])
