@@ -97,10 +97,9 @@ def start_cluster(settings: SearchSettings) -> Cluster:
     if settings.ray_address:  # other machines: ship the code (it takes precedence over an installed copy)
         runtime_env["py_modules"] = [str(REPO / name) for name in PACKAGES]
         runtime_env["excludes"] = ["__pycache__"]
-    else:
+    else:  # this machine: the code is here, and a trial too big for it is refused before Ray starts
         runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(
             x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)
-    if not settings.ray_address:  # a local Ray gets this machine: say so before spending seconds starting it
         trial_resources(settings, [this_machine()])
     log = settings.study_dir / "ray.log"
     with ray_output(log):
