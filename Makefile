@@ -1,5 +1,6 @@
 # The quick start: `make search` runs the default search, `make test` runs the tests.
-# Each sets up what it needs: a virtual environment in .venv/ and the Fashion-MNIST proxy data.
+# Each sets up what it needs: a virtual environment in .venv/, the Fashion-MNIST proxy data and
+# Debian's PostgreSQL server (the tests start a throw-away one; no cluster is created or started).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,7 +23,7 @@ test-slow: venv data
 	$(RUN_ENV) $(PY) -m pytest -m slow
 
 # The benchmarks of the README in turn, each saving under bench/results/ (`make bench BENCHMARKS=bench_inference`: one).
-BENCHMARKS ?= bench_cost bench_inference bench_backbones bench_proxy_training
+BENCHMARKS ?= bench_cost bench_inference bench_backbones bench_proxy_training bench_storage bench_cluster
 bench: venv data
 	$(foreach name,$(BENCHMARKS),$(RUN_ENV) $(PY) -m bench.$(name) &&) true
 
@@ -36,3 +37,4 @@ $(VENV)/.installed: pyproject.toml
 
 data:
 	@bash scripts/ensure_data.sh $(FASHION_MNIST)
+	@bash scripts/ensure_postgres.sh

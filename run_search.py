@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("where")
     g.add_argument("--study", help="study name (default: <backbone>-<space>-<budget>)")
     g.add_argument("--results-dir", default=d.results_dir, help=f"(default: {d.results_dir})")
-    g.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results-dir>/<study>/study.db)")
+    g.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db; its password is taken "
+                                      "from PGPASSWORD or ~/.pgpass and never written to disk "
+                                      "(default: sqlite:///<results-dir>/<study>/study.db)")
     g.add_argument("--resume", action="store_true", help="continue the study; it must exist")
     g.add_argument("--export-top", type=int, default=d.export_top,
                    help=f"export this many best trials as ImageNet jobs (default: {d.export_top})")
@@ -92,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
-    from search.options import protocol_from_args
+    from search.options import compute_from_args, protocol_from_args
     from search.settings import SearchSettings, parse_duration
+    from search.storage import without_password
     from space.budget import Budget, parse_budget
 
     def budget(text: str | None) -> int | None:
@@ -108,10 +111,10 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     study = args.study or "-".join([args.backbone, os.path.splitext(os.path.basename(args.space))[0],
                                     args.budget_flops or args.budget_params or "nobudget"])
     return SearchSettings(
-        study=study, results_dir=args.results_dir, storage=args.storage, space=args.space, backbone=args.backbone,
+        study=study, results_dir=args.results_dir, storage=args.storage and without_password(args.storage),
+        space=args.space, backbone=args.backbone,
         budget=limits, sampler=args.sampler, objectives=tuple(x.strip() for x in args.objectives.split(",")),
-        trials=args.trials, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address, protocol=protocol,
+        trials=args.trials, **compute_from_args(args), protocol=protocol,
         asha=not args.no_asha, baselines=not args.no_baselines, warm_start=args.warm_start, seed=args.seed,
         time_limit_s=None if args.time_limit.strip().lower() == "none" else parse_duration(args.time_limit),
         confirm_seeds=args.confirm_seeds, export_top=args.export_top, strategy=args.strategy,
@@ -122,13 +125,14 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from search.driver import prepare, quiet_libraries, run
+    from search.driver import connect, prepare, quiet_libraries, run
 
     quiet_libraries()
     with usage_errors():  # bad input: one line, exit 2, nothing in the study changed
         settings = settings_from_args(args)
         plan = prepare(settings, resume=args.resume)
-    run(settings, plan)
+        cluster = connect(settings, plan)
+    run(settings, plan, cluster)
     return 0
 
 

@@ -36,10 +36,11 @@ from localvit.cli import OneLineErrors, usage_errors
 from localvit.spec import ArchSpec, LayerSpec
 from space.references import PAPER_IMAGENET, ReferenceSet, load_references
 
-from .options import add_compute_options, add_proxy_options, protocol_from_args
+from .options import add_compute_options, add_proxy_options, compute_from_args, protocol_from_args
 from .proxy import ProxyProtocol, precision_record
 from .ranking import Agreement, agreement, pair_agreement, top_k_overlap
 from .settings import TRAIN, SearchSettings
+from .storage import without_password
 
 AXES = ("ffn type", "placement", "activation", "channel attention", "gamma", "kernel", "heads")
 """Design axes a pair of designs can differ along alone (see `pair_axis`)."""
@@ -223,39 +224,39 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
 # --- running ---------------------------------------------------------------------------------------
 
 def seed_settings(study: str, references: ReferenceSet, protocol: ProxyProtocol, seed: int, results_dir: str,
-                  storage: str | None, compute: Mapping[str, Any]) -> SearchSettings:
+                  storage: str | None, backbone: str, compute: Mapping[str, Any]) -> SearchSettings:
     """A grid search over the reference designs with one seed: a study of its own in the audit's storage."""
     folder = Path(results_dir).resolve() / study
     return SearchSettings(
-        study=f"{study}-s{seed}", results_dir=str(folder),
-        storage=storage or f"sqlite:///{folder / 'study.db'}", space=references.path,
-        backbone=compute.get("backbone", "deit_tiny"), sampler="grid", trials=len(references.rows),
-        workers=compute.get("workers", 2), cpus_per_trial=compute.get("cpus_per_trial"),
-        gpus_per_trial=compute.get("gpus_per_trial", 0.0), ray_address=compute.get("ray_address"),
+        study=f"{study}-s{seed}", results_dir=str(folder), storage=storage or f"sqlite:///{folder / 'study.db'}",
+        space=references.path, backbone=backbone, sampler="grid", trials=len(references.rows), **compute,
         protocol=protocol.replace(seed=seed), asha=False, baselines=False, warm_start=0, seed=seed,
         confirm_seeds=0, export_top=0)
 
 
 def plan_references(references: ReferenceSet, protocol: ProxyProtocol, seeds: Sequence[int], study: str,
-                    results_dir: str, storage: str | None = None, **compute: Any) -> list[tuple[SearchSettings, Any]]:
-    """Check and open one study per seed (every check bad input can fail, before any training)."""
-    from .driver import prepare
+                    results_dir: str, storage: str | None = None, backbone: str = "deit_tiny",
+                    compute: Mapping[str, Any] | None = None) -> list[tuple[SearchSettings, Any, Any]]:
+    """Check and open one study per seed and the Ray to train them on (every check bad input can
+    fail, before any training)."""
+    from .driver import connect, prepare
 
     plans = []
     for seed in seeds:
-        settings = seed_settings(study, references, protocol, seed, results_dir, storage, compute)
-        plans.append((settings, prepare(settings)))
+        settings = seed_settings(study, references, protocol, seed, results_dir, storage, backbone, compute or {})
+        plan = prepare(settings)
+        plans.append((settings, plan, connect(settings, plan)))
     return plans
 
 
-def train_references(plans: Sequence[tuple[SearchSettings, Any]]) -> dict[str, dict[str, ProxyScore]]:
+def train_references(plans: Sequence[tuple[SearchSettings, Any, Any]]) -> dict[str, dict[str, ProxyScore]]:
     """Proxy-train every reference design with each seed (resuming what a study holds already)."""
     from .driver import log, train_trials
 
     scores = {}
-    for settings, plan in plans:
+    for settings, plan, cluster in plans:
         log(f"audit: study {settings.study!r}, {plan.space.size()} reference designs, seed {settings.seed}")
-        train_trials(settings, plan)
+        train_trials(settings, plan, cluster)
         scores[str(settings.seed)] = read_scores(plan.study)
     return scores
 
@@ -439,8 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     with usage_errors():  # bad input: one line, exit 2, before any training
         references = load_references(args.references, args.backbone)
+        storage = args.storage and without_password(args.storage)  # a password never reaches the disk
         if args.from_study:
-            storage = args.storage or f"sqlite:///{Path(args.results_dir).resolve() / args.from_study[0] / 'study.db'}"
+            storage = storage or f"sqlite:///{Path(args.results_dir).resolve() / args.from_study[0] / 'study.db'}"
             protocol, precision, scores = read_studies(args.from_study, storage)
         else:
             protocol = protocol_from_args(args, args.backbone, args.seeds[0])
@@ -448,9 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         study = args.study or f"audit-{references.name}-{protocol_key(protocol)}"
         SearchSettings(study=study)  # the name is checked like a search's
         if not args.from_study:
-            plans = plan_references(references, protocol, args.seeds, study, args.results_dir, args.storage,
-                                    backbone=args.backbone, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
-                                    gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address)
+            plans = plan_references(references, protocol, args.seeds, study, args.results_dir, storage,
+                                    args.backbone, compute_from_args(args))
+            storage = plans[0][0].storage_url
     if not args.from_study:
         scores = train_references(plans)
     with usage_errors():
@@ -458,8 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              n_resamples=args.resamples)
     report = write_audit(result, Path(args.results_dir).resolve() / study)
     print("\n" + report.read_text(), flush=True)
-    log(f"audit written to {report.parent}; open the studies: optuna-dashboard "
-        f"{args.storage or 'sqlite:///' + str(report.parent / 'study.db')}")
+    log(f"audit written to {report.parent}; open the studies: optuna-dashboard {storage}")
     return 0
 
 

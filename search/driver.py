@@ -26,8 +26,9 @@ from space.budget import Bounds, format_count, require_feasible
 from space.cost import target_cost
 from space.space import ListSpace, Space, make_space
 
+from .cluster import Cluster, ray_output, start_cluster
 from .data import get_proxy_data
-from .proxy import jemalloc_env, precision_record
+from .proxy import precision_record
 from .settings import ONESHOT, TRAIN, SearchSettings
 from .tune import BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
 
@@ -69,6 +70,9 @@ def make_sampler(settings: SearchSettings, space: Space, offset: int = 0) -> opt
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url)
+    except ImportError:
+        raise ValueError(f"storage {url!r} cannot be opened: its database driver is not installed; accepted: "
+                         f"SQLite, or PostgreSQL with pip install -e '.[postgres]' (psycopg 3)") from None
     except Exception as err:  # SQLAlchemy's many error types: report the URL, not a trace
         raise ValueError(f"storage {url!r} cannot be opened: {str(err).splitlines()[0]}; accepted: an "
                          f"SQLAlchemy database URL such as sqlite:///path/study.db") from None
@@ -176,43 +180,39 @@ def enqueue_baselines(study: optuna.Study, settings: SearchSettings, space: Spac
 
 # --- Ray ----------------------------------------------------------------------------------------
 
-def start_ray(settings: SearchSettings) -> dict[str, float]:
-    import ray
-
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    env = {k: v for k, v in jemalloc_env({}).items() if k in ("LD_PRELOAD", "MALLOC_CONF")}
-    env["OMP_NUM_THREADS"] = str(max(1, int(settings.cpus_per_trial or 1)))
-    repo = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (repo, os.environ.get("PYTHONPATH", "")) if x)
-    ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, configure_logging=True, runtime_env={"env_vars": env},
-             ignore_reinit_error=True)
-    return ray.cluster_resources()
+def needs_ray(settings: SearchSettings, plan: Plan) -> bool:
+    """Whether trials remain to train (one-shot: candidates to score or finalists to train) or the
+    seed confirmation is still to run."""
+    attrs = plan.study.user_attrs
+    if settings.strategy == ONESHOT:
+        return "oneshot_top_k" not in attrs or "confirmation" not in attrs
+    return remaining_trials(settings, plan) > 0 or bool(settings.confirm_seeds and "confirmation" not in attrs)
 
 
-def trial_resources(settings: SearchSettings, cluster: dict[str, float]) -> dict[str, float]:
-    cpus = settings.cpus_per_trial or max(1.0, float(int(cluster.get("CPU", 1) // settings.workers)))
-    if cpus > cluster.get("CPU", 0):
-        raise ValueError(f"cpus_per_trial={cpus:g} is invalid; accepted: at most the cluster's {cluster.get('CPU', 0):g}")
-    resources = {"cpu": cpus}
-    if settings.gpus_per_trial:
-        if cluster.get("GPU", 0) < settings.gpus_per_trial:
-            raise ValueError(f"gpus_per_trial={settings.gpus_per_trial:g} is invalid; accepted: at most the "
-                             f"cluster's {cluster.get('GPU', 0):g} GPUs (trials would wait forever)")
-        resources["gpu"] = settings.gpus_per_trial
-    return resources
+def remaining_trials(settings: SearchSettings, plan: Plan) -> int:
+    """Trained trials still to run for the count asked (read-only: the study is not touched)."""
+    done = trained_count(plan.study)
+    remaining = settings.trials - done
+    if settings.sampler == "grid":
+        remaining = min(remaining, plan.space.size() - done)
+    return max(0, remaining)
+
+
+def connect(settings: SearchSettings, plan: Plan) -> Cluster | None:
+    """Start or join Ray and check it can run the trials, when there is anything to run; bad
+    input (a trial bigger than any node, a node without the code, storage not shared) is a
+    ValueError before the study changes."""
+    return start_cluster(settings) if needs_ray(settings, plan) else None
 
 
 def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSpec], remaining: int,
-               cluster: dict[str, float]) -> None:
+               cluster: Cluster) -> None:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
     from .progress import Progress
 
-    resources = trial_resources(settings, cluster)
+    resources = cluster.resources
     protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
     throughput = _throughput_measurer(settings) if settings.budget.min_throughput else None
     searcher = ConstrainedOptunaSearch(
@@ -221,22 +221,28 @@ def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSp
         mode=["max" if o == "accuracy" else "min" for o in settings.objectives] if settings.multi_objective
         else "max",
         sampler=plan.study.sampler, study_name=plan.study.study_name, storage=plan.study._storage,
-        objectives=settings.objectives, full_epochs=protocol.epochs)
+        objectives=settings.objectives, full_epochs=protocol.epochs, target=remaining)
     scheduler = BaselineSparingASHA(metric="accuracy", mode="max", time_attr="epoch", max_t=protocol.epochs,
                               grace_period=1, reduction_factor=2) if settings.asha and protocol.epochs > 1 \
         else FIFOScheduler()
-    progress = Progress(plan.study, settings, searcher, remaining)
-    tuner = tune.Tuner(
-        tune.with_resources(train_candidate, resources),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                    max_concurrent_trials=settings.workers, reuse_actors=True,
-                                    time_budget_s=settings.time_limit_s),
-        run_config=tune.RunConfig(name="ray", storage_path=str(settings.study_dir), verbose=0,
-                                  callbacks=[progress], progress_reporter=None,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
-    )
-    tuner.fit()
-    progress.finish()
+    with ray_output(cluster.log) as console:
+        progress = Progress(plan.study, settings, searcher, remaining, out=console)
+        tuner = tune.Tuner(
+            tune.with_resources(train_candidate, resources),
+            # No sample limit: the searcher ends the search when `remaining` trials trained, not
+            # counting those lost to the infrastructure.
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                                        max_concurrent_trials=settings.workers, reuse_actors=True,
+                                        time_budget_s=settings.time_limit_s),
+            run_config=tune.RunConfig(name="ray", storage_path=cluster.storage_path, verbose=0,
+                                      callbacks=[progress], progress_reporter=None,
+                                      failure_config=tune.FailureConfig(max_failures=settings.max_retries)),
+        )
+        tuner.fit()
+        progress.finish()
+    if searcher.lost:
+        log(f"{searcher.lost} trial(s) lost to the infrastructure after {settings.max_retries} retries each; their "
+            f"candidates were queued again, to be proposed first (see Ray's log: {cluster.log})")
 
 
 def _throughput_measurer(settings: SearchSettings) -> Any:
@@ -248,7 +254,7 @@ def _throughput_measurer(settings: SearchSettings) -> Any:
     return measure_spec
 
 
-def confirm(settings: SearchSettings, study: optuna.Study, cluster: dict[str, float]) -> dict[str, Any]:
+def confirm(settings: SearchSettings, study: optuna.Study, cluster: Cluster) -> dict[str, Any]:
     """Re-train the best found spec and the LocalViT baseline with other seeds (same protocol)."""
     from ray import tune
 
@@ -262,7 +268,7 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: dict[str, fl
     seeds = [settings.protocol.seed + k for k in range(1, settings.confirm_seeds + 1)]
     subjects = {"best": best, name: localvit}
     log(f"confirming: re-training the best (trial {best.number}) and {name} with seeds {seeds}")
-    resources = trial_resources(settings, cluster)
+    resources = cluster.resources
     protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
     configs = [{"name": name, "seed": seed, "spec": t.user_attrs["spec"], "flops": t.user_attrs["flops"],
                 "params": t.user_attrs["params"], "protocol": protocol.to_dict()}
@@ -271,9 +277,11 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: dict[str, fl
         tune.with_resources(confirm_candidate, resources),
         param_space={"candidate": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=settings.workers, reuse_actors=True),
-        run_config=tune.RunConfig(name="confirm", storage_path=str(settings.study_dir), verbose=0,
-                                  progress_reporter=None))
-    results = tuner.fit()
+        run_config=tune.RunConfig(name="confirm", storage_path=cluster.storage_path, verbose=0,
+                                  progress_reporter=None,
+                                  failure_config=tune.FailureConfig(max_failures=settings.max_retries)))
+    with ray_output(cluster.log):
+        results = tuner.fit()
     outcome: dict[str, Any] = {name: {"trial": t.number, "seeds": {str(settings.protocol.seed): t.values[0]}}
                                for name, t in subjects.items()}
     for result in results:
@@ -287,17 +295,18 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: dict[str, fl
     return outcome
 
 
-def run_oneshot(settings: SearchSettings, plan: Plan, cluster: dict[str, float], deadline: float | None) -> None:
+def run_oneshot(settings: SearchSettings, plan: Plan, cluster: Cluster, deadline: float | None) -> None:
     """Train or reuse the supernet, then score candidates on it until `deadline` (`search.oneshot_search`)."""
     from .oneshot_search import ensure_supernet, evaluate_candidates
 
-    threads = max(1, min(os.cpu_count() or 1, int(cluster.get("CPU", 1))))  # before any actor starts
+    threads = max(1, min(os.cpu_count() or 1, int(sum(n.cpus for n in cluster.nodes))))  # before any actor starts
     checkpoint = ensure_supernet(settings, plan, threads)
-    resources = trial_resources(settings, cluster)
+    resources = cluster.resources
     protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
     throughput = _throughput_measurer(settings) if settings.budget.min_throughput else None
     define = DefineByRun(plan.space, settings.budget, protocol, {}, plan.data_shape, throughput)
-    figures = evaluate_candidates(settings, plan, checkpoint, resources, define, deadline)
+    with ray_output(cluster.log):
+        figures = evaluate_candidates(settings, plan, checkpoint, resources, define, deadline)
     plan.study.set_user_attr("oneshot_scoring", figures)
 
 
@@ -350,10 +359,10 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
     return Plan(space, bounds, open_study(settings, space, storage), (data.in_chans, data.num_classes))
 
 
-def train_trials(settings: SearchSettings, plan: Plan) -> dict[str, float]:
+def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> None:
     """Close what a crash left running, queue baselines and warm starts, and train trials until the
     study holds as many as asked (one-shot: score candidates on the supernet first, then train its
-    top-k); returns the Ray cluster's resources (empty if none were needed)."""
+    top-k), on the Ray `connect` gave (None: nothing is left to train)."""
     started = time.time()
     space, study = plan.space, plan.study
     cost = plan.bounds.cheapest_flops[1]
@@ -369,13 +378,15 @@ def train_trials(settings: SearchSettings, plan: Plan) -> dict[str, float]:
         verdict = "fits" if settings.budget.admits(spec) else "is over the budget; not trained"
         log(f"baseline {name}: {format_count(target_cost(spec).flops, 'FLOPs')}, "
             f"{format_count(target_cost(spec).params)} params, {verdict}")
-    cluster: dict[str, float] = {}
+    if cluster is not None:
+        log(f"Ray: {len(cluster.nodes)} node(s) ({', '.join(n.describe() for n in cluster.nodes)}); each trial "
+            f"asks for {', '.join(f'{v:g} {k.upper()}' for k, v in cluster.resources.items())}; Ray's log: "
+            f"{cluster.log}")
     if settings.strategy == ONESHOT:
         warm = enqueue_warm_starts(study, settings, space, baselines)
         if warm:
             log(f"warm start from the paper's tables (scored on the supernet): {', '.join(warm)}")
-        if "oneshot_top_k" not in study.user_attrs:  # else scored already: resuming what follows
-            cluster = start_ray(settings)
+        if "oneshot_top_k" not in study.user_attrs and cluster is not None:  # else scored already
             run_oneshot(settings, plan, cluster, started + settings.time_limit_s if settings.time_limit_s else None)
         queued = enqueue_baselines(study, settings, space, baselines)
         from .oneshot_search import enqueue_top_k
@@ -392,32 +403,26 @@ def train_trials(settings: SearchSettings, plan: Plan) -> dict[str, float]:
         if warm:
             log(f"warm start from the paper's tables: {', '.join(warm)}")
         done = trained_count(study)
-        remaining = settings.trials - done
-        if settings.sampler == "grid" and remaining > space.size() - done:
-            remaining = max(0, space.size() - done)
+        remaining = remaining_trials(settings, plan)
+        if settings.sampler == "grid" and settings.trials - done > remaining:
             log(f"the grid holds {space.size()} architectures: {remaining} trial(s) to go")
         if done:
-            log(f"study {settings.study!r} holds {done} trained trial(s); {max(remaining, 0)} to go")
+            log(f"study {settings.study!r} holds {done} trained trial(s); {remaining} to go")
         trial_settings = settings
-    if remaining <= 0:
-        return cluster
-    cluster = cluster or start_ray(settings)
-    if queued:
-        log(f"baselines first: {', '.join(queued)}")
-    run_trials(trial_settings, plan, baselines, remaining, cluster)
-    return cluster
+    if remaining > 0 and cluster is not None:
+        if queued:
+            log(f"baselines first: {', '.join(queued)}")
+        run_trials(trial_settings, plan, baselines, remaining, cluster)
 
 
-def run(settings: SearchSettings, plan: Plan) -> Path:
-    """Run (or resume) the search `prepare` checked; returns the study folder."""
-    study = plan.study
-    cluster = train_trials(settings, plan)
-    if settings.confirm_seeds and "confirmation" not in study.user_attrs:
-        cluster = cluster or start_ray(settings)
-        confirm(settings, study, cluster)
+def run(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> Path:
+    """Run (or resume) the search `prepare` checked on the Ray `connect` gave; returns the study folder."""
+    train_trials(settings, plan, cluster)
+    if settings.confirm_seeds and "confirmation" not in plan.study.user_attrs and cluster is not None:
+        confirm(settings, plan.study, cluster)
     from .report import write_reports
 
-    summary = write_reports(study, settings)
+    summary = write_reports(plan.study, settings)
     print("\n" + summary.read_text(), flush=True)
     log(f"open the study: optuna-dashboard {settings.storage_url}")
     return settings.study_dir

@@ -6,6 +6,7 @@ that an audited protocol is exactly the one a search can be told to use.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from localvit.backbones import PROXY_IMG_SIZE, VIT_BACKBONES
 
@@ -51,4 +52,17 @@ def add_compute_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-trial", type=float, help="(default: the CPUs shared by the workers)")
     g.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial,
                    help="GPUs per trial, fractions allowed; only what the cluster has (default: 0)")
-    g.add_argument("--ray-address", help="join an existing Ray cluster (default: start a local one)")
+    g.add_argument("--ray-address", help="join an existing Ray cluster, e.g. auto or 10.0.0.1:6379; the project's "
+                                          "code is shipped to its nodes (default: start a local one)")
+    g.add_argument("--ray-storage", metavar="PATH_OR_URI",
+                   help="Ray Tune's experiment folder, which every node must see: a shared folder or an s3:// or "
+                        "gs:// URI (default: the study folder, enough for one machine)")
+    g.add_argument("--max-retries", type=int, default=d.max_retries,
+                   help="retry a trial lost to the infrastructure (a node or worker died) this many times on "
+                        f"another node; it keeps its candidate and does not count as a trial (default: {d.max_retries})")
+
+
+def compute_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The SearchSettings fields of the compute options."""
+    return {"workers": args.workers, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "ray_address": args.ray_address, "ray_storage": args.ray_storage, "max_retries": args.max_retries}

@@ -1,13 +1,15 @@
 """One line per event instead of Ray's wall of logs: trials done, running, stopped early,
-failed, skipped as infeasible; the best so far against the baselines; time left."""
+failed, retried, skipped as infeasible; the best so far against the baselines; time left."""
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import optuna
 from ray.tune import Callback
 
+from .cluster import lost_reason
 from .settings import SearchSettings
 
 
@@ -17,14 +19,20 @@ def _clock(seconds: float) -> str:
 
 
 class Progress(Callback):
-    def __init__(self, study: optuna.Study, settings: SearchSettings, searcher: Any, total: int) -> None:
+    def __init__(self, study: optuna.Study, settings: SearchSettings, searcher: Any, total: int,
+                 out: TextIO | None = None) -> None:
         self.study, self.settings, self.searcher, self.total = study, settings, searcher, total
+        self.out = out or sys.stdout  # the console, while Ray's own output goes to its log
         self.start = time.time()
         self.running: dict[str, str] = {}
-        self.done = self.stopped = self.failed = 0
+        self.done = self.stopped = self.failed = self.retried = self.lost = 0
         self.best: tuple[float, str] | None = None
         self.baselines: dict[str, float] = {}
         self.durations: list[float] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks into tuner.pkl: leave the console out."""
+        return {**self.__dict__, "out": None}
 
     def _name(self, trial: Any) -> str:
         spec = trial.config.get("spec", "")
@@ -39,8 +47,32 @@ class Progress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finished(trial, "failed" if trial.last_result.get("failure") else "done")
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune restarts a trial its node or worker took down: say why, note it on the trial."""
+        reason = self._lost_reason(trial)
+        self.searcher.record_retry(trial.trial_id, reason)
+        self.retried += 1
+        self.running.pop(trial.trial_id, None)
+        self._line(f"retrying {self._name(trial)} on another node: {reason}")
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finished(trial, "failed")
+        """Only infrastructure losses get here (a candidate's own failure is a result): the
+        retries are spent; the candidate is queued again and does not count as a trial."""
+        reason = f"{self._lost_reason(trial)}, after {self.settings.max_retries} retries"
+        self.searcher.close_lost(trial.trial_id, reason)
+        self.lost += 1
+        self.running.pop(trial.trial_id, None)
+        self._line(f"lost {self._name(trial)}: {reason}; queued again")
+
+    @staticmethod
+    def _lost_reason(trial: Any) -> str:
+        result = trial.last_result or {}
+        try:
+            error = trial.get_pickled_error()
+        except Exception as err:  # the error file is Tune's; a reason without its text is still a reason
+            print(f"the error of trial {trial.trial_id} cannot be read: {err!r}", file=sys.stderr)  # to Ray's log
+            error = None
+        return lost_reason(error, result.get("node_ip"), int(result.get("epoch") or 0) + 1)
 
     def _finished(self, trial: Any, outcome: str) -> None:
         name = self.running.pop(trial.trial_id, trial.trial_id)
@@ -79,9 +111,10 @@ class Progress(Callback):
         best = f"best {self.best[0]:.2f}% ({self.best[1]})" if self.best else "best -"
         bases = " ".join(f"{k} {v:.2f}%" for k, v in self.baselines.items())
         skipped = self.searcher.skipped
+        lost = f", {self.retried} retried, {self.lost} lost" if self.retried or self.lost else ""
         print(f"[{_clock(elapsed)}] {finished}/{self.total} trained ({self.stopped} stopped early, {self.failed} "
-              f"failed), {len(self.running)} running, {skipped['infeasible']} infeasible skipped | {best}"
-              f"{' vs ' + bases if bases else ''}{left} | {event}", flush=True)
+              f"failed{lost}), {len(self.running)} running, {skipped['infeasible']} infeasible skipped | {best}"
+              f"{' vs ' + bases if bases else ''}{left} | {event}", file=self.out, flush=True)
 
     def finish(self) -> None:
         self._line("search finished")

@@ -310,13 +310,13 @@ def cpu_name() -> str:
     return f"{name}, {'native' if resolve_precision('auto') == 'bf16' else 'no native'} bf16"
 
 
-def _autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+def _autocast(precision: str, device: str = "cpu"):
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ProxyData, split: str = "val", batch_size: int = 500,
-             precision: str = "fp32") -> float:
+             precision: str = "fp32", device: str = "cpu") -> float:
     """Top-1 accuracy (fraction) of `model` on a split, in eval mode."""
     precision = resolve_precision(precision)
     was_training = model.training
@@ -324,7 +324,8 @@ def evaluate(model: nn.Module, data: ProxyData, split: str = "val", batch_size: 
     correct = total = 0
     try:
         for x, y in data.batches(split, batch_size):
-            with _autocast(precision):
+            x, y = x.to(device), y.to(device)
+            with _autocast(precision, device):
                 logits = model(x)
             correct += int((logits.argmax(-1) == y).sum())
             total += len(y)
@@ -337,13 +338,14 @@ ReportFn = Callable[[int, float, dict], Any]
 
 
 def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None = None, data: ProxyData | None = None,
-                report: ReportFn | None = None, *, eval_test: bool = False) -> ProxyResult:
+                report: ReportFn | None = None, *, eval_test: bool = False, device: str = "cpu") -> ProxyResult:
     """Proxy-train `spec` (a TARGET spec; it is projected here) and return its validation curve.
 
     ``report(epoch, val_acc, extra)`` is called after every epoch (epochs count from 1; ``extra``
     holds train_loss, lr, epoch/eval seconds, images/s); if it returns True, training stops
     there (``stopped_early``). A NaN/inf loss raises ``NonFiniteLossError``. ``eval_test=True``
     also scores the test split at the end (final reporting only; never during search).
+    ``device`` is where it trains (a Ray trial passes the GPU Ray assigned it, else the CPU).
     """
     t_start = time.perf_counter()
     protocol = protocol or ProxyProtocol()
@@ -364,7 +366,7 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
         torch.set_num_threads(protocol.threads)
     try:
         seed_everything(protocol.seed)
-        model = build_model(proxy_spec)
+        model = build_model(proxy_spec).to(device)
         model.train()
         if protocol.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -387,9 +389,10 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
                 lr = lr_at(step, total_steps, warmup_steps, protocol.lr, protocol.min_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                x, y = x.to(device), y.to(device)
                 if protocol.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(precision):
+                with _autocast(precision, device):
                     loss = criterion(step_model(x).float(), y)
                 value = loss.item()
                 if not math.isfinite(value):
@@ -404,7 +407,7 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
                 step += 1
             train_s = time.perf_counter() - t_epoch
             t_eval = time.perf_counter()
-            val_acc = evaluate(model, data, "val", protocol.eval_batch_size, precision)
+            val_acc = evaluate(model, data, "val", protocol.eval_batch_size, precision, device)
             eval_s = time.perf_counter() - t_eval
             result.train_time_s += train_s
             result.eval_time_s += eval_s
@@ -423,7 +426,7 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
                     result.stopped_early = epoch < protocol.epochs
                     break
         if eval_test:
-            result.test_acc = evaluate(model, data, "test", protocol.eval_batch_size, precision)
+            result.test_acc = evaluate(model, data, "test", protocol.eval_batch_size, precision, device)
     finally:
         torch.set_num_threads(old_threads)
     result.total_time_s = time.perf_counter() - t_start

@@ -48,7 +48,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "feasible": feasible, "constraints": t.system_attrs.get("constraints"),
             "throughput": a.get("throughput"), "wall_time_s": a.get("wall_time_s"),
             "train_images_per_s": a.get("train_images_per_s"), "duplicate_of": a.get("duplicate_of"),
-            "failure": a.get("failure", ""), "val_acc_curve": a.get("val_acc_curve"),
+            "failure": a.get("failure", ""), "retries": len(a.get("retries", [])),
+            "retry_reasons": "; ".join(a.get("retries", [])), "node_ip": a.get("node_ip", ""),
+            "device": a.get("device", ""), "val_acc_curve": a.get("val_acc_curve"),
             "fidelity": a.get("fidelity", ""),
             "supernet_accuracy": t.values[0] if t.values and status == SUPERNET else a.get("supernet_accuracy"),
             "oneshot_rank": a.get("oneshot_rank"),
@@ -180,6 +182,7 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
     stopped = int(((trained["state"] == "COMPLETE") & ~trained["full_fidelity"].astype(bool)).sum()) if len(frame) \
         else 0
     failed = int((trained["state"] == "FAIL").sum()) if len(frame) else 0
+    retries = frame["retries"] if len(frame) else pd.Series([], dtype=int)
     lines = [f"# Search `{study.study_name}`", "",
              f"- budget: {settings.budget.describe()}; space `{settings.space}` on `{settings.backbone}`; "
              f"sampler `{settings.sampler}`; objectives {', '.join(settings.objectives)}",
@@ -193,6 +196,9 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
              f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
              f"{counts.get('interrupted', 0)} interrupted and re-queued"
              + (f" ({counts['requeued']} waiting trials queued again behind them)" if counts.get("requeued") else ""),
+             f"- infrastructure: {int((retries > 0).sum())} trial(s) retried after losing their node or worker "
+             f"({int(retries.sum())} retries), {counts.get('lost', 0)} lost with every retry spent and queued again"
+             + "".join(f"\n  - trial {row.trial}: {row.retry_reasons}" for row in frame.itertuples() if row.retries),
              "- best and Pareto front: among feasible trials trained for all proxy epochs", "",
              "| | trial | spec id | proxy top-1 (%) | GFLOPs (224) | params (M) | train s |",
              "|---|---|---|---|---|---|---|"]

@@ -9,6 +9,7 @@ from typing import Any
 from space.budget import Budget
 
 from .proxy import ProxyProtocol
+from .storage import has_password
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 #: `train`: every candidate proxy-trained from scratch; `oneshot`: scored on a trained supernet,
@@ -18,6 +19,8 @@ ONESHOT = "oneshot"
 #: What became of a proposed candidate (the trial's `status` attribute); SUPERNET: scored with
 #: inherited weights (the trial's `fidelity` attribute says `supernet`, trained trials `trained`).
 TRAIN, INFEASIBLE, DUPLICATE, SUPERNET = "train", "infeasible", "duplicate", "supernet"
+#: A trial whose node or worker was lost with every retry spent: its candidate is queued again.
+LOST = "lost"
 OBJECTIVES = ("accuracy", "flops")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -39,6 +42,8 @@ class SearchSettings:
     cpus_per_trial: float | None = None  # default: the machine's CPUs shared by the workers
     gpus_per_trial: float = 0.0
     ray_address: str | None = None
+    ray_storage: str | None = None  # Ray Tune's experiment folder, seen by every node; default: the study folder
+    max_retries: int = 2  # retries of a trial lost to the infrastructure (a node or worker died)
     protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
     asha: bool = True
     baselines: bool = True
@@ -71,8 +76,12 @@ class SearchSettings:
         object.__setattr__(self, "objectives", objectives)
         if self.sampler == "nsga2" and len(objectives) < 2:
             raise ValueError("sampler='nsga2' is invalid with one objective; accepted: --objectives accuracy,flops")
-        for name, low in (("trials", 1), ("workers", 1), ("confirm_seeds", 0), ("export_top", 0), ("warm_start", 0),
-                          ("throughput_batch", 1), ("throughput_threads", 1), ("supernet_epochs", 1),
+        if has_password(self.storage):
+            raise ValueError("storage URL holds a password, which would be written to disk; accepted: a URL "
+                             "without one (search.storage.without_password moves a PostgreSQL password to "
+                             "PGPASSWORD)")
+        for name, low in (("trials", 1), ("workers", 1), ("max_retries", 0), ("confirm_seeds", 0), ("export_top", 0),
+                          ("warm_start", 0), ("throughput_batch", 1), ("throughput_threads", 1), ("supernet_epochs", 1),
                           ("candidates", 1), ("top_k", 1), ("recalibration_images", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -86,6 +95,15 @@ class SearchSettings:
     @property
     def study_dir(self) -> Path:
         return Path(self.results_dir).resolve() / self.study
+
+    @property
+    def tune_storage(self) -> str:
+        """Where Ray Tune writes its experiments: `ray_storage`/<study>, else the study folder."""
+        if self.ray_storage is None:
+            return str(self.study_dir)
+        if "://" in self.ray_storage:
+            return f"{self.ray_storage.rstrip('/')}/{self.study}"
+        return str(Path(self.ray_storage).resolve() / self.study)
 
     @property
     def storage_url(self) -> str:

@@ -7,13 +7,16 @@ can import them.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
 import optuna
+import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from localvit.spec import ArchSpec
@@ -22,17 +25,24 @@ from space.cost import model_cost, target_cost
 from space.space import Space
 
 from .proxy import ProxyProtocol, project_to_proxy, train_proxy
-from .settings import DUPLICATE, INFEASIBLE, TRAIN
+from .settings import DUPLICATE, INFEASIBLE, LOST, TRAIN
 
 MAX_SKIPPED_IN_A_ROW = 2000
 
 
 def train_candidate(config: dict[str, Any]) -> None:
-    """Ray Tune trial: proxy-train one spec and report validation top-1 (%) after every epoch."""
+    """Ray Tune trial: proxy-train one spec and report validation top-1 (%) after every epoch.
+
+    A candidate that fails by itself (a non-finite loss, an error in its model) reports its
+    reason and ends normally, so that Tune never retries it; only a lost node or worker (an
+    error Tune sees) is retried. The first report, before any epoch, says where the trial runs."""
     protocol = ProxyProtocol.from_dict(config["protocol"])
     start, cpu_start = time.perf_counter(), time.process_time()
     curve: list[float] = []
-    constant = {"flops": config["flops"], "params": config["params"]}
+    device = trial_device()
+    constant = {"flops": config["flops"], "params": config["params"], "device": device,
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    tune.report({"epoch": 0, "val_acc_curve": [], "wall_time_s": 0.0, **constant})
 
     def report(epoch: int, val_acc: float, extra: dict) -> None:
         curve.append(round(100 * val_acc, 3))
@@ -42,12 +52,22 @@ def train_candidate(config: dict[str, Any]) -> None:
                      "precision": extra.get("precision"), **constant})
 
     try:
-        train_proxy(config["spec"], protocol.replace(seed=config.get("seed", protocol.seed)), report=report)
+        train_proxy(config["spec"], protocol.replace(seed=config.get("seed", protocol.seed)), report=report,
+                    device=device)
     except Exception as err:
-        # Report the reason where the driver can read it, then fail the trial (the search goes on).
         tune.report({"failure": f"{type(err).__name__}: {err}", "epoch": len(curve), "val_acc_curve": curve,
                      "wall_time_s": time.perf_counter() - start, **constant})
-        raise
+
+
+def trial_device() -> str:
+    """The device Ray assigned to this trial: its GPU when it was given one, else the CPU, with
+    every GPU hidden so that a CPU-only trial never touches one (Ray does not hide them)."""
+    import torch
+
+    if ray.get_gpu_ids():  # Ray has set CUDA_VISIBLE_DEVICES to the assigned GPU(s)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    return "cpu"
 
 
 def confirm_candidate(config: dict[str, Any]) -> None:
@@ -105,16 +125,30 @@ class BaselineSparingASHA(ASHAScheduler):
 class ConstrainedOptunaSearch(OptunaSearch):
     """OptunaSearch that never schedules a candidate the budget rules out or that was trained
     already: such an Optuna trial is closed at once (infeasible: worst value, with its
-    constraints; duplicate: the earlier trial's values) and the sampler is asked again."""
+    constraints; duplicate: the earlier trial's values) and the sampler is asked again.
 
-    def __init__(self, *args: Any, objectives: tuple[str, ...], full_epochs: int, **kwargs: Any) -> None:
+    It also decides when the search has its `target` trained trials (Tune runs it with no
+    sample limit): a trial lost to the infrastructure after its retries does not count; its
+    candidate is queued again and proposed next. More lost trials than the target mean a
+    broken cluster: the search then stops proposing."""
+
+    def __init__(self, *args: Any, objectives: tuple[str, ...], full_epochs: int, target: int,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.objectives, self.full_epochs = objectives, full_epochs
+        self.objectives, self.full_epochs, self.target = objectives, full_epochs, target
         self.skipped = {INFEASIBLE: 0, DUPLICATE: 0}
+        self.finished = self.lost = 0  # trials that trained (or failed by themselves); trials lost
+        self._active: set[str] = set()  # Tune trial ids scheduled and not finished
         self._last_results: dict[str, dict] = {}
+        self._retries: dict[str, list[str]] = {}
+        self._lost_pending: dict[str, Any] = {}  # lost trials, closed when their reason is known
         self._scheduled: set[int] = set()  # Optuna trial numbers this searcher sent to Ray
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.finished >= self.target or self.lost > self.target:
+            return Searcher.FINISHED if not self._active else None
+        if self.finished + len(self._active) >= self.target:
+            return None  # wait: a running trial may yet be lost and need a replacement
         for _ in range(MAX_SKIPPED_IN_A_ROW):
             config = super().suggest(trial_id)
             if not isinstance(config, dict):
@@ -124,6 +158,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
                 earlier = self._trained_value(config["spec"], number)
                 if earlier is None:
                     self._scheduled.add(number)
+                    self._active.add(trial_id)
                     return config
                 self._close(trial_id, DUPLICATE, *earlier)
                 continue
@@ -165,12 +200,22 @@ class ConstrainedOptunaSearch(OptunaSearch):
         if "accuracy" in result and math.isfinite(result["accuracy"]):
             super().on_trial_result(trial_id, result)
 
+    def record_retry(self, trial_id: str, reason: str) -> None:
+        """Tune restarts a trial whose node or worker was lost: note why on its Optuna trial."""
+        self._retries.setdefault(trial_id, []).append(reason)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr("retries", list(self._retries[trial_id]))
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """`error` is only ever an infrastructure loss with the retries spent (a candidate's own
+        failure arrives as a result with `failure`): it waits for `close_lost` and its reason."""
+        self._active.discard(trial_id)
         last = {**self._last_results.pop(trial_id, {}), **(result or {})}
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None:
             epochs = int(last.get("epoch") or 0)
-            ot_trial.set_user_attr("status", TRAIN)
+            ot_trial.set_user_attr("status", LOST if error else TRAIN)
             ot_trial.set_user_attr("fidelity", "trained")
             ot_trial.set_user_attr("epochs_trained", epochs)
             ot_trial.set_user_attr("full_fidelity", epochs >= self.full_epochs and not error)
@@ -179,11 +224,29 @@ class ConstrainedOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("cpu_time_s", round(float(last.get("cpu_time_s") or 0.0), 1))
             if last.get("precision"):
                 ot_trial.set_user_attr("precision", last["precision"])
+            for key in ("node_ip", "device", "gpu_ids"):
+                if last.get(key) is not None:
+                    ot_trial.set_user_attr(key, last[key])
             if last.get("images_per_s"):
                 ot_trial.set_user_attr("train_images_per_s", round(float(last["images_per_s"]), 1))
-            if error or last.get("failure"):
-                ot_trial.set_user_attr("failure", last.get("failure") or "the trial's worker died")
-        if error or last.get("failure"):
+            if last.get("failure"):
+                ot_trial.set_user_attr("failure", last["failure"])
+        if error:
+            self.lost += 1
+            self._lost_pending[trial_id] = ot_trial
+            return
+        self.finished += 1
+        if last.get("failure"):
             super().on_trial_complete(trial_id, None, error=True)
         else:
             super().on_trial_complete(trial_id, last, error)
+
+    def close_lost(self, trial_id: str, reason: str) -> None:
+        """Fail a lost trial with its reason and queue its candidate again, first in line."""
+        ot_trial = self._lost_pending.pop(trial_id, None)
+        if ot_trial is None:
+            return
+        ot_trial.set_user_attr("failure", reason)
+        super().on_trial_complete(trial_id, None, error=True)
+        attrs = {k: ot_trial.user_attrs[k] for k in ("baseline", "warm_start") if k in ot_trial.user_attrs}
+        self._ot_study.enqueue_trial(ot_trial.params, user_attrs=attrs, skip_if_exists=False)
