@@ -279,7 +279,8 @@ def read_studies(names: Sequence[str], storage: str) -> tuple[ProxyProtocol, dic
                              f"search.audit")
         protocol = ProxyProtocol.from_dict(study.user_attrs["proxy_protocol"])
         protocols[name] = protocol
-        precision = precision or study.user_attrs.get("precision", {"requested": protocol.precision})
+        if "resolved" not in precision:  # the first study that recorded what `auto` resolved to
+            precision = study.user_attrs.get("precision", {"requested": protocol.precision})
         scores[str(protocol.seed) if str(protocol.seed) not in scores else name] = read_scores(study)
     keys = {protocol_key(p) for p in protocols.values()}
     if len(keys) > 1:

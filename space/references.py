@@ -16,7 +16,6 @@ Nothing here knows the shipped rows: every file is read and checked the same way
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Mapping
 
 from localvit.spec import ArchSpec, as_spec
 
-from .space import ListSpace, base_spec
+from .space import ListSpace, base_spec, read_data_file
 
 PAPER_IMAGENET = Path(__file__).resolve().parent / "references" / "paper_imagenet.yaml"
 """The paper's ImageNet top-1 of Tables I, II and IV: 18 distinct designs on the DeiT-T base."""
@@ -66,19 +65,7 @@ def is_reference_file(data: Any) -> bool:
 
 def load_references(path: str | Path = PAPER_IMAGENET, backbone: str = "deit_tiny") -> ReferenceSet:
     """Read and check a reference file; every bad row is an error that names the row."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"reference file {str(path)!r} is invalid; accepted: an existing .yaml or .json file")
-    try:
-        text = path.read_text()
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as err:  # both parsers' errors: report the file, not a trace
-        raise ValueError(f"reference file {str(path)!r} cannot be parsed: {str(err).splitlines()[0]}") from None
+    data = read_data_file(path, "reference file")
     return references_from_dict(data, path=path, backbone=backbone)
 
 

@@ -385,22 +385,26 @@ def make_space(preset: str = "default", backbone: str = "deit_tiny") -> Space:
                      f"reference file")
 
 
+def read_data_file(path: str | Path, what: str) -> Any:
+    """A parsed .yaml/.yml or .json file; a missing or unparsable one is a ValueError naming it as `what`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} is invalid; accepted: an existing .yaml or .json file")
+    try:
+        text = path.read_text()
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as err:  # both parsers' errors: report the file, not a trace
+        raise ValueError(f"{what} {str(path)!r} cannot be parsed: {str(err).splitlines()[0]}") from None
+
+
 def load_space(path: str | Path, backbone: str = "deit_tiny") -> Space:
     """A space from a YAML or JSON file (see README, "Design space files"), or the designs of a
     reference file (`space.references`: a file with `rows`), which a grid sampler trains in turn."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"space file {str(path)!r} is invalid; accepted: an existing .yaml or .json file")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as err:  # both parsers' errors: report the file, not a trace
-        raise ValueError(f"space file {str(path)!r} cannot be parsed: {str(err).splitlines()[0]}") from None
+    data = read_data_file(path, "space file")
     from .references import is_reference_file, references_from_dict
 
     if is_reference_file(data):
@@ -408,7 +412,7 @@ def load_space(path: str | Path, backbone: str = "deit_tiny") -> Space:
     if not isinstance(data, dict):
         raise ValueError(f"space file {str(path)!r} is invalid; accepted: a mapping with keys "
                          f"{', '.join(sorted(_SPACE_KEYS))}")
-    return space_from_dict(data, name=path.stem, backbone=backbone)
+    return space_from_dict(data, name=Path(path).stem, backbone=backbone)
 
 
 def space_from_dict(data: Mapping[str, Any], name: str = "custom", backbone: str = "deit_tiny") -> SearchSpace:

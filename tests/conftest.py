@@ -1,6 +1,9 @@
 """Shared test helpers: one intra-op thread (tests run beside other work on 2 cores)."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,18 @@ def official_full_size() -> dict:
 
     """The official full-size models by registered name: params, [key, shape] list, buffers."""
     return {m["factory_name"]: m for m in json.loads((OFFICIAL / "full_size.json").read_text())["models"]}
+
+
+def kill_family(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started in its own session (a search) and everything it started (its
+    local Ray), as a crash would, and reap it; only these processes, by their ids."""
+    import psutil
+
+    family = [proc] + psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()

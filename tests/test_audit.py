@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import psutil
 import pytest
 import yaml
 from scipy import stats
@@ -25,6 +23,7 @@ from search.ranking import bootstrap_interval, kendall_tau_b, pair_agreement, sp
 from space.paper import PAPER_NAMED_SPECS
 from space.references import PAPER_IMAGENET, load_references, references_from_dict
 from space.space import make_space
+from tests.conftest import kill_family
 
 REPO = Path(__file__).resolve().parents[1]
 # Fixed data with ties on both sides (the proxy often ties at 0.05-point resolution; the paper at 0.1).
@@ -188,14 +187,7 @@ def test_tiny_audit_end_to_end_killed_and_resumed_trains_nothing_twice(tmp_path)
     while time.time() < deadline and _completed(db) < 2 and proc.poll() is None:
         time.sleep(1)
     assert proc.poll() is None and _completed(db) >= 2, "the audit did not get going, or ended before the kill"
-    family = [proc] + psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
+    kill_family(proc)  # the driver and the Ray processes it started
     storage = f"sqlite:///{db}"
     before = {(s.study_name, t.user_attrs["spec_id"]): t.values
               for s in optuna.get_all_study_summaries(storage)

@@ -2,8 +2,6 @@
 and recorded in Optuna with their fidelity, the top-k trained and confirmed; kills resumed."""
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +10,6 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import psutil
 import pytest
 
 import run_search
@@ -25,6 +22,7 @@ from search.tune import DefineByRun
 from space.budget import Budget
 from space.cost import target_cost
 from space.space import space_from_dict
+from tests.conftest import kill_family
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--train-size", "200", "--val-size", "100", "--epochs", "2", "--batch-size", "50", "--export-top", "1"]
@@ -57,14 +55,7 @@ def _run_until(cmd: list[str], cwd: Path, ready, timeout: float = 600) -> None:
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.5)
     assert proc.poll() is None and ready(), "the search ended before the moment to kill it"
-    family = [proc] + psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
+    kill_family(proc)  # the driver and the Ray processes it started
 
 
 @pytest.mark.slow

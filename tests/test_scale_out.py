@@ -4,7 +4,6 @@ written to disk. Servers are started here and stopped by process id (tests/serve
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from search.settings import SearchSettings
 from search.storage import without_password
 from tests.servers import Postgres, RayCluster, postgres_bin
 from tests.test_search import REPO, TINY, trained
+from tests.conftest import kill_family
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -169,14 +169,7 @@ def test_postgres_search_killed_and_resumed_loses_nothing_and_writes_no_password
     while time.time() < deadline and _trained_so_far(secret_url) < 2:
         time.sleep(2)
     assert _trained_so_far(secret_url) >= 2, "the search did not get going"
-    family = [proc] + psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
+    kill_family(proc)  # the driver and the Ray processes it started
     study = optuna.load_study(study_name="s", storage=secret_url)
     before = {t.number: t.values for t in trained(study) if t.state.is_finished()}
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -12,13 +10,13 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import psutil
 import pytest
 
 import run_search
 from localvit.spec import ArchSpec
 from space.cost import target_cost
 from space.paper import PAPER_NAMED_SPECS
+from tests.conftest import kill_family
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--train-size", "200", "--val-size", "100", "--epochs", "2", "--batch-size", "50", "--export-top", "1"]
@@ -129,14 +127,7 @@ def test_killed_search_resumes_with_no_trial_lost_or_repeated(tmp_path) -> None:
     while time.time() < deadline and not (db.exists() and _running_trained(db) >= 2):
         time.sleep(1)
     assert _running_trained(db) >= 2, "the search did not get going"
-    family = [proc] + psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
+    kill_family(proc)  # the driver and the Ray processes it started
     before = {t.number: t.values for t in trained(load(tmp_path, "k")) if t.state.is_finished()}
 
     result = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400, cwd=tmp_path)
