@@ -59,16 +59,18 @@ def tabulate(results_dir: Path) -> list[dict]:
             variants += [(f"{name} (seed {s} alone)", a, [s]) for s, a in audit["per_seed"].items()]
         ceiling = audit.get("seed_to_seed")
         for label, a, seeds in variants:
+            whole = label == name  # the axes and the ceiling belong to the protocol's seeds together
             rows.append({
-                "protocol": label, "changes": what if label == name else "", "seeds": " ".join(seeds),
-                "tau_b": round(a["kendall_tau_b"], 2),
+                "protocol": label, "changes": what if whole else "", "seeds": " ".join(seeds),
+                "tau_b": f"{a['kendall_tau_b']:.2f}",
                 "tau_b_95": f"{a['kendall_interval'][0]:.2f} to {a['kendall_interval'][1]:.2f}",
-                "spearman": round(a["spearman"], 2),
-                "seed_to_seed_tau_b": "-" if ceiling is None else
+                "spearman": f"{a['spearman']:.2f}",
+                "seed_to_seed_tau_b": "-" if ceiling is None or not whole else
                 f"{ceiling['kendall_tau_b']:.2f} ({ceiling['kendall_interval'][0]:.2f} to "
                 f"{ceiling['kendall_interval'][1]:.2f})",
-                "gamma_pairs_ok": _share(audit, "gamma"), "ffn_pairs_ok": _share(audit, "ffn type"),
-                "cpu_min_per_candidate": round(audit["cpu_s_per_candidate"] / 60 * len(seeds), 2),
+                "gamma_pairs_ok": _share(audit, "gamma") if whole else "-",
+                "ffn_pairs_ok": _share(audit, "ffn type") if whole else "-",
+                "cpu_min_per_candidate": f"{audit['cpu_s_per_candidate'] / 60 * len(seeds):.1f}",
                 "precision": audit["precision"].get("resolved"), "designs": len(audit["rows"])})
     return rows
 
@@ -87,7 +89,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for row in rows:
         low, high = (float(v) for v in row["tau_b_95"].split(" to "))
-        x, y = row["cpu_min_per_candidate"], row["tau_b"]
+        x, y = float(row["cpu_min_per_candidate"]), float(row["tau_b"])
         ax.errorbar(x, y, yerr=[[y - low], [high - y]], fmt="o", capsize=3)
         ax.annotate(row["protocol"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.axhline(0.6, color="grey", linestyle="--", linewidth=0.8)
