@@ -404,7 +404,8 @@ def describe_audit(audit: Mapping[str, Any] | None) -> str:
     a, c = audit["agreement"], audit.get("seed_to_seed")
     text = (f"audited on {audit['references']['name']} ({len(audit['rows'])} designs, {audit['references']['target']})"
             f": Kendall tau-b {a['kendall_tau_b']:.2f} [{a['kendall_interval'][0]:.2f}, {a['kendall_interval'][1]:.2f}]"
-            f" with the mean of seeds {', '.join(audit['seeds'])}")
+            + (f" with the mean of seeds {', '.join(audit['seeds'])}" if len(audit["seeds"]) > 1
+               else f" with seed {audit['seeds'][0]}"))
     if len(audit["seeds"]) > 1 and audit.get("per_seed"):  # a search trains each candidate with one seed
         single = [a["kendall_tau_b"] for a in audit["per_seed"].values()]
         text += f" ({', '.join(f'{t:.2f}' for t in single)} with one seed)"
