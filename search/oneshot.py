@@ -26,8 +26,8 @@ from localvit.supernet import Supernet, recalibrate_bn
 from space.space import ListSpace, SearchSpace, Space
 
 from .data import ProxyData
-from .proxy import (NonFiniteLossError, ProxyProtocol, _autocast, evaluate, lr_at, param_groups, project_layer,
-                    project_to_proxy, resolve_precision, seed_everything)
+from .proxy import (NonFiniteLossError, ProxyProtocol, _autocast, evaluate, param_groups, project_layer,
+                    project_to_proxy, resolve_precision, seed_everything, scheduled_batches)
 
 __all__ = ["check_checkpoint", "describe", "fair_specs", "load_supernet", "proxy_of", "recalibration_batches",
            "score", "space_supernet", "train_supernet", "training_key"]
@@ -210,13 +210,9 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
             optimizer.load_state_dict(state["optimizer"])
             history = state["history"]
         criterion = nn.CrossEntropyLoss(label_smoothing=protocol.label_smoothing)
-        steps_per_epoch = data.steps_per_epoch(protocol.batch_size)
-        total_steps = steps_per_epoch * epochs
-        warmup_steps = min(total_steps, int(round(protocol.warmup_epochs * steps_per_epoch)))
         supernet.train()
         for epoch in range(len(history) + 1, epochs + 1):
-            figures = _train_epoch(supernet, space, optimizer, criterion, data, protocol, precision, epoch,
-                                   (epoch - 1) * steps_per_epoch, steps_per_epoch, total_steps, warmup_steps)
+            figures = _train_epoch(supernet, space, optimizer, criterion, data, protocol, precision, epoch, epochs)
             history.append(figures)
             if path is not None:
                 _save_checkpoint(path, {"key": key, "model": supernet.state_dict(),
@@ -229,18 +225,12 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
 
 
 def _train_epoch(supernet: Supernet, space: Space, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                 data: ProxyData, protocol: ProxyProtocol, precision: str, epoch: int, step: int,
-                 steps_per_epoch: int, total_steps: int, warmup_steps: int) -> dict[str, Any]:
+                 data: ProxyData, protocol: ProxyProtocol, precision: str, epoch: int, epochs: int) -> dict[str, Any]:
     data_shape = (data.in_chans, data.num_classes)
     rng = random.Random(f"supernet-{protocol.seed}-{epoch}")
     started = time.perf_counter()
     loss_sum, seen, subnets = 0.0, 0, 0
-    for i, (x, y) in enumerate(data.batches("train", protocol.batch_size, epoch=epoch, seed=protocol.seed)):
-        if i >= steps_per_epoch:
-            break
-        lr = lr_at(step, total_steps, warmup_steps, protocol.lr, protocol.min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, epochs):
         specs = fair_specs(space, rng)
         optimizer.zero_grad(set_to_none=True)
         for spec in specs:
@@ -256,7 +246,6 @@ def _train_epoch(supernet: Supernet, space: Space, optimizer: torch.optim.Optimi
             nn.utils.clip_grad_norm_(supernet.parameters(), protocol.grad_clip)
         optimizer.step()
         subnets += len(specs)
-        step += 1
     seconds = time.perf_counter() - started
     return {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "lr": lr, "subnets": subnets,
             "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1) if seconds else 0.0}

@@ -23,7 +23,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -265,6 +265,22 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def scheduled_batches(data: ProxyData, protocol: ProxyProtocol, optimizer: torch.optim.Optimizer, epoch: int,
+                      epochs: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, float]]:
+    """One epoch's training batches as (index, images, labels, lr), the optimizer's learning rate
+    set for each step: linear warm-up, then cosine over `epochs` (the proxy's and the supernet's
+    schedule)."""
+    steps_per_epoch = data.steps_per_epoch(protocol.batch_size)
+    total_steps = steps_per_epoch * epochs
+    warmup_steps = min(total_steps, int(round(protocol.warmup_epochs * steps_per_epoch)))
+    batches = data.batches("train", protocol.batch_size, epoch=epoch, seed=protocol.seed)
+    for i, (x, y) in zip(range(steps_per_epoch), batches):
+        lr = lr_at((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps, protocol.lr, protocol.min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        yield i, x, y, lr
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms, position/class tokens (1-D or token parameters), as in timm."""
     decay, no_decay = [], []
@@ -374,21 +390,12 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
                                       betas=(0.9, 0.999), eps=1e-8)
         criterion = nn.CrossEntropyLoss(label_smoothing=protocol.label_smoothing)
         step_model = torch.compile(model) if protocol.compile else model
-        steps_per_epoch = data.steps_per_epoch(protocol.batch_size)
-        total_steps = steps_per_epoch * protocol.epochs
-        warmup_steps = min(total_steps, int(round(protocol.warmup_epochs * steps_per_epoch)))
         result.setup_time_s = time.perf_counter() - t_start
 
-        step = 0
         for epoch in range(1, protocol.epochs + 1):
             t_epoch = time.perf_counter()
             loss_sum, seen = 0.0, 0
-            for i, (x, y) in enumerate(data.batches("train", protocol.batch_size, epoch=epoch, seed=protocol.seed)):
-                if i >= steps_per_epoch:
-                    break
-                lr = lr_at(step, total_steps, warmup_steps, protocol.lr, protocol.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+            for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, protocol.epochs):
                 x, y = x.to(device), y.to(device)
                 if protocol.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -404,7 +411,6 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
                 optimizer.step()
                 loss_sum += value * len(y)
                 seen += len(y)
-                step += 1
             train_s = time.perf_counter() - t_epoch
             t_eval = time.perf_counter()
             val_acc = evaluate(model, data, "val", protocol.eval_batch_size, precision, device)
@@ -444,4 +450,5 @@ def jemalloc_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 __all__ = ["ProxyProtocol", "ProxyResult", "NonFiniteLossError", "project_to_proxy", "project_layer",
-           "scaled_width", "train_proxy", "evaluate", "resolve_precision", "precision_record", "cpu_name", "lr_at", "jemalloc_env", "PRECISIONS"]
+           "scaled_width", "train_proxy", "evaluate", "resolve_precision", "precision_record", "cpu_name", "lr_at",
+           "scheduled_batches", "jemalloc_env", "PRECISIONS"]
