@@ -15,6 +15,12 @@ Two sources:
   locality. Mosaics are drawn deterministically (``split_seed``) with balanced classes: train
   and validation mosaics from disjoint pools of the train files, test mosaics from the t10k
   files. No horizontal flip (it would swap the items that name the class).
+* ``fashion-rotations``: a second harder task at the default's cost (28 px): every item is
+  turned by 0, 90, 180 or 270 degrees (drawn per image, deterministically in ``split_seed``)
+  and the class is the pair (item, turn), 40 classes. Telling a trouser's waist from its hems,
+  or a bag's handle from its bottom, takes the whole image's layout (global mixing) as well as
+  local texture, and four times the classes ask for capacity. No horizontal flip (it would
+  turn 90 into 270 degrees).
 * ``imagefolder``: any ImageNet-layout folder (``DIR/train/<class>/*.JPEG`` and optionally
   ``DIR/val/<class>/...``, or ``DIR/<class>/...``), streamed with torchvision transforms and
   worker processes.
@@ -41,7 +47,9 @@ import torch
 from torch.nn import functional as F
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("fashion-mnist", "fashion-pairs", "imagefolder")
+DATASETS = ("fashion-mnist", "fashion-pairs", "fashion-rotations", "imagefolder")
+#: fashion-rotations: the quarter turns an item may be given (class = 4 * item + turn).
+TURNS = 4
 #: fashion-pairs: 2x2 mosaics of Fashion-MNIST items; the class is the pair (top-left, bottom-right).
 PAIRS_GRID, PAIRS_TEST_SIZE, PAIRS_VAL_POOL = 2, 10_000, 10_000
 FASHION_MNIST_FILES = {
@@ -58,6 +66,8 @@ HOW_TO_GET_FMNIST = ("install it with `apt-get install dataset-fashion-mnist` or
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
+#: Tasks whose class a horizontal flip would change.
+UNFLIPPABLE = ("fashion-pairs", "fashion-rotations")
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -288,6 +298,21 @@ def _mosaics(images: np.ndarray, labels: np.ndarray, n: int, num_items: int, rng
     return np.ascontiguousarray(mosaics), pair.astype(np.int64)
 
 
+def _quarter_turns(arrays: dict[str, np.ndarray], split_seed: int) -> dict[str, np.ndarray]:
+    """Every image turned by a seeded number of quarter turns; class = TURNS * class + turns."""
+    rng = np.random.default_rng([split_seed, TURNS])
+    out = {}
+    for split in ("train", "test"):
+        images, labels = np.asarray(arrays[f"{split}_images"]), np.asarray(arrays[f"{split}_labels"])
+        turns = rng.integers(0, TURNS, size=len(labels))
+        turned = np.empty_like(images)
+        for t in range(TURNS):
+            chosen = turns == t
+            turned[chosen] = np.rot90(images[chosen], k=t, axes=(1, 2))
+        out[f"{split}_images"], out[f"{split}_labels"] = turned, TURNS * labels + turns
+    return out
+
+
 # --- batches --------------------------------------------------------------------------------
 
 def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -350,6 +375,9 @@ class ProxyData:
             train_idx, val_idx = np.arange(cfg.train_size), cfg.train_size + np.arange(cfg.val_size)
         else:
             keep_names = tuple(FASHION_MNIST_CLASSES[c] for c in keep)
+            if cfg.dataset == "fashion-rotations":
+                arrays = _quarter_turns(arrays, cfg.split_seed)
+                keep_names = tuple(f"{name} turned {90 * t}" for name in keep_names for t in range(TURNS))
             train_idx, val_idx = stratified_split(arrays["train_labels"], cfg.train_size, cfg.val_size,
                                                   cfg.split_seed)
         self.indices = {"train": train_idx, "val": val_idx}
@@ -473,7 +501,7 @@ class ProxyData:
             idx = order[start:start + batch_size]
             x = images[idx]
             if train and self.config.augment:
-                hflip = self.config.hflip and self.config.dataset != "fashion-pairs"
+                hflip = self.config.hflip and self.config.dataset not in UNFLIPPABLE
                 x = random_crop_flip(x, self.config.crop_padding, hflip, gen)
             yield self.normalize(x), labels[idx]
 

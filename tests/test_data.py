@@ -170,7 +170,7 @@ def test_plain_files_accepted(tmp_path):
 
 
 def test_bad_config_values():
-    with pytest.raises(ValueError, match="dataset=.cifar.*fashion-mnist, fashion-pairs, imagefolder"):
+    with pytest.raises(ValueError, match="dataset=.cifar.*fashion-mnist, fashion-pairs, fashion-rotations, imagefolder"):
         DataConfig(dataset="cifar")
     with pytest.raises(ValueError, match="--data-dir"):
         DataConfig(dataset="imagefolder")
@@ -227,3 +227,26 @@ def test_fashion_pairs_mosaics_are_named_by_their_top_left_and_bottom_right_item
     assert torch.equal(again.tensors("val")[0], data.tensors("val")[0])  # deterministic in split_seed
     x, y = next(data.batches("train", 100, epoch=1))
     assert x.shape == (100, 1, 56, 56) and y.shape == (100,)
+
+
+@needs_fmnist
+def test_fashion_rotations_name_each_item_and_its_quarter_turn(tmp_path):
+    data = ProxyData(dataset="fashion-rotations", train_size=800, val_size=400, cache_dir=str(tmp_path))
+    assert data.num_classes == 40 and data.classes[5] == "Trouser turned 90"
+    raw = load_fashion_mnist(cache_dir=tmp_path)
+    # an independent look-up: every upright item by its pixels, then which turn of it each image is
+    upright = {bytes(img): int(lab) for img, lab in zip(raw["train_images"], raw["train_labels"])}
+    images, labels = data.tensors("train")
+    turns_seen = set()
+    for image, label in list(zip(images[:, 0].numpy(), labels.tolist()))[:200]:
+        found = [(upright[key], t) for t in range(4)
+                 if (key := bytes(np.ascontiguousarray(np.rot90(image, k=-t)))) in upright]
+        assert (label // 4, label % 4) in found
+        turns_seen.add(label % 4)
+    assert turns_seen == {0, 1, 2, 3}
+    counts = np.bincount(labels.numpy(), minlength=40)
+    assert counts.min() >= 15  # every item-and-turn class is in the stratified split
+    again = ProxyData(dataset="fashion-rotations", train_size=800, val_size=400, cache_dir=str(tmp_path))
+    assert torch.equal(again.tensors("val")[1], data.tensors("val")[1])  # deterministic in split_seed
+    x, _ = next(data.batches("train", 64, epoch=1))
+    assert x.shape == (64, 1, 28, 28)
