@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recalibration-images", type=int, default=d.recalibration_images,
                    help="training images that re-estimate a candidate's BatchNorm statistics "
                         f"(default: {d.recalibration_images})")
+    g.add_argument("--score-images", type=int, default=d.score_images,
+                   help="validation images a candidate is scored on, the same for all; 0: the whole split "
+                        f"(default: {d.score_images})")
     g.add_argument("--supernet-checkpoint", metavar="PATH",
                    help="where the supernet is trained to or reused from (default: "
                         "<results-dir>/.supernets/<key of space, protocol, epochs>.pt)")
@@ -119,7 +122,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         time_limit_s=None if args.time_limit.strip().lower() == "none" else parse_duration(args.time_limit),
         confirm_seeds=args.confirm_seeds, export_top=args.export_top, strategy=args.strategy,
         supernet_epochs=args.supernet_epochs, candidates=args.candidates, top_k=args.top_k,
-        recalibration_images=args.recalibration_images, supernet_checkpoint=args.supernet_checkpoint)
+        recalibration_images=args.recalibration_images, score_images=args.score_images,
+        supernet_checkpoint=args.supernet_checkpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

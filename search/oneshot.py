@@ -104,16 +104,17 @@ def recalibration_batches(data: ProxyData, protocol: ProxyProtocol, images: int,
 
 
 def score(supernet: Supernet, spec: ArchSpec, data: ProxyData, protocol: ProxyProtocol, *,
-          recalibration_images: int = 512, seed: int = 0, split: str = "val") -> float:
+          recalibration_images: int = 512, score_images: int = 0, seed: int = 0, split: str = "val") -> float:
     """Validation top-1 of a target `spec` with the supernet's weights, after recalibrating its
     BatchNorm statistics on `recalibration_images` training images (deterministic in `seed`).
-    `recalibration_images=0` keeps the supernet's own (mixed) statistics."""
+    `recalibration_images=0` keeps the supernet's own (mixed) statistics; `score_images` > 0
+    scores on the split's first that many images (the same ones for every candidate)."""
     model = supernet.extract(proxy_of(spec, protocol, (data.in_chans, data.num_classes)))
     precision = resolve_precision(protocol.precision)
     if recalibration_images:
         with _autocast(precision):
             recalibrate_bn(model, recalibration_batches(data, protocol, recalibration_images, seed))
-    return evaluate(model, data, split, protocol.eval_batch_size, precision)
+    return evaluate(model, data, split, protocol.eval_batch_size, precision, images=score_images or None)
 
 
 def describe(supernet: Supernet) -> dict[str, Any]:

@@ -77,7 +77,7 @@ class SupernetEvaluator:
     """What a Ray actor holds: the trained supernet and the proxy data, loaded once."""
 
     def __init__(self, space: str, backbone: str, protocol: dict[str, Any], checkpoint: str, epochs: int,
-                 recalibration_images: int) -> None:
+                 recalibration_images: int, score_images: int) -> None:
         self.protocol = ProxyProtocol.from_dict(protocol)
         if self.protocol.threads:
             torch.set_num_threads(self.protocol.threads)
@@ -85,7 +85,7 @@ class SupernetEvaluator:
         self.data = get_proxy_data(self.protocol.data_config())
         self.supernet = load_supernet(self.space, self.protocol, (self.data.in_chans, self.data.num_classes),
                                       checkpoint, epochs)
-        self.recalibration_images = recalibration_images
+        self.recalibration_images, self.score_images = recalibration_images, score_images
 
     def score(self, specs: list[str]) -> list[tuple[float, float]]:
         """Validation top-1 (%) and seconds of each spec (JSON), with inherited weights."""
@@ -93,7 +93,8 @@ class SupernetEvaluator:
         for text in specs:
             started = time.perf_counter()
             accuracy = score(self.supernet, ArchSpec.from_json(text), self.data, self.protocol,
-                             recalibration_images=self.recalibration_images, seed=self.protocol.seed)
+                             recalibration_images=self.recalibration_images,
+                             score_images=self.score_images, seed=self.protocol.seed)
             results.append((round(100 * accuracy, 3), time.perf_counter() - started))
         return results
 
@@ -167,7 +168,8 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
     protocol = define.protocol
     actor = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(SupernetEvaluator)
     actors = [actor.remote(settings.space, settings.backbone, protocol.to_dict(), str(checkpoint),
-                           settings.supernet_epochs, settings.recalibration_images) for _ in range(settings.workers)]
+                           settings.supernet_epochs, settings.recalibration_images, settings.score_images)
+              for _ in range(settings.workers)]
     idle, busy = list(actors), {}
     started, last_log, scored = time.time(), time.time(), 0
     try:

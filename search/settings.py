@@ -58,7 +58,8 @@ class SearchSettings:
     supernet_epochs: int = 4  # oneshot: proxy epochs of supernet training
     candidates: int = 2000  # oneshot: most candidates scored on the supernet (--time-limit stops sooner)
     top_k: int = 4  # oneshot: best supernet candidates proxy-trained from scratch
-    recalibration_images: int = 512  # oneshot: training images that re-estimate a subnet's BatchNorm
+    recalibration_images: int = 256  # oneshot: training images that re-estimate a subnet's BatchNorm
+    score_images: int = 500  # oneshot: validation images a candidate is scored on (0: the whole split)
     supernet_checkpoint: str | None = None  # oneshot: default <results_dir>/.supernets/<key>.pt
 
     def __post_init__(self) -> None:
@@ -82,7 +83,7 @@ class SearchSettings:
                              "PGPASSWORD)")
         for name, low in (("trials", 1), ("workers", 1), ("max_retries", 0), ("confirm_seeds", 0), ("export_top", 0),
                           ("warm_start", 0), ("throughput_batch", 1), ("throughput_threads", 1), ("supernet_epochs", 1),
-                          ("candidates", 1), ("top_k", 1), ("recalibration_images", 0)):
+                          ("candidates", 1), ("top_k", 1), ("recalibration_images", 0), ("score_images", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} is invalid; accepted: an integer >= {low}")

@@ -181,6 +181,20 @@ def test_recalibration_changes_accuracy_and_is_deterministic(trained, tiny_data)
 
 
 @needs_fmnist
+def test_a_candidate_scored_on_fewer_images_is_scored_on_the_first_ones(trained, tiny_data) -> None:
+    _, supernet, _ = trained
+    spec = TINY_SPACE.sample(4)
+    scored = score(supernet, spec, tiny_data, TINY_PROTOCOL, recalibration_images=0, score_images=70)
+    model = supernet.extract(proxy_of(spec, TINY_PROTOCOL, (1, 10)))
+    images, labels = tiny_data.tensors("val")
+    with torch.no_grad():  # by hand: the first 70 validation images, normalised as the batches are
+        predicted = model(tiny_data.normalize(images[:70])).argmax(-1)
+    assert scored == int((predicted == labels[:70]).sum()) / 70
+    whole = score(supernet, spec, tiny_data, TINY_PROTOCOL, recalibration_images=0)
+    assert whole == score(supernet, spec, tiny_data, TINY_PROTOCOL, recalibration_images=0, score_images=10_000)
+
+
+@needs_fmnist
 def test_a_checkpoint_of_another_space_is_refused(trained, tiny_data) -> None:
     path, _, _ = trained
     other = space_from_dict({"base": {"embed_dim": 32, "num_heads": 2, "depth": 2},
