@@ -96,6 +96,9 @@ def main() -> None:
                   "seconds": seconds, "score_images": settings.score_images,
                   "accuracy_whole_split": 100 * score(supernet, spec, data, protocol, seed=protocol.seed,
                                                       recalibration_images=settings.recalibration_images)})
+    paper_audit(supernet, data, protocol, settings, Path(args.checkpoint))
+    if not specs:
+        return
     jobs = [(spec, seed) for seed in args.seeds for spec in specs
             if not _done(records, "trained", spec_id=spec.id, seed=seed)]
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -115,6 +118,31 @@ def main() -> None:
     print(report["summary"], flush=True)
     # Beside the checkpoint, where every one-shot summary that uses this supernet cites it.
     Path(args.checkpoint).with_suffix(".audit.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoint: Path) -> None:
+    """The supernet's scores of the paper's ImageNet designs (those it holds), audited against
+    their ImageNet top-1 by `search.audit`, as a proxy-trained protocol is; written to
+    `<checkpoint stem>.paper-audit/` beside the checkpoint."""
+    from search.audit import ProxyScore, score_audit, write_audit
+    from search.oneshot import proxy_of, score
+    from space.references import load_references
+
+    references = load_references()
+    scores = {}
+    for row in references.rows:
+        if supernet.why_not(proxy_of(row.spec, protocol, (data.in_chans, data.num_classes))):
+            print(f"paper design {row.name} is not held by the supernet: left out", flush=True)
+            continue
+        started = time.process_time(), time.perf_counter()
+        accuracy = 100 * score(supernet, row.spec, data, protocol, recalibration_images=settings.recalibration_images,
+                               score_images=settings.score_images, seed=protocol.seed)
+        scores[row.spec.id] = ProxyScore(accuracy, time.process_time() - started[0],
+                                         time.perf_counter() - started[1], protocol.precision)
+    result = score_audit(references, {str(protocol.seed): scores}, study=f"supernet {checkpoint.stem}",
+                         protocol=protocol)
+    report = write_audit(result, checkpoint.with_name(checkpoint.stem + ".paper-audit"))
+    print(report.read_text(), flush=True)
 
 
 def rank_report(pairs: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
@@ -138,3 +166,7 @@ def rank_report(pairs: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
             "ceiling_kendall_tau_b": ceiling.kendall_tau_b if ceiling else None,
             "ceiling_kendall_interval": ceiling.kendall_interval if ceiling else None,
             "seconds_per_score": sorted(pairs["score_seconds"])[n // 2]}
+
+
+if __name__ == "__main__":
+    main()
