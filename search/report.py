@@ -242,6 +242,20 @@ def ranking_audit(supernet: dict[str, Any] | None) -> str:
     return audit.get("summary", f"`{path}`")
 
 
+def supernet_imagenet_audit(supernet: dict[str, Any] | None) -> str | None:
+    """The audit of the supernet's scores against ImageNet (`bench_supernet_audit` writes it
+    beside the checkpoint), in one line; None when there is none."""
+    if not supernet:
+        return None
+    checkpoint = Path(supernet["path"])
+    path = checkpoint.with_name(checkpoint.stem + ".paper-audit") / "audit.json"
+    if not path.is_file():
+        return None
+    import json
+
+    return describe_audit(json.loads(path.read_text()))
+
+
 def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]:
     """The one-shot part of the summary: the supernet, the scoring, the top-k trained from scratch."""
     supernet = study.user_attrs.get("supernet")
@@ -254,6 +268,9 @@ def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]
         lines.append(f"- {scoring['scored']} candidates scored with inherited weights ({scoring['per_s']:.2f} per s "
                      f"in the last run), {scoring.get('skipped_infeasible', 0)} over the budget closed unscored")
     lines.append(f"- the ranking rests on: {ranking_audit(supernet)}")
+    imagenet = supernet_imagenet_audit(supernet)
+    if imagenet:
+        lines.append(f"- the supernet's scores against ImageNet: {imagenet}")
     finalists = sorted((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("oneshot_rank")
                         and t.user_attrs.get("status") == TRAIN and t.state == TrialState.COMPLETE),
                        key=lambda t: t.user_attrs["oneshot_rank"])
