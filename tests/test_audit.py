@@ -246,3 +246,17 @@ def test_a_search_summary_names_the_audit_of_its_protocol(tmp_path) -> None:
     line = describe_audit(found)
     assert f"Kendall tau-b {result.agreement.kendall_tau_b:.2f}" in line and "paper-imagenet (18 designs" in line
     assert audit_for(protocol.replace(epochs=8), tmp_path) is None
+
+
+def test_a_oneshot_summary_cites_the_supernets_audit_against_imagenet(tmp_path) -> None:
+    from search.audit import write_audit
+    from search.report import supernet_imagenet_audit
+
+    checkpoint = tmp_path / ".supernets" / "abc123.pt"
+    assert supernet_imagenet_audit({"path": str(checkpoint)}) is None and supernet_imagenet_audit(None) is None
+    refs = load_references()
+    scores = {r.spec.id: ProxyScore(r.accuracy - i % 4, 1.0, 1.0, "bf16") for i, r in enumerate(refs.rows)}
+    result = score_audit(refs, {"0": scores}, study="supernet abc123", protocol=ProxyProtocol(), n_resamples=200)
+    write_audit(result, tmp_path / ".supernets" / "abc123.paper-audit")  # where bench_supernet_audit writes it
+    line = supernet_imagenet_audit({"path": str(checkpoint)})
+    assert line is not None and f"Kendall tau-b {result.agreement.kendall_tau_b:.2f}" in line
