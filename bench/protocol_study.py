@@ -28,7 +28,7 @@ PROTOCOLS: dict[str, tuple[str, list[str], list[int]]] = {
     "pairs": ("harder task: 56 px 2x2 mosaics, class = (top-left, bottom-right), 100 classes, patch 8",
               ["--dataset", "fashion-pairs", "--img-size", "56", "--patch-size", "8"], [0]),
     "rotations": ("harder task: each item turned by 0-270 degrees, class = (item, turn), 40 classes, 28 px",
-                  ["--dataset", "fashion-rotations"], [0]),
+                  ["--dataset", "fashion-rotations"], [0, 1]),
     "data12k-e1": ("3x the images, 1 epoch (same steps and cost)", ["--train-size", "12000", "--epochs", "1"], [0, 1]),
     "e6": ("twice the epochs (6)", ["--epochs", "6"], [0]),
     "width1": ("full width instead of half", ["--width-mult", "1.0"], [0]),
