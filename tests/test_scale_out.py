@@ -127,6 +127,30 @@ def test_eight_concurrent_workers_on_one_postgres_study_lose_nothing(postgres, t
         assert sorted(t.number for t in trials if t.user_attrs["worker"] == str(w)) == sorted(told)
 
 
+def test_two_concurrent_workers_on_one_sqlite_study_in_wal_mode_lose_nothing(tmp_path) -> None:
+    import sqlite3
+
+    from search.driver import open_storage
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url)
+    optuna.create_study(study_name="many", storage=storage)
+    with storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL: no fsync per commit
+    with sqlite3.connect(tmp_path / "study.db") as plain:  # the mode is the file's, as any reader sees it
+        assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    per_worker = 10
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, str(w), str(per_worker)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    trials = optuna.load_study(study_name="many", storage=url).get_trials(deepcopy=False)  # a plain reader
+    assert sorted(t.number for t in trials) == list(range(2 * per_worker))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
 def test_a_password_in_a_postgres_url_opens_the_study_and_is_recorded_nowhere(postgres, tmp_path,
                                                                             monkeypatch) -> None:
     import json
