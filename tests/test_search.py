@@ -237,3 +237,20 @@ def test_tiny_search_on_a_stage_backbone(tmp_path) -> None:
 @pytest.mark.parametrize("backbone", sorted(set(BACKBONE_BUDGETS) - {"pvt_tiny"}))
 def test_tiny_search_on_every_other_backbone(backbone: str, tmp_path) -> None:
     _tiny_search_on(backbone, tmp_path)
+
+
+def test_the_grid_samplers_last_point_can_be_told_outside_study_optimize() -> None:
+    from search.driver import _GridSampler
+
+    grid = {"x": [0, 1]}
+    for sampler, raises in ((optuna.samplers.GridSampler(grid, seed=0), True), (_GridSampler(grid, seed=0), False)):
+        study = optuna.create_study(sampler=sampler)
+        trials = [study.ask() for _ in grid["x"]]
+        assert sorted(t.suggest_categorical("x", grid["x"]) for t in trials) == grid["x"]
+        study.tell(trials[0], 0.0)
+        if raises:  # Optuna's grid stops the study on its last point, which only study.optimize allows
+            with pytest.raises(RuntimeError, match="Study.stop"):
+                study.tell(trials[1], 1.0)
+        else:
+            study.tell(trials[1], 1.0)
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
