@@ -2,7 +2,7 @@
 
     python run_search.py --budget-flops 1.3G
 
-searches the default design space on the embedded default (CPU, Fashion-MNIST proxy), stores
+searches the default design space on the embedded default (CPU, a Fashion-MNIST proxy task), stores
 every trial in an Optuna study under results/<study>/ (open it with optuna-dashboard), and
 exports the best architectures as ImageNet training jobs. Run the same command again, or
 add --resume, to continue an interrupted search.

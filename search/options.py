@@ -21,7 +21,7 @@ def add_proxy_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default=p.dataset, help=f"{', '.join(DATASETS)} (default: {p.dataset}; "
                                                           "fashion-pairs: use --img-size 56 --patch-size 8; fashion-rotations: 40 classes, "
                                                           "each item and its quarter turn)")
-    g.add_argument("--data-dir", help="Fashion-MNIST idx files, or an ImageNet-layout folder "
+    g.add_argument("--data-dir", help="Fashion-MNIST idx files (every fashion-* task), or an ImageNet-layout folder "
                                       "(default: /usr/share/datasets/fashion-mnist)")
     g.add_argument("--img-size", type=int, help=f"proxy resolution (default: {p.img_size} for the ViT "
                                                  f"backbones, {PROXY_IMG_SIZE} for the stage backbones)")
