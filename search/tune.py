@@ -140,6 +140,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self.finished = self.lost = 0  # trials that trained (or failed by themselves); trials lost
         self._active: set[str] = set()  # Tune trial ids scheduled and not finished
         self._last_results: dict[str, dict] = {}
+        self._reported: dict[str, int] = {}  # epochs reported to Optuna per Tune trial
         self._retries: dict[str, list[str]] = {}
         self._lost_pending: dict[str, Any] = {}  # lost trials, closed when their reason is known
         self._scheduled: set[int] = set()  # Optuna trial numbers this searcher sent to Ray
@@ -197,8 +198,21 @@ class ConstrainedOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last_results[trial_id] = result
-        if "accuracy" in result and math.isfinite(result["accuracy"]):
-            super().on_trial_result(trial_id, result)
+        self._report_curve(trial_id, result)
+
+    def _report_curve(self, trial_id: str, result: dict) -> None:
+        """Each epoch's validation top-1 as an intermediate value at step = epoch (the curve the
+        dashboard draws), the epoch ASHA stopped a trial on included: Tune hands that result to
+        `on_trial_complete` only. Multi-objective studies cannot report."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or isinstance(self.metric, list):
+            return
+        curve = result.get("val_acc_curve") or []
+        done = self._reported.get(trial_id, 0)
+        for epoch, accuracy in enumerate(curve[done:], start=done + 1):
+            if math.isfinite(accuracy):
+                ot_trial.report(accuracy, epoch)
+        self._reported[trial_id] = max(done, len(curve))
 
     def record_retry(self, trial_id: str, reason: str) -> None:
         """Tune restarts a trial whose node or worker was lost: note why on its Optuna trial."""
@@ -212,6 +226,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
         failure arrives as a result with `failure`): it waits for `close_lost` and its reason."""
         self._active.discard(trial_id)
         last = {**self._last_results.pop(trial_id, {}), **(result or {})}
+        self._report_curve(trial_id, last)
+        self._reported.pop(trial_id, None)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None:
             epochs = int(last.get("epoch") or 0)

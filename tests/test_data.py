@@ -17,7 +17,7 @@ needs_fmnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-labels
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return ProxyData(DataConfig(train_size=3000, val_size=1000, cache_dir=str(tmp_path_factory.mktemp("cache"))))
+    return ProxyData(DataConfig(dataset="fashion-mnist", train_size=3000, val_size=1000, cache_dir=str(tmp_path_factory.mktemp("cache"))))
 
 
 @needs_fmnist
@@ -74,7 +74,8 @@ def test_batches_cover_splits(data):
 
 @needs_fmnist
 def test_resolution_and_class_subset(tmp_path):
-    d = ProxyData(train_size=200, val_size=100, img_size=32, classes=(1, 8), cache_dir=str(tmp_path))
+    d = ProxyData(dataset="fashion-mnist", train_size=200, val_size=100, img_size=32, classes=(1, 8),
+                  cache_dir=str(tmp_path))
     images, labels = d.tensors("train")
     assert images.shape == (200, 1, 32, 32) and d.num_classes == 2
     assert sorted(labels.unique().tolist()) == [0, 1]

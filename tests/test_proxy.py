@@ -19,8 +19,8 @@ needs_fmnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-labels
 
 TINY = ArchSpec.uniform(LayerSpec("local", "hswish", "se", se_ratio=4, gamma=2), depth=2, embed_dim=32, num_heads=2)
 # a tiny protocol: 2 easy classes (trouser vs bag), 240 train / 100 val images, full width
-FAST = ProxyProtocol(train_size=240, val_size=100, epochs=3, batch_size=32, width_mult=1.0, lr=3e-3,
-                     warmup_epochs=0.5, precision="fp32", threads=1)
+FAST = ProxyProtocol(dataset="fashion-mnist", train_size=240, val_size=100, epochs=3, batch_size=32, width_mult=1.0,
+                     lr=3e-3, warmup_epochs=0.5, precision="fp32", threads=1)
 
 
 @pytest.fixture(scope="module")
