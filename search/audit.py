@@ -108,7 +108,7 @@ class ProxyScore:
     """One design's proxy result in one study (one seed)."""
 
     accuracy: float
-    cpu_time_s: float
+    cpu_time_s: float | None  # None: a trial trained before the search recorded CPU time
     wall_time_s: float
     precision: str | None = None
 
@@ -121,9 +121,16 @@ def read_scores(study: optuna.Study) -> dict[str, ProxyScore]:
         if attrs.get("status") != TRAIN or not attrs.get("full_fidelity") or attrs.get("spec_id") in scores:
             continue
         scores[attrs["spec_id"]] = ProxyScore(
-            accuracy=float(t.values[0]), cpu_time_s=float(attrs.get("cpu_time_s") or attrs.get("wall_time_s") or 0),
+            accuracy=float(t.values[0]),
+            cpu_time_s=float(attrs["cpu_time_s"]) if attrs.get("cpu_time_s") else None,
             wall_time_s=float(attrs.get("wall_time_s") or 0), precision=attrs.get("precision"))
     return scores
+
+
+def _cost(scores: list[ProxyScore]) -> float:
+    """Mean CPU seconds of a training, from the trials that recorded it (wall time where none did)."""
+    recorded = [p.cpu_time_s for p in scores if p.cpu_time_s is not None]
+    return statistics.fmean(recorded) if recorded else statistics.fmean(p.wall_time_s for p in scores)
 
 
 @dataclass
@@ -181,7 +188,7 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
         mean = statistics.fmean(p.accuracy for p in per_seed.values())
         rows.append({"name": ref.name, "spec_id": ref.spec.id, "target": ref.accuracy, "source": dict(ref.source),
                      "proxy": {s: p.accuracy for s, p in per_seed.items()}, "proxy_mean": mean,
-                     "cpu_s": statistics.fmean(p.cpu_time_s for p in per_seed.values())})
+                     "cpu_s": _cost(list(per_seed.values()))})
         proxy.append(mean)
         target.append(ref.accuracy)
         specs.append(ref.spec)
@@ -208,7 +215,7 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
             wrong = [f"{rows[i]['name']} vs {rows[j]['name']}" for i, j in pairs
                      if (proxy[i] - proxy[j]) * (target[i] - target[j]) <= 0 and target[i] != target[j]]
             axes[axis] = {"pairs": counted, "agreed": agreed, "share": agreed / counted, "disagreed": wrong}
-    cpu = [r["cpu_s"] for r in rows]
+    everything = [p for scores in scores_by_seed.values() for p in scores.values()]
     return AuditResult(
         study=study, references={"name": references.name, "target": references.target, "path": references.path,
                                  "n": len(references.rows)},
@@ -216,8 +223,7 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
         precision=dict(precision or precision_record(protocol.precision)), seeds=seeds, rows=rows,
         agreement=agreement(proxy, target, **kwargs), per_seed=per_seed_agreement, seed_to_seed=seed_to_seed,
         axes=axes, top_k={k: top_k_overlap(proxy, target, k) for k in TOP_K if k <= len(rows)},
-        cpu_s_per_candidate=statistics.fmean(cpu), cpu_s_total=sum(
-            p.cpu_time_s for scores in scores_by_seed.values() for p in scores.values()),
+        cpu_s_per_candidate=_cost(everything), cpu_s_total=_cost(everything) * len(everything),
         missing=missing)
 
 

@@ -150,7 +150,10 @@ def test_score_audit_uses_the_mean_over_seeds_and_reports_the_ceiling() -> None:
     both = [(seed0[k].accuracy, seed1[k].accuracy) for k in seed1]
     assert result.seed_to_seed.kendall_tau_b == pytest.approx(stats.kendalltau(*zip(*both)).statistic)
     assert result.axes["gamma"]["pairs"] == 15 and 0 <= result.axes["gamma"]["share"] <= 1
-    assert result.cpu_s_per_candidate == pytest.approx((120 * 1 + 110 * 17) / 18)
+    assert result.cpu_s_per_candidate == pytest.approx((120 * 18 + 100 * 17) / 35)  # one training's mean
+    unrecorded = {k: ProxyScore(p.accuracy, None, 500.0, "bf16") for k, p in seed1.items()}  # an older study
+    result = score_audit(refs, {"0": seed0, "1": unrecorded}, study="t", protocol=ProxyProtocol(), n_resamples=50)
+    assert result.cpu_s_per_candidate == 120 and result.rows[1]["cpu_s"] == 120  # not its wall time
     with pytest.raises(ValueError, match="2 of the 18 reference designs"):
         score_audit(refs, {"0": dict(list(seed0.items())[:2])}, study="t", protocol=ProxyProtocol())
 
