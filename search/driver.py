@@ -337,8 +337,8 @@ def run_oneshot(settings: SearchSettings, plan: Plan, cluster: Cluster, deadline
     protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
     throughput = _throughput_measurer(settings) if settings.budget.min_throughput else None
     define = DefineByRun(plan.space, settings.budget, protocol, {}, plan.data_shape, throughput)
-    with ray_output(cluster.log):
-        figures = evaluate_candidates(settings, plan, checkpoint, resources, define, deadline)
+    with ray_output(cluster.log) as console:
+        figures = evaluate_candidates(settings, plan, checkpoint, resources, define, deadline, console)
     plan.study.set_user_attr("oneshot_scoring", figures)
 
 

@@ -13,9 +13,10 @@
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import optuna
 import torch
@@ -39,8 +40,8 @@ CHUNK = 8
 SKIPS_IN_A_ROW = 200
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+def log(message: str, out: TextIO | None = None) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=out or sys.stdout, flush=True)
 
 
 def supernet_checkpoint(settings: SearchSettings, space: Space, data_shape: tuple[int, int]
@@ -156,9 +157,10 @@ class _Proposer:
 
 
 def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path, resources: dict[str, float],
-                        define: DefineByRun, deadline: float | None) -> dict[str, Any]:
+                        define: DefineByRun, deadline: float | None, out: TextIO | None = None) -> dict[str, Any]:
     """Score candidates on Ray actors until `settings.candidates` are scored or `deadline`
-    (a `time.time()`) passes; returns the figures of this run of the phase."""
+    (a `time.time()`) passes; returns the figures of this run of the phase. Progress goes to
+    `out` (the console, while Ray's output goes to its log)."""
     import ray
 
     proposer = _Proposer(settings, plan, define)
@@ -196,7 +198,7 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
                 last_log = time.time()
                 best = max(proposer.scored.values(), key=lambda v: v[0])[0]
                 log(f"scored {len(proposer.scored)}/{settings.candidates} on the supernet "
-                    f"({scored / (time.time() - started):.2f}/s), best {best:.2f}%")
+                    f"({scored / (time.time() - started):.2f}/s), best {best:.2f}%", out)
     finally:
         for worker in actors:
             ray.kill(worker)
@@ -205,10 +207,11 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
                "seconds_now": round(seconds, 1), "per_s": round(scored / seconds, 3) if seconds else 0.0,
                **{f"skipped_{k}": v for k, v in proposer.skipped.items()}}
     log(f"scored {scored} candidate(s) on the supernet in {seconds:.0f} s ({figures['per_s']:.2f}/s); "
-        f"{proposer.skipped[INFEASIBLE]} over the budget and {proposer.skipped[DUPLICATE]} repeats closed unscored")
+        f"{proposer.skipped[INFEASIBLE]} over the budget and {proposer.skipped[DUPLICATE]} repeats closed unscored",
+        out)
     if proposer.exhausted:
         log(f"the sampler proposed only candidates over the budget or scored already, {SKIPS_IN_A_ROW} times in a "
-            f"row: scoring ended before --candidates {settings.candidates}")
+            f"row: scoring ended before --candidates {settings.candidates}", out)
     return figures
 
 

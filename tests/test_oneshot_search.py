@@ -72,6 +72,7 @@ def test_oneshot_search_end_to_end_killed_in_training_and_in_scoring(tmp_path) -
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "supernet epoch 1/3" not in result.stdout  # trained before the kills, not again
+    assert "candidate(s) on the supernet in" in result.stdout  # the scoring's progress, not in Ray's log
 
     study = optuna.load_study(study_name="o", storage=f"sqlite:///{db}")
     trials = study.trials
