@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="queue this many designs of the paper's tables that fit the budget, closest to it first "
                         f"(default: {d.warm_start})")
     g.add_argument("--no-asha", action="store_true", help="train every trial for all epochs (no early stopping)")
+    g.add_argument("--asha-grace", type=int, default=d.asha_grace,
+                   help=f"epochs every trial trains before ASHA may stop it (default: {d.asha_grace})")
     g.add_argument("--confirm-seeds", type=int, default=d.confirm_seeds,
                    help=f"re-train the best and LocalViT with this many other seeds (default: {d.confirm_seeds})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"sampler and training seed (default: {d.seed})")
@@ -118,7 +120,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         space=args.space, backbone=args.backbone,
         budget=limits, sampler=args.sampler, objectives=tuple(x.strip() for x in args.objectives.split(",")),
         trials=args.trials, **compute_from_args(args), protocol=protocol,
-        asha=not args.no_asha, baselines=not args.no_baselines, warm_start=args.warm_start, seed=args.seed,
+        asha=not args.no_asha, asha_grace=args.asha_grace, baselines=not args.no_baselines,
+        warm_start=args.warm_start, seed=args.seed,
         time_limit_s=None if args.time_limit.strip().lower() == "none" else parse_duration(args.time_limit),
         confirm_seeds=args.confirm_seeds, export_top=args.export_top, strategy=args.strategy,
         supernet_epochs=args.supernet_epochs, candidates=args.candidates, top_k=args.top_k,

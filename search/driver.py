@@ -255,7 +255,8 @@ def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSp
         sampler=plan.study.sampler, study_name=plan.study.study_name, storage=plan.study._storage,
         objectives=settings.objectives, full_epochs=protocol.epochs, target=remaining)
     scheduler = BaselineSparingASHA(metric="accuracy", mode="max", time_attr="epoch", max_t=protocol.epochs,
-                              grace_period=1, reduction_factor=2) if settings.asha and protocol.epochs > 1 \
+                              grace_period=settings.asha_grace, reduction_factor=2) \
+        if settings.asha and protocol.epochs > settings.asha_grace \
         else FIFOScheduler()
     with ray_output(cluster.log) as console:
         progress = Progress(plan.study, settings, searcher, remaining, out=console)

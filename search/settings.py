@@ -46,6 +46,10 @@ class SearchSettings:
     max_retries: int = 2  # retries of a trial lost to the infrastructure (a node or worker died)
     protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
     asha: bool = True
+    # Epochs every trial trains before ASHA may stop it. On fashion-rotations the first epoch ranks
+    # designs against their final accuracy (all-locality designs start slowest and end best), the
+    # second as the third does.
+    asha_grace: int = 2
     baselines: bool = True
     warm_start: int = 4  # queue this many of the paper's designs that fit, after the baselines
     seed: int = 0
@@ -82,8 +86,8 @@ class SearchSettings:
                              "without one (search.storage.without_password moves a PostgreSQL password to "
                              "PGPASSWORD)")
         for name, low in (("trials", 1), ("workers", 1), ("max_retries", 0), ("confirm_seeds", 0), ("export_top", 0),
-                          ("warm_start", 0), ("throughput_batch", 1), ("throughput_threads", 1), ("supernet_epochs", 1),
-                          ("candidates", 1), ("top_k", 1), ("recalibration_images", 0), ("score_images", 0)):
+                          ("warm_start", 0), ("asha_grace", 1), ("throughput_batch", 1), ("throughput_threads", 1),
+                          ("supernet_epochs", 1), ("candidates", 1), ("top_k", 1), ("recalibration_images", 0), ("score_images", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} is invalid; accepted: an integer >= {low}")

@@ -163,6 +163,7 @@ def _digest(path: Path) -> str:
     (["--budget-params", "0"], "'0'"),
     (["--sampler", "bayes"], "'bayes'"),
     (["--workers", "-1"], "workers=-1"),
+    (["--asha-grace", "0"], "asha_grace=0"),
     (["--dataset", "cifar"], "'cifar'"),
     (["--storage", "sqlite:////no/such/dir/x.db"], "cannot be opened"),
     (["--storage", "postgresql://u@127.0.0.1:1/db"], "cannot be opened"),
