@@ -203,9 +203,13 @@ def test_tiny_audit_end_to_end_killed_and_resumed_trains_nothing_twice(tmp_path)
                for s in optuna.get_all_study_summaries(storage)}
     assert set(studies) == {"a-s0", "a-s1"}
     for name, study in studies.items():
-        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        done = [t for t in complete if t.user_attrs["status"] == "train"]
         specs = [t.user_attrs["spec_id"] for t in done]
         assert sorted(specs) == sorted(PAPER_NAMED_SPECS[n].id for n in names)  # each design once, none twice
+        # a proposal of a design trained already is closed with its values, never trained
+        assert all(t.user_attrs["status"] == "duplicate" and "epochs_trained" not in t.user_attrs
+                   for t in complete if t not in done)
         assert all(t.user_attrs["precision"] in ("bf16", "fp32") and t.user_attrs["cpu_time_s"] > 0 for t in done)
         assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
         for t in done:  # what finished before the kill was kept as it was
