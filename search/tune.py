@@ -205,8 +205,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
         dashboard draws), the epoch ASHA stopped a trial on included: Tune hands that result to
         `on_trial_complete` only. Multi-objective studies cannot report."""
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or isinstance(self.metric, list):
-            return
+        if ot_trial is None or isinstance(self.metric, list) or trial_id in self._completed_trials:
+            return  # a result Tune relays after the trial was told cannot be reported
         curve = result.get("val_acc_curve") or []
         done = self._reported.get(trial_id, 0)
         for epoch, accuracy in enumerate(curve[done:], start=done + 1):
