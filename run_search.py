@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", default=d.backbone,
                    help="deit_tiny, deit_small, pvt_tiny, swin_tiny, swin_mini, tnt_tiny or t2t_7 "
                         f"(default: {d.backbone})")
-    g.add_argument("--sampler", default=d.sampler, help=f"{', '.join(SAMPLERS)} (default: {d.sampler})")
+    g.add_argument("--sampler", default="auto",
+                   help=f"auto, {', '.join(SAMPLERS)} (default: auto, which is tpe with --strategy train and "
+                        f"evolution, aging evolution, with --strategy oneshot)")
     g.add_argument("--objectives", default=",".join(d.objectives),
                    help="accuracy, or accuracy,flops for a Pareto front (default: accuracy)")
     g.add_argument("--trials", type=int, default=d.trials,

@@ -30,6 +30,7 @@ from space.space import ListSpace, Space, make_space
 
 from .cluster import Cluster, ray_output, start_cluster
 from .data import get_proxy_data
+from .evolution import RegularizedEvolutionSampler
 from .proxy import precision_record
 from .settings import ONESHOT, TRAIN, SearchSettings
 from .tune import BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
@@ -61,6 +62,9 @@ def make_sampler(settings: SearchSettings, space: Space, offset: int = 0) -> opt
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                           n_startup_trials=2 + settings.warm_start + 2 * settings.baselines,
                                           n_ei_candidates=64)
+    if settings.sampler == "evolution":
+        population = 50 if settings.strategy == ONESHOT else max(4, settings.trials // 3)
+        return RegularizedEvolutionSampler(population=population, tournament=max(2, population // 5), seed=seed)
     if settings.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, settings.trials // 2)))
     if settings.sampler == "random":

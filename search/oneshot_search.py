@@ -4,10 +4,11 @@
    `<results-dir>/.supernets/<key>.pt`, keyed by the space, the proxy protocol (its seed
    included) and the epochs, checkpointed every epoch, so a killed search resumes it.
 2. Score the candidates the study's sampler proposes with inherited weights, on Ray actors
-   that each load the supernet once and score a chunk of candidates per call. Every candidate
-   is an Optuna trial of the study: over budget ones are closed as infeasible and never scored;
-   scored ones carry `status` and `fidelity` = `supernet`. Trials a kill left running are
-   closed and queued again by the driver, so nothing is lost or scored twice.
+   that each load the supernet once and score a chunk of candidates per call, the next chunk
+   queued behind the running one. Every candidate is an Optuna trial of the study: over budget
+   ones are closed as infeasible and never scored; scored ones carry `status` and `fidelity` =
+   `supernet`. The sampler asks an in-memory copy of the study and a trial is stored once
+   finished, so a kill loses only unscored candidates in flight and nothing is scored twice.
 3. Queue the top-k distinct candidates for proxy training from scratch; the driver then trains
    them with the LocalViT baselines as Ray Tune trials and confirms the best with other seeds.
 """
@@ -35,7 +36,10 @@ if TYPE_CHECKING:
     from .driver import Plan
 
 #: Candidates per actor call: Ray's overhead per call (milliseconds) is paid once for them.
-CHUNK = 8
+CHUNK = 4
+#: Calls sent to an actor ahead of its results: it starts the next chunk while the driver records
+#: the last one and asks the sampler for more.
+CALLS_AHEAD = 2
 #: Proposals in a row that are over the budget or scored already, after which the scoring ends.
 SKIPS_IN_A_ROW = 200
 
@@ -106,10 +110,23 @@ def supernet_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 class _Proposer:
-    """Asks the study for candidates; closes the infeasible and the already scored at once."""
+    """Asks the sampler for candidates; closes the infeasible and the already scored at once.
+
+    The sampler works on an in-memory copy of the study, and each finished trial is written to
+    the study in one transaction: asking the stored study cost one commit per sampled parameter
+    (about 80 a candidate), which made the driver, not the workers, the limit of the scoring.
+    Nothing is stored before it is finished, so a kill loses only candidates in flight, unscored."""
 
     def __init__(self, settings: SearchSettings, plan: "Plan", define: DefineByRun) -> None:
         self.study, self.settings, self.define = plan.study, settings, define
+        self.mirror = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=plan.study.sampler,
+                                          directions=plan.study.directions)
+        stored = plan.study.get_trials(deepcopy=False)
+        finished = [t for t in stored if t.state.is_finished()]
+        waiting = [t for t in stored if t.state == TrialState.WAITING]  # warm starts, re-queued candidates
+        self.mirror.add_trials(finished + waiting)
+        #: mirror trial number -> id of the stored waiting trial it fills
+        self.queued = {len(finished) + i: t._trial_id for i, t in enumerate(waiting)}
         self.scored = {t.user_attrs["spec_id"]: t.values for t in supernet_trials(plan.study)}
         self.in_flight: set[str] = set()
         self.skipped = {INFEASIBLE: 0, DUPLICATE: 0}
@@ -123,7 +140,7 @@ class _Proposer:
         infeasible or already scored ones `SKIPS_IN_A_ROW` times in a row (a small space, or a
         tight budget): the scoring then ends instead of asking forever."""
         for _ in range(SKIPS_IN_A_ROW):
-            trial = self.study.ask()
+            trial = self.mirror.ask()
             config = self.define(trial)
             spec = ArchSpec.from_json(config["spec"])
             if config["status"] == INFEASIBLE:
@@ -140,10 +157,7 @@ class _Proposer:
         """Closed unscored: with its values (infeasible: the worst; a repeat: the earlier score), or
         failed when it repeats a candidate still being scored."""
         trial.set_user_attr("status", status)
-        if values is None:
-            self.study.tell(trial, state=TrialState.FAIL)
-        else:
-            self.study.tell(trial, values)
+        self._store(trial, values)
         self.skipped[status] += 1
 
     def record(self, trial: optuna.Trial, spec: ArchSpec, accuracy: float, seconds: float) -> None:
@@ -151,9 +165,27 @@ class _Proposer:
         trial.set_user_attr("fidelity", SUPERNET)
         trial.set_user_attr("eval_s", round(seconds, 2))
         values = self._values(accuracy, trial.user_attrs["flops"])
-        self.study.tell(trial, values)
+        self._store(trial, values)
         self.scored[spec.id] = values
         self.in_flight.discard(spec.id)
+
+    def _store(self, trial: optuna.Trial, values: list[float] | None) -> None:
+        """Tell the mirror, then write the finished trial to the study: a new trial in one
+        transaction, or the waiting trial it was queued as (claimed, so no other driver takes it)."""
+        frozen = self.mirror.tell(trial, values, state=TrialState.FAIL if values is None else None)
+        stored_id = self.queued.pop(frozen.number, None)
+        storage = self.study._storage
+        if stored_id is None or not storage.set_trial_state_values(stored_id, TrialState.RUNNING):
+            self.study.add_trial(frozen)
+            return
+        for name, value in frozen.params.items():
+            distribution = frozen.distributions[name]
+            storage.set_trial_param(stored_id, name, distribution.to_internal_repr(value), distribution)
+        for key, value in frozen.user_attrs.items():
+            storage.set_trial_user_attr(stored_id, key, value)
+        for key, value in frozen.system_attrs.items():
+            storage.set_trial_system_attr(stored_id, key, value)
+        storage.set_trial_state_values(stored_id, frozen.state, frozen.values)
 
 
 def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path, resources: dict[str, float],
@@ -168,32 +200,34 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
     if held >= settings.candidates:
         return {"scored": held, "scored_now": 0, "held_before": held, "seconds_now": 0.0, "per_s": 0.0}
     protocol = define.protocol
-    actor = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(SupernetEvaluator)
-    actors = [actor.remote(settings.space, settings.backbone, protocol.to_dict(), str(checkpoint),
-                           settings.supernet_epochs, settings.recalibration_images, settings.score_images)
+    evaluator = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(SupernetEvaluator)
+    actors = [evaluator.remote(settings.space, settings.backbone, protocol.to_dict(), str(checkpoint),
+                               settings.supernet_epochs, settings.recalibration_images, settings.score_images)
               for _ in range(settings.workers)]
-    idle, busy = list(actors), {}
+    calls = [0] * len(actors)  # calls sent to each actor and not yet returned
+    busy: dict[Any, tuple[int, list]] = {}
     started, last_log, scored = time.time(), time.time(), 0
     try:
         while True:
-            while idle and (deadline is None or time.time() < deadline):
-                room = settings.candidates - len(proposer.scored) - sum(len(c) for _, c in busy.values())
-                chunk = []
-                while len(chunk) < min(CHUNK, room) and not proposer.exhausted:
-                    candidate = proposer.next()
-                    chunk += [candidate] if candidate else []
-                if not chunk:
-                    break
-                worker = idle.pop()
-                busy[worker.score.remote([spec.to_json() for _, spec in chunk])] = (worker, chunk)
+            for index, worker in enumerate(actors):  # a call queued behind the running one
+                while calls[index] < CALLS_AHEAD and (deadline is None or time.time() < deadline):
+                    room = settings.candidates - len(proposer.scored) - sum(len(c) for _, c in busy.values())
+                    chunk = []
+                    while len(chunk) < min(CHUNK, room) and not proposer.exhausted:
+                        candidate = proposer.next()
+                        chunk += [candidate] if candidate else []
+                    if not chunk:
+                        break
+                    busy[worker.score.remote([spec.to_json() for _, spec in chunk])] = (index, chunk)
+                    calls[index] += 1
             if not busy:
                 break
             [ready], _ = ray.wait(list(busy), num_returns=1)
-            worker, chunk = busy.pop(ready)
+            index, chunk = busy.pop(ready)
+            calls[index] -= 1
             for (trial, spec), (accuracy, seconds) in zip(chunk, ray.get(ready)):
                 proposer.record(trial, spec, accuracy, seconds)
                 scored += 1
-            idle.append(worker)
             if time.time() - last_log > 30:
                 last_log = time.time()
                 best = max(proposer.scored.values(), key=lambda v: v[0])[0]

@@ -11,7 +11,10 @@ from space.budget import Budget
 from .proxy import ProxyProtocol
 from .storage import has_password
 
-SAMPLERS = ("tpe", "nsga2", "random", "grid")
+SAMPLERS = ("tpe", "evolution", "nsga2", "random", "grid")
+#: The sampler of `sampler="auto"` by strategy: TPE learns most from a few dozen trained trials;
+#: aging evolution proposes the thousands of one-shot candidates at a small cost a proposal.
+AUTO_SAMPLERS = {"train": "tpe", "oneshot": "evolution"}
 #: `train`: every candidate proxy-trained from scratch; `oneshot`: scored on a trained supernet,
 #: the top-k then proxy-trained from scratch.
 STRATEGIES = ("train", "oneshot")
@@ -35,7 +38,7 @@ class SearchSettings:
     space: str = "default"  # `default`, `paper` or a space file
     backbone: str = "deit_tiny"
     budget: Budget = field(default_factory=Budget)
-    sampler: str = "tpe"
+    sampler: str = "auto"  # AUTO_SAMPLERS by strategy
     objectives: tuple[str, ...] = ("accuracy",)
     trials: int = 16  # trained trials, baselines included
     workers: int = 2
@@ -72,8 +75,10 @@ class SearchSettings:
         if not _STUDY_NAME.match(self.study):
             raise ValueError(f"study={self.study!r} is invalid; accepted: letters, digits, '_', '.', '-' "
                              f"(at most 100, not starting with a symbol)")
+        if self.sampler == "auto":
+            object.__setattr__(self, "sampler", AUTO_SAMPLERS[self.strategy])
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler={self.sampler!r} is invalid; accepted: {', '.join(SAMPLERS)}")
+            raise ValueError(f"sampler={self.sampler!r} is invalid; accepted: auto, {', '.join(SAMPLERS)}")
         objectives = tuple(self.objectives)
         if not objectives or objectives[0] != "accuracy" or len(set(objectives)) != len(objectives) \
                 or any(o not in OBJECTIVES for o in objectives):

@@ -11,9 +11,11 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import sqlalchemy
 
 import run_search
 from search.data import ProxyData
+from search.driver import open_storage
 from search.oneshot import train_supernet
 from search.oneshot_search import SKIPS_IN_A_ROW, _Proposer
 from search.proxy import ProxyProtocol
@@ -131,6 +133,44 @@ def test_scoring_ends_when_the_sampler_has_nothing_new_to_propose() -> None:
     assert statuses[-SKIPS_IN_A_ROW:].count("supernet") == 0 and "infeasible" in statuses
     assert all(t.user_attrs["flops"] > budget.max_flops for t in study.trials if t.user_attrs["status"] == "infeasible")
 
+
+
+def test_candidates_are_stored_one_transaction_each_and_queued_ones_filled(tmp_path) -> None:
+    """The sampler asks an in-memory copy of the study; each finished candidate reaches the
+    stored study in one commit, as the copy holds it, and a queued warm start is filled, not
+    duplicated. A second proposer over the stored study (a resumed search) sees all of it."""
+    space = space_from_dict({"base": {"embed_dim": 64, "num_heads": 2, "depth": 2},
+                             "layers": {"ffn": ["mlp", "local"], "gamma": [1, 2, 4], "act": ["relu6", "hswish"]}},
+                            name="small")
+    budget = Budget()
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    warm = list(space.grid())[5]
+    study.enqueue_trial(space.to_params(warm), user_attrs={"warm_start": "row"})
+    commits = []
+    sqlalchemy.event.listen(storage.engine, "commit", lambda _: commits.append(1))
+    plan = type("Plan", (), {"study": study})()
+    define = DefineByRun(space, budget, ProxyProtocol(), {}, (1, 10))
+    proposer = _Proposer(SearchSettings(budget=budget), plan, define)
+    first = proposer.next()
+    assert first[1] == warm  # the queued trial comes first
+    proposer.record(*first, accuracy=40.0, seconds=0.0)
+    filled = len(commits)
+    for accuracy in range(10):
+        proposer.record(*proposer.next(), accuracy=float(accuracy), seconds=0.0)
+    closed = sum(proposer.skipped.values())  # repeats the sampler proposed, closed unscored
+    assert len(commits) - filled == 10 + closed  # one commit a trial (asking the stored study: one a parameter)
+
+    stored = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").trials
+    assert len(stored) == 11 + closed and all(t.state == optuna.trial.TrialState.COMPLETE for t in stored)
+    assert sum(t.user_attrs["status"] == "supernet" for t in stored) == 11
+    assert stored[0].user_attrs["warm_start"] == "row" and stored[0].params == space.to_params(warm)
+    assert stored[0].values == [40.0] and stored[0].user_attrs["spec_id"] == warm.id
+    for kept, held in zip(stored, proposer.mirror.trials):
+        assert (kept.params, kept.values, kept.user_attrs) == (held.params, held.values, held.user_attrs)
+    resumed = _Proposer(SearchSettings(budget=budget), plan, define)
+    assert resumed.scored == proposer.scored and len(resumed.mirror.trials) == len(stored) and not resumed.queued
 
 # --- bad input: one line, exit 2 ------------------------------------------------------------------
 
