@@ -23,7 +23,7 @@ test-slow: venv data
 	$(RUN_ENV) $(PY) -m pytest -m slow
 
 # The benchmarks of the README in turn, each saving under bench/results/ (`make bench BENCHMARKS=bench_inference`: one).
-BENCHMARKS ?= bench_cost bench_inference bench_backbones bench_proxy_training bench_storage bench_cluster
+BENCHMARKS ?= bench_cost bench_inference bench_backbones bench_proxy_training bench_storage bench_cluster bench_proposals
 bench: venv data
 	$(foreach name,$(BENCHMARKS),$(RUN_ENV) $(PY) -m bench.$(name) &&) true
 

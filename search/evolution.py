@@ -2,11 +2,12 @@
 
 Real et al. (2019) found aging evolution as good as any NAS method at equal evaluations, and
 SPOS, AutoFormer and Once-for-All search their supernets with evolution. It suits our one-shot
-search for two reasons TPE does not: a proposal costs the driver O(trials) cheap steps (TPE's
-multivariate, group-decomposed estimator costs O(trials x groups) and took a third of a second a
-candidate after 600 trials), and it works on define-by-run spaces whose parameters depend on
-earlier choices (a layer's SE width exists only when it has SE): a child keeps each parameter
-of its parent that it still has, and draws the ones its mutations opened.
+search of a thousand candidates: a proposal costs the driver O(trials) cheap steps, where TPE's
+multivariate, group-decomposed estimator costs O(trials x groups) (a third of a second a
+candidate after 500 trials); and unlike NSGA-II's crossover, which sees only the parameters
+every trial has, it evolves define-by-run spaces whose parameters depend on earlier choices (a
+layer's SE width exists only when it has SE): a child keeps each parameter of its parent that
+it still has, and draws the ones its mutations opened.
 """
 from __future__ import annotations
 
