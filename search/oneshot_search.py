@@ -113,9 +113,10 @@ class _Proposer:
     """Asks the sampler for candidates; closes the infeasible and the already scored at once.
 
     The sampler works on an in-memory copy of the study, and each finished trial is written to
-    the study in one transaction: asking the stored study cost one commit per sampled parameter
-    (about 80 a candidate), which made the driver, not the workers, the limit of the scoring.
-    Nothing is stored before it is finished, so a kill loses only candidates in flight, unscored."""
+    the study in one transaction: asking the stored study cost a commit per sampled parameter
+    (about 80 a candidate) and a read of the stored trials per ask, which with TPE made the
+    driver, not the workers, the limit of the scoring (`bench.bench_proposals`). Nothing is
+    stored before it is finished, so a kill loses only candidates in flight, unscored."""
 
     def __init__(self, settings: SearchSettings, plan: "Plan", define: DefineByRun) -> None:
         self.study, self.settings, self.define = plan.study, settings, define
