@@ -94,7 +94,7 @@ class RegularizedEvolutionSampler(BaseSampler):
 
 
 def _feasible(trial: FrozenTrial) -> bool:
-    return all(c <= 0 for c in trial.system_attrs.get("constraints", ()))
+    return all(c <= 0 for c in trial.constraints.values())  # both of Optuna's formats
 
 
 def _winner(contenders: list[FrozenTrial], directions: Sequence[StudyDirection], rng: random.Random) -> FrozenTrial:

@@ -30,13 +30,16 @@ def _score(design: dict) -> float:
                for i in range(LAYERS))
 
 
-def _run(sampler: optuna.samplers.BaseSampler, n: int, constraint=None) -> optuna.Study:
+def _run(sampler: optuna.samplers.BaseSampler, n: int, constraint=None, legacy: bool = False) -> optuna.Study:
+    """`legacy`: the constraint as the list optuna-dashboard reads, else by Optuna 5's `set_constraint`."""
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for _ in range(n):
         trial = study.ask()
         design = _suggest(trial)
-        if constraint is not None:
+        if constraint is not None and legacy:
             trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [constraint(design)])
+        elif constraint is not None:
+            trial.set_constraint("c", constraint(design))
         study.tell(trial, _score(design))
     return study
 
@@ -50,16 +53,18 @@ def test_evolution_finds_better_designs_than_random_search_at_equal_trials() -> 
         assert evolved.best_value >= drawn.best_value + 4
 
 
-def test_a_child_is_a_small_mutation_of_a_feasible_parent() -> None:
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_child_is_a_small_mutation_of_a_feasible_parent(legacy) -> None:
     # designs with a conv layer first are infeasible: they must never be parents
     study = _run(RegularizedEvolutionSampler(population=10, tournament=3, mutation_prob=0.05, seed=0), 120,
-                 constraint=lambda d: 1.0 if d["l0.ffn"] == "conv" else -1.0)
+                 constraint=lambda d: 1.0 if d["l0.ffn"] == "conv" else -1.0, legacy=legacy)
     children = [t for t in study.trials if PARENT_ATTR in t.system_attrs]
     assert len(children) >= 100
     changes = []
     for child in children:
         parent = study.trials[child.system_attrs[PARENT_ATTR]]
-        assert parent.state == TrialState.COMPLETE and parent.system_attrs["constraints"][0] <= 0
+        assert parent.state == TrialState.COMPLETE and all(c <= 0 for c in parent.constraints.values())
+        assert any(t.constraints and max(t.constraints.values()) > 0 for t in study.trials)
         assert parent.number < child.number
         changed = {k for k in set(child.params) | set(parent.params) if child.params.get(k) != parent.params.get(k)}
         assert changed  # one parameter is always mutated
