@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("one-shot (--strategy oneshot)")
     g.add_argument("--supernet-epochs", type=int, default=d.supernet_epochs,
                    help=f"proxy epochs of supernet training (default: {d.supernet_epochs})")
+    g.add_argument("--supernet-sampling", default=d.supernet_sampling,
+                   help=f"subnets trained per step: sandwich (largest, smallest and two random, the others "
+                        f"distilled from the largest) or fair (one per FFN type) (default: {d.supernet_sampling})")
     g.add_argument("--candidates", type=int, default=d.candidates,
                    help=f"most candidates scored on the supernet; --time-limit may stop sooner "
                         f"(default: {d.candidates})")
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {d.score_images})")
     g.add_argument("--supernet-checkpoint", metavar="PATH",
                    help="where the supernet is trained to or reused from (default: "
-                        "<results-dir>/.supernets/<key of space, protocol, epochs>.pt)")
+                        "<results-dir>/.supernets/<key of space, protocol, epochs, sampling>.pt)")
     g = parser.add_argument_group("where")
     g.add_argument("--study", help="study name (default: <backbone>-<space>-<budget>)")
     g.add_argument("--results-dir", default=d.results_dir, help=f"(default: {d.results_dir})")
@@ -126,7 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         warm_start=args.warm_start, seed=args.seed,
         time_limit_s=None if args.time_limit.strip().lower() == "none" else parse_duration(args.time_limit),
         confirm_seeds=args.confirm_seeds, export_top=args.export_top, strategy=args.strategy,
-        supernet_epochs=args.supernet_epochs, candidates=args.candidates, top_k=args.top_k,
+        supernet_epochs=args.supernet_epochs, supernet_sampling=args.supernet_sampling, candidates=args.candidates, top_k=args.top_k,
         recalibration_images=args.recalibration_images, score_images=args.score_images,
         supernet_checkpoint=args.supernet_checkpoint)
 

@@ -1,6 +1,7 @@
 """Ranking audit of a supernet: do its accuracies rank candidates as stand-alone proxy training does?
 
     python -m bench.bench_supernet_audit --checkpoint results/.supernets/<key>.pt [--candidates 30] [--seeds 0 1]
+        [--epochs 4] [--sampling sandwich]    # how the checkpoint was trained (its key holds both)
         [--set train_size=256 epochs=1 ...]   # protocol overrides: the checkpoint's protocol, for a smoke run
 
 Draws `--candidates` random candidates of the default space under 1.3 GFLOPs (seeded), scores
@@ -8,7 +9,8 @@ each on the trained supernet of the checkpoint (the default protocol; train one 
 `run_search.py --strategy oneshot` or `search.oneshot.train_supernet`), and proxy-trains each
 from scratch with every seed of `--seeds` (`search.proxy.train_proxy`), `--workers` trainings at
 a time on one thread each. Every result is appended to bench/results/supernet_audit.jsonl as
-soon as it exists, so a rerun skips what is done. The rank statistics (Kendall tau-b and
+soon as it exists, so a rerun skips what is done; stand-alone results do not depend on the
+supernet, so a second checkpoint of the same protocol reuses them and costs only its scores. The rank statistics (Kendall tau-b and
 Spearman with bootstrap intervals, top-k overlap, and the tau-b between two seeds of
 stand-alone training as the ceiling) are `search.audit`'s, the project's one implementation of
 them (`search.ranking`): the pairs go to bench/results/supernet_audit_pairs.json and the report
@@ -45,6 +47,10 @@ def _value(text: str) -> Any:
         return text  # a bare string, e.g. precision=fp32
 
 
+def _protocol_key(protocol: Any) -> str:
+    return json.dumps(protocol.replace(threads=None, seed=0).to_dict(), sort_keys=True)
+
+
 def _done(records: list[dict[str, Any]], kind: str, **match: Any) -> bool:
     return any(r["kind"] == kind and all(r.get(k) == v for k, v in match.items()) for r in records)
 
@@ -53,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a finished supernet checkpoint of the default space")
     parser.add_argument("--epochs", type=int, default=4, help="the epochs it was trained for (its key holds them)")
+    parser.add_argument("--sampling", default="sandwich", help="the subnet sampling it was trained with")
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--workers", type=int, default=2)
@@ -72,17 +79,20 @@ def main() -> None:
     overrides = {key: _value(text) for key, text in (item.split("=", 1) for item in args.set)}
     protocol, space = ProxyProtocol(**overrides), make_space("default")
     data = get_proxy_data(protocol.data_config())
-    supernet = load_supernet(space, protocol, (data.in_chans, data.num_classes), args.checkpoint, args.epochs)
+    supernet = load_supernet(space, protocol, (data.in_chans, data.num_classes), args.checkpoint, args.epochs,
+                             args.sampling)
     budget, rng = Budget(max_flops=1_300_000_000), random.Random(0)
     specs = [space.sample(rng, accept=budget.admits) for _ in range(args.candidates)]
+    protocol_key = _protocol_key(protocol)
     records = [r for r in (json.loads(line) for line in RECORDS.read_text().splitlines()) if
-               r["checkpoint"] == str(args.checkpoint)] if RECORDS.is_file() else []
+               r["checkpoint"] == str(args.checkpoint) or (r["kind"] == "trained" and r.get("protocol") == protocol_key)
+               ] if RECORDS.is_file() else []
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     def keep(record: dict[str, Any]) -> None:
         records.append(record)
         with RECORDS.open("a") as out:
-            out.write(json.dumps({**record, "checkpoint": str(args.checkpoint)}) + "\n")
+            out.write(json.dumps({**record, "checkpoint": str(args.checkpoint), "protocol": protocol_key}) + "\n")
         print(json.dumps({k: v for k, v in record.items() if k != "spec"}), flush=True)
 
     settings = SearchSettings()

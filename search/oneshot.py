@@ -23,14 +23,18 @@ from torch import nn
 
 from localvit.spec import ArchSpec, LayerSpec
 from localvit.supernet import Supernet, recalibrate_bn
+from space.budget import bounds
 from space.space import ListSpace, SearchSpace, Space
 
 from .data import ProxyData
 from .proxy import (NonFiniteLossError, ProxyProtocol, _autocast, evaluate, param_groups, project_layer,
                     project_to_proxy, resolve_precision, seed_everything, scheduled_batches)
 
-__all__ = ["check_checkpoint", "describe", "fair_specs", "load_supernet", "proxy_of", "recalibration_batches",
-           "score", "space_supernet", "train_supernet", "training_key"]
+__all__ = ["SAMPLINGS", "check_checkpoint", "describe", "fair_specs", "load_supernet", "proxy_of",
+           "recalibration_batches", "sandwich_specs", "score", "space_supernet", "train_supernet", "training_key"]
+
+#: How supernet training picks a step's subnets: `fair_specs` or `sandwich_specs`.
+SAMPLINGS = ("fair", "sandwich")
 
 
 def proxy_of(spec: ArchSpec, protocol: ProxyProtocol, data_shape: tuple[int, int]) -> ArchSpec:
@@ -93,6 +97,28 @@ def fair_specs(space: Space, rng: random.Random) -> list[ArchSpec]:
     return specs
 
 
+def sandwich_specs(space: Space, rng: random.Random, extremes: tuple[ArchSpec, ArchSpec], random_count: int = 2
+                   ) -> list[ArchSpec]:
+    """Subnets for one training step by BigNAS's sandwich rule: the largest subnet first (the
+    teacher of in-place distillation), the smallest, and `random_count` uniform ones.
+
+    `extremes` are the space's (largest, smallest) by parameters (`space.budget.bounds`); their
+    weight-free choices (activations, heads) are drawn anew each step, so that every activation
+    path of the largest branches is trained as well."""
+    largest, smallest = (_redraw_weight_free(space, spec, rng) for spec in extremes)
+    return [largest, smallest, *(space.sample(rng) for _ in range(random_count))]
+
+
+def _redraw_weight_free(space: Space, spec: ArchSpec, rng: random.Random) -> ArchSpec:
+    if isinstance(space, ListSpace):
+        return spec
+    params, choices = space.to_params(spec), space.distributions()
+    for name in params:
+        if name == "heads" or name.endswith(".act"):
+            params[name] = rng.choice(choices[name])
+    return space.from_params(params)
+
+
 def recalibration_batches(data: ProxyData, protocol: ProxyProtocol, images: int, seed: int) -> Iterator[torch.Tensor]:
     """Training images (augmented as in training, seeded) for `recalibrate_bn`."""
     taken = 0
@@ -125,10 +151,12 @@ def describe(supernet: Supernet) -> dict[str, Any]:
 
 # --- training -----------------------------------------------------------------------------------
 
-def training_key(space: Space, supernet: Supernet, protocol: ProxyProtocol, epochs: int) -> dict[str, Any]:
+def training_key(space: Space, supernet: Supernet, protocol: ProxyProtocol, epochs: int,
+                 sampling: str = "sandwich") -> dict[str, Any]:
     """What a trained supernet depends on: a checkpoint is reused only when this is equal."""
+    _check_sampling(sampling)
     key = {"space": space.name, "choices": space.distributions(), "supernet": describe(supernet),
-           "protocol": protocol.replace(threads=None).to_dict(), "epochs": epochs}
+           "protocol": protocol.replace(threads=None).to_dict(), "epochs": epochs, "sampling": sampling}
     key["digest"] = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return key
 
@@ -143,10 +171,10 @@ def _load_checkpoint(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
                          f"checkpoint train_supernet wrote") from None
     held = state.get("key", {}) if isinstance(state, dict) else {}
     if held.get("digest") != key["digest"]:
-        differs = [name for name in ("space", "choices", "supernet", "protocol", "epochs")
+        differs = [name for name in ("space", "choices", "supernet", "protocol", "epochs", "sampling")
                    if held.get(name) != key[name]] or ["its format"]
         raise ValueError(f"supernet checkpoint {str(path)!r} was made with another {', '.join(differs)}; accepted: "
-                         f"a checkpoint of the same space, protocol and epochs (or a new --study)")
+                         f"a checkpoint of the same space, protocol, epochs and sampling (or a new --study)")
     return state
 
 
@@ -167,10 +195,10 @@ EpochReport = Callable[[int, dict[str, Any]], Any]
 
 
 def load_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, int], checkpoint: str | Path,
-                  epochs: int) -> Supernet:
+                  epochs: int, sampling: str = "sandwich") -> Supernet:
     """The supernet of a finished `train_supernet` checkpoint, in eval mode."""
     supernet = space_supernet(space, protocol, data_shape)
-    state = _load_checkpoint(Path(checkpoint), training_key(space, supernet, protocol, epochs))
+    state = _load_checkpoint(Path(checkpoint), training_key(space, supernet, protocol, epochs, sampling))
     if state is None or len(state["history"]) < epochs:
         done = 0 if state is None else len(state["history"])
         raise ValueError(f"supernet checkpoint {str(checkpoint)!r} holds {done} of {epochs} epochs; accepted: a "
@@ -179,14 +207,22 @@ def load_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, 
     return supernet.eval()
 
 
+def _check_sampling(sampling: str) -> None:
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling={sampling!r} is invalid; accepted: {', '.join(SAMPLINGS)}")
+
 
 def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, epochs: int,
-                   checkpoint: str | Path | None = None, report: EpochReport | None = None
-                   ) -> tuple[Supernet, list[dict[str, Any]]]:
+                   sampling: str = "sandwich", checkpoint: str | Path | None = None,
+                   report: EpochReport | None = None) -> tuple[Supernet, list[dict[str, Any]]]:
     """Train the supernet of `space` on the proxy data; return it (in eval mode) and its figures per epoch.
 
-    Every step trains the subnets of `fair_specs` on one batch, their gradients accumulated
-    (each loss divided by their number), then one AdamW step; the learning rate follows the
+    Every step trains a few subnets on one batch, their gradients accumulated (each loss
+    divided by their number), then one AdamW step. `sampling` picks them: `sandwich`
+    (`sandwich_specs`) trains the largest on the labels and the others on its predictions
+    (BigNAS's in-place distillation), so that the channels only large designs use are trained
+    every step; `fair` (`fair_specs`, FairNAS) trains one subnet per FFN type on the labels,
+    every block's branches equally often. The learning rate follows the
     protocol's warm-up and cosine over `epochs`, per step, as stand-alone proxy training does.
     With `checkpoint`, the state is saved there after every epoch and training resumes from
     it (an epoch cut short is trained again from its start, with the same batches and
@@ -200,7 +236,7 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
     try:
         seed_everything(protocol.seed)
         supernet = space_supernet(space, protocol, (data.in_chans, data.num_classes))
-        key = training_key(space, supernet, protocol, epochs)
+        key = training_key(space, supernet, protocol, epochs, sampling)
         optimizer = torch.optim.AdamW(param_groups(supernet, protocol.weight_decay), lr=protocol.lr,
                                       betas=(0.9, 0.999), eps=1e-8)
         path = Path(checkpoint) if checkpoint is not None else None
@@ -211,9 +247,15 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
             optimizer.load_state_dict(state["optimizer"])
             history = state["history"]
         criterion = nn.CrossEntropyLoss(label_smoothing=protocol.label_smoothing)
+        if sampling == "sandwich":
+            extremes = _extremes(space)
+            subnets: Callable[[random.Random], list[ArchSpec]] = lambda rng: sandwich_specs(space, rng, extremes)
+        else:
+            subnets = lambda rng: fair_specs(space, rng)
         supernet.train()
         for epoch in range(len(history) + 1, epochs + 1):
-            figures = _train_epoch(supernet, space, optimizer, criterion, data, protocol, precision, epoch, epochs)
+            figures = _train_epoch(supernet, subnets, sampling == "sandwich", optimizer, criterion, data, protocol,
+                                   precision, epoch, epochs)
             history.append(figures)
             if path is not None:
                 _save_checkpoint(path, {"key": key, "model": supernet.state_dict(),
@@ -225,28 +267,55 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
         torch.set_num_threads(old_threads)
 
 
-def _train_epoch(supernet: Supernet, space: Space, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                 data: ProxyData, protocol: ProxyProtocol, precision: str, epoch: int, epochs: int) -> dict[str, Any]:
+def _extremes(space: Space) -> tuple[ArchSpec, ArchSpec]:
+    extremes = bounds(space)
+    return extremes.costliest_params[0], extremes.cheapest_params[0]
+
+
+def accumulate_gradients(supernet: Supernet, specs: list[ArchSpec], x: torch.Tensor, y: torch.Tensor,
+                         criterion: nn.Module, distill: bool, precision: str = "fp32") -> list[float]:
+    """Add the gradients of one training step's subnets (proxy specs) to the supernet's and
+    return their losses. Each loss counts 1/len(specs); one backward pass per subnet, so only
+    one subnet's activations are held at a time. With `distill`, the first subnet learns from
+    the labels and the others from its predicted distribution (soft cross-entropy, the teacher
+    detached: in-place distillation)."""
+    teacher: torch.Tensor | None = None
+    losses = []
+    for k, spec in enumerate(specs):
+        with _autocast(precision):
+            logits = supernet(x, spec).float()
+        if distill and k > 0:
+            loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
+        else:
+            loss = criterion(logits, y)
+            teacher = logits.detach().softmax(-1)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            return losses  # the caller names the subnet
+        (loss / len(specs)).backward()
+    return losses
+
+
+def _train_epoch(supernet: Supernet, subnets: Callable[[random.Random], list[ArchSpec]], distill: bool,
+                 optimizer: torch.optim.Optimizer, criterion: nn.Module, data: ProxyData, protocol: ProxyProtocol,
+                 precision: str, epoch: int, epochs: int) -> dict[str, Any]:
     data_shape = (data.in_chans, data.num_classes)
     rng = random.Random(f"supernet-{protocol.seed}-{epoch}")
     started = time.perf_counter()
-    loss_sum, seen, subnets = 0.0, 0, 0
+    loss_sum, seen, trained = 0.0, 0, 0
     for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, epochs):
-        specs = fair_specs(space, rng)
+        targets = subnets(rng)
+        specs = [proxy_of(spec, protocol, data_shape) for spec in targets]
         optimizer.zero_grad(set_to_none=True)
-        for spec in specs:
-            with _autocast(precision):
-                loss = criterion(supernet(x, proxy_of(spec, protocol, data_shape)).float(), y) / len(specs)
-            value = loss.item() * len(specs)
-            if not math.isfinite(value):
-                raise NonFiniteLossError(epoch, i, value, spec.id)
-            loss.backward()
-            loss_sum += value * len(y)
-            seen += len(y)
+        losses = accumulate_gradients(supernet, specs, x, y, criterion, distill, precision)
+        if not math.isfinite(losses[-1]):
+            raise NonFiniteLossError(epoch, i, losses[-1], targets[len(losses) - 1].id)
+        loss_sum += sum(losses) * len(y)
+        seen += len(y) * len(losses)
         if protocol.grad_clip:
             nn.utils.clip_grad_norm_(supernet.parameters(), protocol.grad_clip)
         optimizer.step()
-        subnets += len(specs)
+        trained += len(specs)
     seconds = time.perf_counter() - started
-    return {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "lr": lr, "subnets": subnets,
+    return {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "lr": lr, "subnets": trained,
             "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1) if seconds else 0.0}

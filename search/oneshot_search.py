@@ -2,7 +2,7 @@
 
 1. Train the space's supernet on the proxy, or reuse it: it is kept under
    `<results-dir>/.supernets/<key>.pt`, keyed by the space, the proxy protocol (its seed
-   included) and the epochs, checkpointed every epoch, so a killed search resumes it.
+   included), the epochs and the subnet sampling, checkpointed every epoch, so a killed search resumes it.
 2. Score the candidates the study's sampler proposes with inherited weights, on Ray actors
    that each load the supernet once and score a chunk of candidates per call, the next chunk
    queued behind the running one. Every candidate is an Optuna trial of the study: over budget
@@ -53,7 +53,7 @@ def supernet_checkpoint(settings: SearchSettings, space: Space, data_shape: tupl
     """Where the supernet of this search is kept, and what it is keyed by. Raises ValueError when
     the space cannot be held by a supernet, or the checkpoint there is another space's."""
     supernet = space_supernet(space, settings.protocol, data_shape)
-    key = training_key(space, supernet, settings.protocol, settings.supernet_epochs)
+    key = training_key(space, supernet, settings.protocol, settings.supernet_epochs, settings.supernet_sampling)
     path = Path(settings.supernet_checkpoint or settings.study_dir.parent / ".supernets" / f"{key['digest']}.pt")
     check_checkpoint(path, key)
     return path, key
@@ -71,7 +71,8 @@ def ensure_supernet(settings: SearchSettings, plan: "Plan", threads: int) -> Pat
 
     log(f"supernet {key['digest']} ({key['supernet']['params'] / 1e6:.2f}M shared params): {path}")
     _, history = train_supernet(plan.space, settings.protocol.replace(threads=threads), data,
-                                epochs=settings.supernet_epochs, checkpoint=path, report=report)
+                                epochs=settings.supernet_epochs, sampling=settings.supernet_sampling,
+                                checkpoint=path, report=report)
     plan.study.set_user_attr("supernet", {"key": key["digest"], "path": str(path), "epochs": len(history),
                                           "train_s": round(sum(h["seconds"] for h in history), 1),
                                           "trained_now_s": round(time.perf_counter() - started, 1)})
@@ -82,14 +83,14 @@ class SupernetEvaluator:
     """What a Ray actor holds: the trained supernet and the proxy data, loaded once."""
 
     def __init__(self, space: str, backbone: str, protocol: dict[str, Any], checkpoint: str, epochs: int,
-                 recalibration_images: int, score_images: int) -> None:
+                 sampling: str, recalibration_images: int, score_images: int) -> None:
         self.protocol = ProxyProtocol.from_dict(protocol)
         if self.protocol.threads:
             torch.set_num_threads(self.protocol.threads)
         self.space = make_space(space, backbone)
         self.data = get_proxy_data(self.protocol.data_config())
         self.supernet = load_supernet(self.space, self.protocol, (self.data.in_chans, self.data.num_classes),
-                                      checkpoint, epochs)
+                                      checkpoint, epochs, sampling)
         self.recalibration_images, self.score_images = recalibration_images, score_images
 
     def score(self, specs: list[str]) -> list[tuple[float, float]]:
@@ -203,7 +204,8 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
     protocol = define.protocol
     evaluator = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(SupernetEvaluator)
     actors = [evaluator.remote(settings.space, settings.backbone, protocol.to_dict(), str(checkpoint),
-                               settings.supernet_epochs, settings.recalibration_images, settings.score_images)
+                               settings.supernet_epochs, settings.supernet_sampling, settings.recalibration_images,
+                               settings.score_images)
               for _ in range(settings.workers)]
     calls = [0] * len(actors)  # calls sent to each actor and not yet returned
     busy: dict[Any, tuple[int, list]] = {}

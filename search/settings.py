@@ -8,6 +8,7 @@ from typing import Any
 
 from space.budget import Budget
 
+from .oneshot import SAMPLINGS
 from .proxy import ProxyProtocol
 from .storage import has_password
 
@@ -63,6 +64,7 @@ class SearchSettings:
     throughput_threads: int = 1
     strategy: str = "train"
     supernet_epochs: int = 4  # oneshot: proxy epochs of supernet training
+    supernet_sampling: str = "sandwich"  # oneshot: subnets per training step (search.oneshot.SAMPLINGS)
     candidates: int = 2000  # oneshot: most candidates scored on the supernet (--time-limit stops sooner)
     top_k: int = 4  # oneshot: best supernet candidates proxy-trained from scratch
     recalibration_images: int = 256  # oneshot: training images that re-estimate a subnet's BatchNorm
@@ -70,6 +72,9 @@ class SearchSettings:
     supernet_checkpoint: str | None = None  # oneshot: default <results_dir>/.supernets/<key>.pt
 
     def __post_init__(self) -> None:
+        if self.supernet_sampling not in SAMPLINGS:
+            raise ValueError(f"supernet_sampling={self.supernet_sampling!r} is invalid; accepted: "
+                             f"{', '.join(SAMPLINGS)}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r} is invalid; accepted: {', '.join(STRATEGIES)}")
         if not _STUDY_NAME.match(self.study):

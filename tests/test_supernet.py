@@ -10,8 +10,11 @@ import torch
 from localvit import ArchSpec, LayerSpec, build_model
 from localvit.supernet import Supernet, recalibrate_bn
 from search.data import DEFAULT_FASHION_MNIST_DIR, ProxyData
-from search.oneshot import fair_specs, proxy_of, score, space_supernet, train_supernet
+from search.oneshot import (accumulate_gradients, fair_specs, proxy_of, sandwich_specs, score, space_supernet,
+                            train_supernet)
 from search.proxy import ProxyProtocol
+from space.budget import bounds
+from space.cost import target_cost
 from space.space import ListSpace, make_space, space_from_dict
 
 needs_fmnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").is_file(),
@@ -98,6 +101,53 @@ def test_a_gradient_step_changes_only_what_the_subnet_uses() -> None:
         assert not changed[~inside].any(), name  # unused branches, and the parts of a cut left out
 
 
+def test_in_place_distillation_trains_the_others_on_the_largest_subnets_predictions() -> None:
+    """The gradients a sandwich step accumulates equal those of the loss written out by hand:
+    label-smoothed cross-entropy for the first subnet, cross-entropy against its detached
+    softmax for the others, each divided by their number."""
+    torch.manual_seed(0)
+    supernet = Supernet(BASE, [HELD, HELD]).train()
+    specs = [BASE.replace(layers=(HELD[2], HELD[2])), BASE.replace(num_heads=4, layers=(HELD[0], HELD[3])),
+             BASE.replace(layers=(HELD[1], HELD[0]))]
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    params = [p for p in supernet.parameters()]
+    for distill in (True, False):
+        teacher = supernet(x, specs[0])
+        targets = torch.softmax(teacher.detach(), -1)
+        by_hand = [criterion(teacher, y)]
+        for spec in specs[1:]:
+            logits = supernet(x, spec)
+            by_hand.append(-(targets * torch.log_softmax(logits, -1)).sum(-1).mean() if distill
+                           else torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1))
+        expected = torch.autograd.grad(sum(by_hand) / len(specs), params, allow_unused=True)
+        supernet.zero_grad(set_to_none=True)
+        losses = accumulate_gradients(supernet, specs, x, y, criterion, distill)
+        assert losses == pytest.approx([loss.item() for loss in by_hand], rel=1e-5)
+        for param, grad in zip(params, expected):
+            if grad is None:
+                assert param.grad is None
+            else:
+                torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_sandwich_is_the_largest_the_smallest_and_random_subnets() -> None:
+    space, rng = make_space("default"), random.Random(0)
+    extremes = bounds(space)
+    largest, smallest = extremes.costliest_params[0], extremes.cheapest_params[0]
+    sampled = [target_cost(space.sample(rng)).params for _ in range(300)]
+    assert target_cost(largest).params > max(sampled) and target_cost(smallest).params < min(sampled)
+    steps = [sandwich_specs(space, rng, (largest, smallest)) for _ in range(20)]
+    assert all(len(step) == 4 for step in steps)
+    for k, extreme in ((0, largest), (1, smallest)):
+        # the same weights every step; the weight-free choices (activation, heads) drawn anew
+        assert {target_cost(step[k]).params for step in steps} == {target_cost(extreme).params}
+        assert {step[k].layers[0].act for step in steps} == {"relu6", "hswish"}
+        assert {step[k].num_heads for step in steps} == {3, 4}
+        assert all(space.contains(step[k]) for step in steps)
+    assert len({spec for step in steps for spec in step[2:]}) == 40  # random ones
+
+
 def test_the_supernet_says_which_specs_it_cannot_hold() -> None:
     supernet = Supernet(BASE, [HELD, HELD[:2]])
     local = LayerSpec("local", "hswish", gamma=2, kernel=3)
@@ -148,7 +198,7 @@ def stop_after_epoch_1(epoch: int, _: dict) -> None:
 @needs_fmnist
 def test_training_checkpoints_every_epoch_and_resumes_where_it_stopped(trained, tiny_data, tmp_path) -> None:
     path, supernet, history = trained
-    assert [h["epoch"] for h in history] == [1, 2] and all(h["subnets"] == 3 * 4 for h in history)
+    assert [h["epoch"] for h in history] == [1, 2] and all(h["subnets"] == 4 * 4 for h in history)  # sandwich: 4 a step
     stopped = tmp_path / "stopped.pt"
     with pytest.raises(Stop):
         train_supernet(TINY_SPACE, TINY_PROTOCOL, tiny_data, epochs=2, checkpoint=stopped, report=stop_after_epoch_1)
