@@ -2,7 +2,7 @@
 candidate with inherited weights, peak memory, and how many candidates a 30-minute default
 search (`run_search.py --budget-flops 1.3G --strategy oneshot`) can score at these rates.
 
-    python -m bench.bench_oneshot [--epochs 1] [--candidates 16] [--train-threads 2]
+    python -m bench.bench_oneshot [--epochs 1] [--candidates 16] [--train-threads 2] [--sampling sandwich]
 
 The supernet of the default space (DeiT-T base, proxy width x0.5) trains for `--epochs` on the
 default proxy data with `--train-threads` threads, as the search's driver does; then random
@@ -41,6 +41,7 @@ def main() -> None:
                                                               f"{SearchSettings.supernet_epochs})")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--train-threads", type=int, default=2)
+    parser.add_argument("--sampling", default=SearchSettings.supernet_sampling, help="subnets per training step")
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
     settings = SearchSettings()
@@ -52,7 +53,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         supernet, history = train_supernet(space, protocol.replace(threads=args.train_threads), data,
-                                           epochs=args.epochs, checkpoint=f"{tmp}/supernet.pt")
+                                           epochs=args.epochs, sampling=args.sampling,
+                                           checkpoint=f"{tmp}/supernet.pt")
         train_s = time.perf_counter() - started
     epoch_s = statistics.median(h["seconds"] for h in history)
     torch.set_num_threads(1)
@@ -75,7 +77,7 @@ def main() -> None:
     rows = [
         {"figure": "supernet parameters (M)", "value": f"{sum(p.numel() for p in supernet.parameters()) / 1e6:.2f}"},
         {"figure": f"supernet epoch, {args.train_threads} threads (s)", "value": f"{epoch_s:.0f}"},
-        {"figure": "supernet training images/s (3 subnets per batch)",
+        {"figure": f"supernet training images/s (each image once per subnet, {args.sampling} sampling)",
          "value": f"{statistics.median(h['images_per_s'] for h in history):.0f}"},
         {"figure": f"supernet training, {settings.supernet_epochs} epochs (s, projected)",
          "value": f"{supernet_s:.0f}"},

@@ -3,6 +3,7 @@
     python -m bench.bench_supernet_audit --checkpoint results/.supernets/<key>.pt [--candidates 30] [--seeds 0 1]
         [--epochs 4] [--sampling sandwich]    # how the checkpoint was trained (its key holds both)
         [--set train_size=256 epochs=1 ...]   # protocol overrides: the checkpoint's protocol, for a smoke run
+        [--ship]                              # also record both audits in search/audited_supernets.json
 
 Draws `--candidates` random candidates of the default space under 1.3 GFLOPs (seeded), scores
 each on the trained supernet of the checkpoint (the default protocol; train one with
@@ -14,7 +15,9 @@ supernet, so a second checkpoint of the same protocol reuses them and costs only
 Spearman with bootstrap intervals, top-k overlap, and the tau-b between two seeds of
 stand-alone training as the ceiling) are `search.audit`'s, the project's one implementation of
 them (`search.ranking`): the pairs go to bench/results/supernet_audit_pairs.json and the report
-beside the checkpoint (`<checkpoint>.audit.json`), which one-shot summaries cite.
+beside the checkpoint (`<checkpoint>.audit.json`), which one-shot summaries cite; with `--ship`,
+also under the supernet's training key in search/audited_supernets.json, which the summary of
+any search that trains a supernet of that key cites.
 """
 from __future__ import annotations
 
@@ -47,10 +50,6 @@ def _value(text: str) -> Any:
         return text  # a bare string, e.g. precision=fp32
 
 
-def _protocol_key(protocol: Any) -> str:
-    return json.dumps(protocol.replace(threads=None, seed=0).to_dict(), sort_keys=True)
-
-
 def _done(records: list[dict[str, Any]], kind: str, **match: Any) -> bool:
     return any(r["kind"] == kind and all(r.get(k) == v for k, v in match.items()) for r in records)
 
@@ -64,10 +63,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="proxy protocol overrides")
+    parser.add_argument("--ship", action="store_true", help="record the audits in search/audited_supernets.json")
     args = parser.parse_args()
 
     import torch
 
+    import search.audit
     from search.data import get_proxy_data
     from search.oneshot import load_supernet, score
     from search.proxy import ProxyProtocol
@@ -83,7 +84,7 @@ def main() -> None:
                              args.sampling)
     budget, rng = Budget(max_flops=1_300_000_000), random.Random(0)
     specs = [space.sample(rng, accept=budget.admits) for _ in range(args.candidates)]
-    protocol_key = _protocol_key(protocol)
+    protocol_key = search.audit.protocol_key(protocol)  # what stand-alone training measures (seeds apart)
     records = [r for r in (json.loads(line) for line in RECORDS.read_text().splitlines()) if
                r["checkpoint"] == str(args.checkpoint) or (r["kind"] == "trained" and r.get("protocol") == protocol_key)
                ] if RECORDS.is_file() else []
@@ -106,7 +107,7 @@ def main() -> None:
                   "seconds": seconds, "score_images": settings.score_images,
                   "accuracy_whole_split": 100 * score(supernet, spec, data, protocol, seed=protocol.seed,
                                                       recalibration_images=settings.recalibration_images)})
-    paper_audit(supernet, data, protocol, settings, Path(args.checkpoint))
+    imagenet = paper_audit(supernet, data, protocol, settings, Path(args.checkpoint))
     if not specs:
         return
     jobs = [(spec, seed) for seed in args.seeds for spec in specs
@@ -128,9 +129,18 @@ def main() -> None:
     print(report["summary"], flush=True)
     # Beside the checkpoint, where every one-shot summary that uses this supernet cites it.
     Path(args.checkpoint).with_suffix(".audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.ship:
+        from search.oneshot import training_key
+        from search.report import SHIPPED_SUPERNET_AUDITS
+
+        key = training_key(space, supernet, protocol, args.epochs, args.sampling)
+        shipped = json.loads(SHIPPED_SUPERNET_AUDITS.read_text()) if SHIPPED_SUPERNET_AUDITS.is_file() else {}
+        shipped[key["digest"]] = {"created": time.strftime("%Y-%m-%d"), "epochs": args.epochs,
+                                  "sampling": args.sampling, "stand_alone": report, "imagenet": imagenet}
+        SHIPPED_SUPERNET_AUDITS.write_text(json.dumps(shipped, indent=1, sort_keys=True) + "\n")
 
 
-def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoint: Path) -> None:
+def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoint: Path) -> dict[str, Any]:
     """The supernet's scores of the paper's ImageNet designs (those it holds), audited against
     their ImageNet top-1 by `search.audit`, as a proxy-trained protocol is; written to
     `<checkpoint stem>.paper-audit/` beside the checkpoint."""
@@ -153,6 +163,7 @@ def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoi
                          protocol=protocol)
     report = write_audit(result, checkpoint.with_name(checkpoint.stem + ".paper-audit"))
     print(report.read_text(), flush=True)
+    return result.to_dict()
 
 
 def rank_report(pairs: dict[str, Any], seeds: list[int]) -> dict[str, Any]:

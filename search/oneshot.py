@@ -155,8 +155,9 @@ def training_key(space: Space, supernet: Supernet, protocol: ProxyProtocol, epoc
                  sampling: str = "sandwich") -> dict[str, Any]:
     """What a trained supernet depends on: a checkpoint is reused only when this is equal."""
     _check_sampling(sampling)
+    recipe = {k: v for k, v in protocol.to_dict().items() if k not in ("threads", "eval_batch_size")}  # how fast
     key = {"space": space.name, "choices": space.distributions(), "supernet": describe(supernet),
-           "protocol": protocol.replace(threads=None).to_dict(), "epochs": epochs, "sampling": sampling}
+           "protocol": recipe, "epochs": epochs, "sampling": sampling}
     key["digest"] = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return key
 

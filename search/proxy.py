@@ -109,7 +109,7 @@ class ProxyProtocol:
     compile: bool = False
     channels_last: bool = False
     threads: int | None = 1
-    eval_batch_size: int = 500
+    eval_batch_size: int = 128  # 500 images took 1.8 s in batches of 500, 1.2 s in batches of 128 (cache-sized)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

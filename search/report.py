@@ -6,6 +6,7 @@ stopped early by ASHA carry their low-epoch accuracy and are counted apart.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -228,32 +229,46 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
     return "\n".join(lines)
 
 
+#: The project's own audits of supernets, by training key (`bench_supernet_audit --ship`): a
+#: search that trains a supernet of an audited key cites them, as proxy protocols' audits are.
+SHIPPED_SUPERNET_AUDITS = Path(__file__).resolve().parent / "audited_supernets.json"
+
+
+def _supernet_audit(supernet: dict[str, Any] | None, kind: str) -> tuple[dict[str, Any] | None, str]:
+    """A supernet's audit of `kind` (`stand_alone` or `imagenet`) and where it came from: the
+    one `bench_supernet_audit` saved beside its checkpoint, else the project's of its key."""
+    if not supernet:
+        return None, ""
+    checkpoint = Path(supernet["path"])
+    beside = (checkpoint.with_suffix(".audit.json") if kind == "stand_alone"
+              else checkpoint.with_name(checkpoint.stem + ".paper-audit") / "audit.json")
+    if beside.is_file():
+        return json.loads(beside.read_text()), ""
+    shipped = json.loads(SHIPPED_SUPERNET_AUDITS.read_text()) if SHIPPED_SUPERNET_AUDITS.is_file() else {}
+    entry = shipped.get(supernet.get("key"), {})
+    if kind in entry:
+        return entry[kind], (f" (the project's audit of a supernet of the same key, {entry['created']}, "
+                             f"search/audited_supernets.json)")
+    return None, ""
+
+
 def ranking_audit(supernet: dict[str, Any] | None) -> str:
-    """Which audit a supernet's ranking rests on: the one saved beside its checkpoint, if any."""
+    """Which audit a supernet's ranking rests on: the one saved beside its checkpoint, else the
+    project's of its training key, if any."""
     if not supernet:
         return "none (no supernet was trained)"
-    path = Path(supernet["path"]).with_suffix(".audit.json")
-    if not path.is_file():
+    audit, source = _supernet_audit(supernet, "stand_alone")
+    if audit is None:
+        path = Path(supernet["path"]).with_suffix(".audit.json")
         return (f"none yet: this supernet's ranking has not been audited against stand-alone proxy training "
                 f"(an audit saved as `{path}` is cited here)")
-    import json
-
-    audit = json.loads(path.read_text())
-    return audit.get("summary", f"`{path}`")
+    return audit["summary"] + source
 
 
 def supernet_imagenet_audit(supernet: dict[str, Any] | None) -> str | None:
-    """The audit of the supernet's scores against ImageNet (`bench_supernet_audit` writes it
-    beside the checkpoint), in one line; None when there is none."""
-    if not supernet:
-        return None
-    checkpoint = Path(supernet["path"])
-    path = checkpoint.with_name(checkpoint.stem + ".paper-audit") / "audit.json"
-    if not path.is_file():
-        return None
-    import json
-
-    return describe_audit(json.loads(path.read_text()))
+    """The audit of the supernet's scores against ImageNet, in one line; None when there is none."""
+    audit, source = _supernet_audit(supernet, "imagenet")
+    return None if audit is None else describe_audit(audit) + source
 
 
 def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]:

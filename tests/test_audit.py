@@ -267,3 +267,31 @@ def test_a_oneshot_summary_cites_the_supernets_audit_against_imagenet(tmp_path) 
     write_audit(result, tmp_path / ".supernets" / "abc123.paper-audit")  # where bench_supernet_audit writes it
     line = supernet_imagenet_audit({"path": str(checkpoint)})
     assert line is not None and f"Kendall tau-b {result.agreement.kendall_tau_b:.2f}" in line
+
+
+def test_a_oneshot_summary_cites_the_projects_audit_of_a_supernet_of_the_same_key(tmp_path, monkeypatch) -> None:
+    import search.report as report
+
+    shipped = tmp_path / "audited_supernets.json"
+    shipped.write_text(json.dumps({"abc123": {"created": "2026-12-03", "stand_alone": {"summary": "tau-b 0.70"}}}))
+    monkeypatch.setattr(report, "SHIPPED_SUPERNET_AUDITS", shipped)
+    checkpoint = str(tmp_path / "elsewhere" / "abc123.pt")  # a new results dir: nothing beside it
+    line = report.ranking_audit({"path": checkpoint, "key": "abc123"})
+    assert line.startswith("tau-b 0.70") and "the project's audit of a supernet of the same key" in line
+    assert report.ranking_audit({"path": checkpoint, "key": "def456"}).startswith("none yet")
+    assert report.supernet_imagenet_audit({"path": checkpoint, "key": "abc123"}) is None  # not shipped
+
+
+def test_the_default_one_shot_supernet_has_a_shipped_audit() -> None:
+    """The default space, proxy protocol, epochs and sampling give the key whose audit ships:
+    changing any of them without auditing again fails here."""
+    from search.oneshot import space_supernet, training_key
+    from search.report import SHIPPED_SUPERNET_AUDITS
+    from search.settings import SearchSettings
+    from space.space import make_space
+
+    settings, space = SearchSettings(), make_space("default")
+    supernet = space_supernet(space, settings.protocol, (1, 40))  # fashion-rotations: 40 classes
+    key = training_key(space, supernet, settings.protocol, settings.supernet_epochs, settings.supernet_sampling)
+    entry = json.loads(SHIPPED_SUPERNET_AUDITS.read_text())[key["digest"]]
+    assert entry["stand_alone"]["n"] >= 30 and entry["imagenet"]["references"]["n"] == 18

@@ -251,3 +251,4 @@ def test_a_checkpoint_of_another_space_is_refused(trained, tiny_data) -> None:
                              "layers": {"ffn": ["mlp", "local"], "gamma": [1, 2]}}, name="other")
     with pytest.raises(ValueError, match=r"was made with another space, choices, supernet"):
         train_supernet(other, TINY_PROTOCOL, tiny_data, epochs=2, checkpoint=path)
+
