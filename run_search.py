@@ -129,7 +129,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         warm_start=args.warm_start, seed=args.seed,
         time_limit_s=None if args.time_limit.strip().lower() == "none" else parse_duration(args.time_limit),
         confirm_seeds=args.confirm_seeds, export_top=args.export_top, strategy=args.strategy,
-        supernet_epochs=args.supernet_epochs, supernet_sampling=args.supernet_sampling, candidates=args.candidates, top_k=args.top_k,
+        supernet_epochs=args.supernet_epochs, supernet_sampling=args.supernet_sampling,
+        candidates=args.candidates, top_k=args.top_k,
         recalibration_images=args.recalibration_images, score_images=args.score_images,
         supernet_checkpoint=args.supernet_checkpoint)
 

@@ -192,6 +192,8 @@ def other_checkpoint(tmp_path_factory) -> Path:
      "backbone='pvt_tiny' is invalid for --strategy oneshot"),
     (["--strategy", "oneshot", "--width-mult", "0.4"], "gives heads [3, 4] the proxy widths [76, 77]"),
     (["--strategy", "oneshot", "--top-k", "0"], "top_k=0 is invalid"),
+    (["--strategy", "oneshot", "--supernet-sampling", "greedy"],
+     "supernet_sampling='greedy' is invalid; accepted: fair, sandwich"),
     (["--strategy", "oneshot", "--supernet-checkpoint", "OTHER"], "was made with another space"),
 ])
 def test_bad_oneshot_input_is_one_line_exit_2(tmp_path, capsys, other_checkpoint, args, words) -> None:
