@@ -11,10 +11,11 @@ each on the trained supernet of the checkpoint (the default protocol; train one 
 from scratch with every seed of `--seeds` (`search.proxy.train_proxy`), `--workers` trainings at
 a time on one thread each. Every result is appended to bench/results/supernet_audit.jsonl as
 soon as it exists, so a rerun skips what is done; stand-alone results do not depend on the
-supernet, so a second checkpoint of the same protocol reuses them and costs only its scores. The rank statistics (Kendall tau-b and
-Spearman with bootstrap intervals, top-k overlap, and the tau-b between two seeds of
-stand-alone training as the ceiling) are `search.audit`'s, the project's one implementation of
-them (`search.ranking`): the pairs go to bench/results/supernet_audit_pairs.json and the report
+supernet, so a second checkpoint of the same protocol reuses them and costs only its scores.
+The rank statistics (Kendall tau-b and Spearman with bootstrap intervals, top-k overlap, and
+the tau-b between two seeds of stand-alone training as the ceiling) are `search.audit`'s, the
+project's one implementation of them (`search.ranking`): the pairs go to
+bench/results/supernet_audit_pairs.json and the report
 beside the checkpoint (`<checkpoint>.audit.json`), which one-shot summaries cite; with `--ship`,
 also under the supernet's training key in search/audited_supernets.json, which the summary of
 any search that trains a supernet of that key cites.
@@ -58,7 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a finished supernet checkpoint of the default space")
     parser.add_argument("--epochs", type=int, default=4, help="the epochs it was trained for (its key holds them)")
-    parser.add_argument("--sampling", default="sandwich", help="the subnet sampling it was trained with")
+    parser.add_argument("--sampling", default="sandwich", choices=("fair", "sandwich"),
+                        help="the subnet sampling it was trained with")
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--workers", type=int, default=2)

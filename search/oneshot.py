@@ -30,11 +30,12 @@ from .data import ProxyData
 from .proxy import (NonFiniteLossError, ProxyProtocol, _autocast, evaluate, param_groups, project_layer,
                     project_to_proxy, resolve_precision, seed_everything, scheduled_batches)
 
-__all__ = ["SAMPLINGS", "check_checkpoint", "describe", "fair_specs", "load_supernet", "proxy_of",
+__all__ = ["DEFAULT_SAMPLING", "SAMPLINGS", "check_checkpoint", "describe", "fair_specs", "load_supernet", "proxy_of",
            "recalibration_batches", "sandwich_specs", "score", "space_supernet", "train_supernet", "training_key"]
 
 #: How supernet training picks a step's subnets: `fair_specs` or `sandwich_specs`.
 SAMPLINGS = ("fair", "sandwich")
+DEFAULT_SAMPLING = "sandwich"  # audited: ranks as stand-alone training does at tau-b 0.70 (fair: 0.46)
 
 
 def proxy_of(spec: ArchSpec, protocol: ProxyProtocol, data_shape: tuple[int, int]) -> ArchSpec:
@@ -152,7 +153,7 @@ def describe(supernet: Supernet) -> dict[str, Any]:
 # --- training -----------------------------------------------------------------------------------
 
 def training_key(space: Space, supernet: Supernet, protocol: ProxyProtocol, epochs: int,
-                 sampling: str = "sandwich") -> dict[str, Any]:
+                 sampling: str = DEFAULT_SAMPLING) -> dict[str, Any]:
     """What a trained supernet depends on: a checkpoint is reused only when this is equal."""
     _check_sampling(sampling)
     recipe = {k: v for k, v in protocol.to_dict().items() if k not in ("threads", "eval_batch_size")}  # how fast
@@ -196,7 +197,7 @@ EpochReport = Callable[[int, dict[str, Any]], Any]
 
 
 def load_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, int], checkpoint: str | Path,
-                  epochs: int, sampling: str = "sandwich") -> Supernet:
+                  epochs: int, sampling: str = DEFAULT_SAMPLING) -> Supernet:
     """The supernet of a finished `train_supernet` checkpoint, in eval mode."""
     supernet = space_supernet(space, protocol, data_shape)
     state = _load_checkpoint(Path(checkpoint), training_key(space, supernet, protocol, epochs, sampling))
@@ -214,7 +215,7 @@ def _check_sampling(sampling: str) -> None:
 
 
 def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, epochs: int,
-                   sampling: str = "sandwich", checkpoint: str | Path | None = None,
+                   sampling: str = DEFAULT_SAMPLING, checkpoint: str | Path | None = None,
                    report: EpochReport | None = None) -> tuple[Supernet, list[dict[str, Any]]]:
     """Train the supernet of `space` on the proxy data; return it (in eval mode) and its figures per epoch.
 
@@ -289,7 +290,7 @@ def accumulate_gradients(supernet: Supernet, specs: list[ArchSpec], x: torch.Ten
             loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
         else:
             loss = criterion(logits, y)
-            teacher = logits.detach().softmax(-1)
+            teacher = logits.detach().softmax(-1) if distill else None
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
             return losses  # the caller names the subnet

@@ -2,7 +2,8 @@
 
 1. Train the space's supernet on the proxy, or reuse it: it is kept under
    `<results-dir>/.supernets/<key>.pt`, keyed by the space, the proxy protocol (its seed
-   included), the epochs and the subnet sampling, checkpointed every epoch, so a killed search resumes it.
+   included), the epochs and the subnet sampling, checkpointed every epoch, so a killed
+   search resumes it.
 2. Score the candidates the study's sampler proposes with inherited weights, on Ray actors
    that each load the supernet once and score a chunk of candidates per call, the next chunk
    queued behind the running one. Every candidate is an Optuna trial of the study: over budget

@@ -8,7 +8,7 @@ from typing import Any
 
 from space.budget import Budget
 
-from .oneshot import SAMPLINGS
+from .oneshot import DEFAULT_SAMPLING, SAMPLINGS
 from .proxy import ProxyProtocol
 from .storage import has_password
 
@@ -64,7 +64,7 @@ class SearchSettings:
     throughput_threads: int = 1
     strategy: str = "train"
     supernet_epochs: int = 4  # oneshot: proxy epochs of supernet training
-    supernet_sampling: str = "sandwich"  # oneshot: subnets per training step (search.oneshot.SAMPLINGS)
+    supernet_sampling: str = DEFAULT_SAMPLING  # oneshot: subnets per training step (search.oneshot.SAMPLINGS)
     candidates: int = 2000  # oneshot: most candidates scored on the supernet (--time-limit stops sooner)
     top_k: int = 4  # oneshot: best supernet candidates proxy-trained from scratch
     recalibration_images: int = 256  # oneshot: training images that re-estimate a subnet's BatchNorm
