@@ -32,6 +32,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 from bench.common import RESULTS
+from search.oneshot import DEFAULT_SAMPLING, SAMPLINGS, training_key
+from search.report import SHIPPED_SUPERNET_AUDITS, supernet_audit_files
 
 RECORDS = RESULTS / "supernet_audit.jsonl"
 
@@ -59,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a finished supernet checkpoint of the default space")
     parser.add_argument("--epochs", type=int, default=4, help="the epochs it was trained for (its key holds them)")
-    parser.add_argument("--sampling", default="sandwich", choices=("fair", "sandwich"),
+    parser.add_argument("--sampling", default=DEFAULT_SAMPLING, choices=SAMPLINGS,
                         help="the subnet sampling it was trained with")
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -130,11 +132,8 @@ def main() -> None:
     report = rank_report(pairs, args.seeds)
     print(report["summary"], flush=True)
     # Beside the checkpoint, where every one-shot summary that uses this supernet cites it.
-    Path(args.checkpoint).with_suffix(".audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    supernet_audit_files(args.checkpoint)["stand_alone"].write_text(json.dumps(report, indent=2) + "\n")
     if args.ship:
-        from search.oneshot import training_key
-        from search.report import SHIPPED_SUPERNET_AUDITS
-
         key = training_key(space, supernet, protocol, args.epochs, args.sampling)
         shipped = json.loads(SHIPPED_SUPERNET_AUDITS.read_text()) if SHIPPED_SUPERNET_AUDITS.is_file() else {}
         shipped[key["digest"]] = {"created": time.strftime("%Y-%m-%d"), "epochs": args.epochs,
@@ -163,7 +162,7 @@ def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoi
                                          time.perf_counter() - started[1], protocol.precision)
     result = score_audit(references, {str(protocol.seed): scores}, study=f"supernet {checkpoint.stem}",
                          protocol=protocol)
-    report = write_audit(result, checkpoint.with_name(checkpoint.stem + ".paper-audit"))
+    report = write_audit(result, supernet_audit_files(checkpoint)["imagenet"])
     print(report.read_text(), flush=True)
     return result.to_dict()
 

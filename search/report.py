@@ -234,14 +234,22 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
 SHIPPED_SUPERNET_AUDITS = Path(__file__).resolve().parent / "audited_supernets.json"
 
 
+def supernet_audit_files(checkpoint: str | Path) -> dict[str, Path]:
+    """Where `bench_supernet_audit` keeps a supernet's audits beside its checkpoint: the report
+    against stand-alone training (`stand_alone`) and the audit against ImageNet (`imagenet`, a
+    folder `search.audit.write_audit` fills)."""
+    checkpoint = Path(checkpoint)
+    return {"stand_alone": checkpoint.with_suffix(".audit.json"),
+            "imagenet": checkpoint.with_name(checkpoint.stem + ".paper-audit")}
+
+
 def _supernet_audit(supernet: dict[str, Any] | None, kind: str) -> tuple[dict[str, Any] | None, str]:
     """A supernet's audit of `kind` (`stand_alone` or `imagenet`) and where it came from: the
     one `bench_supernet_audit` saved beside its checkpoint, else the project's of its key."""
     if not supernet:
         return None, ""
-    checkpoint = Path(supernet["path"])
-    beside = (checkpoint.with_suffix(".audit.json") if kind == "stand_alone"
-              else checkpoint.with_name(checkpoint.stem + ".paper-audit") / "audit.json")
+    beside = supernet_audit_files(supernet["path"])[kind]
+    beside = beside / "audit.json" if kind == "imagenet" else beside
     if beside.is_file():
         return json.loads(beside.read_text()), ""
     shipped = json.loads(SHIPPED_SUPERNET_AUDITS.read_text()) if SHIPPED_SUPERNET_AUDITS.is_file() else {}
@@ -259,9 +267,8 @@ def ranking_audit(supernet: dict[str, Any] | None) -> str:
         return "none (no supernet was trained)"
     audit, source = _supernet_audit(supernet, "stand_alone")
     if audit is None:
-        path = Path(supernet["path"]).with_suffix(".audit.json")
         return (f"none yet: this supernet's ranking has not been audited against stand-alone proxy training "
-                f"(an audit saved as `{path}` is cited here)")
+                f"(an audit saved as `{supernet_audit_files(supernet['path'])['stand_alone']}` is cited here)")
     return audit["summary"] + source
 
 
