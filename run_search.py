@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {d.candidates})")
     g.add_argument("--top-k", type=int, default=d.top_k,
                    help=f"best supernet candidates proxy-trained from scratch (default: {d.top_k})")
+    g.add_argument("--top-k-apart", type=int, default=d.top_k_apart,
+                   help=f"layers in which each of the top-k differs from every better one; 0: the plain top-k "
+                        f"(default: {d.top_k_apart})")
     g.add_argument("--recalibration-images", type=int, default=d.recalibration_images,
                    help="training images that re-estimate a candidate's BatchNorm statistics "
                         f"(default: {d.recalibration_images})")
@@ -130,7 +133,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         time_limit_s=None if args.time_limit.strip().lower() == "none" else parse_duration(args.time_limit),
         confirm_seeds=args.confirm_seeds, export_top=args.export_top, strategy=args.strategy,
         supernet_epochs=args.supernet_epochs, supernet_sampling=args.supernet_sampling,
-        candidates=args.candidates, top_k=args.top_k,
+        candidates=args.candidates, top_k=args.top_k, top_k_apart=args.top_k_apart,
         recalibration_images=args.recalibration_images, score_images=args.score_images,
         supernet_checkpoint=args.supernet_checkpoint)
 

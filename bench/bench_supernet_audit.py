@@ -101,14 +101,14 @@ def main() -> None:
         print(json.dumps({k: v for k, v in record.items() if k != "spec"}), flush=True)
 
     settings = SearchSettings()
+    fidelity = {"recalibration_images": settings.recalibration_images, "score_images": settings.score_images}
     for spec in specs:  # scored as the search scores them, and on the whole validation split
-        if not _done(records, "supernet", spec_id=spec.id):
+        if not _done(records, "supernet", spec_id=spec.id, **fidelity):
             started = time.perf_counter()
-            accuracy = score(supernet, spec, data, protocol, recalibration_images=settings.recalibration_images,
-                             score_images=settings.score_images, seed=protocol.seed)
+            accuracy = score(supernet, spec, data, protocol, **fidelity, seed=protocol.seed)
             seconds = time.perf_counter() - started
             keep({"kind": "supernet", "spec_id": spec.id, "spec": spec.to_json(), "accuracy": 100 * accuracy,
-                  "seconds": seconds, "score_images": settings.score_images,
+                  "seconds": seconds, **fidelity,
                   "accuracy_whole_split": 100 * score(supernet, spec, data, protocol, seed=protocol.seed,
                                                       recalibration_images=settings.recalibration_images)})
     imagenet = paper_audit(supernet, data, protocol, settings, Path(args.checkpoint))
@@ -122,14 +122,15 @@ def main() -> None:
             keep(future.result())
 
     ids = [spec.id for spec in specs]
-    scored = {r["spec_id"]: r for r in records if r["kind"] == "supernet"}
+    scored = {r["spec_id"]: r for r in records
+              if r["kind"] == "supernet" and all(r.get(k) == v for k, v in fidelity.items())}
     trained = {(r["spec_id"], r["seed"]): r["accuracy"] for r in records if r["kind"] == "trained"}
     pairs = {"spec_ids": ids, "supernet": [scored[i]["accuracy"] for i in ids],
              "supernet_whole_split": [scored[i]["accuracy_whole_split"] for i in ids],
              "score_seconds": [scored[i]["seconds"] for i in ids],
              **{f"seed {s}": [trained[(i, s)] for i in ids] for s in args.seeds}}
     (RESULTS / "supernet_audit_pairs.json").write_text(json.dumps(pairs, indent=2) + "\n")
-    report = rank_report(pairs, args.seeds)
+    report = rank_report(pairs, args.seeds, **fidelity)
     print(report["summary"], flush=True)
     # Beside the checkpoint, where every one-shot summary that uses this supernet cites it.
     supernet_audit_files(args.checkpoint)["stand_alone"].write_text(json.dumps(report, indent=2) + "\n")
@@ -167,8 +168,11 @@ def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoi
     return result.to_dict()
 
 
-def rank_report(pairs: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
-    """Supernet vs stand-alone proxy accuracy (mean of the seeds), with the seeds' own agreement as ceiling."""
+def rank_report(pairs: dict[str, Any], seeds: list[int], recalibration_images: int, score_images: int
+                ) -> dict[str, Any]:
+    """Supernet vs stand-alone proxy accuracy (mean of the seeds), with the seeds' own agreement as
+    ceiling; the supernet scored after recalibration on `recalibration_images` training images, on
+    the first `score_images` validation images (0: all)."""
     from search.ranking import agreement, top_k_overlap
 
     n = len(pairs["spec_ids"])
@@ -177,7 +181,9 @@ def rank_report(pairs: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     whole = agreement(pairs["supernet_whole_split"], standalone)
     ceiling = agreement(pairs[f"seed {seeds[0]}"], pairs[f"seed {seeds[1]}"]) if len(seeds) > 1 else None
     k = max(1, n // 10)
-    summary = (f"supernet vs stand-alone proxy training on {n} random candidates: {vs.describe()}; top-{k} overlap "
+    scored = f"the first {score_images} validation images" if score_images else "the whole validation split"
+    summary = (f"supernet (scored on {scored} after recalibration on {recalibration_images} training images) vs "
+               f"stand-alone proxy training on {n} random candidates: {vs.describe()}; top-{k} overlap "
                f"{top_k_overlap(pairs['supernet'], standalone, k):.0%}; scored on the whole validation split "
                f"instead: {whole.describe()}"
                + (f"; stand-alone seed {seeds[0]} vs seed {seeds[1]} (the ceiling): {ceiling.describe()}"
@@ -187,7 +193,8 @@ def rank_report(pairs: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
             "whole_split_kendall_interval": whole.kendall_interval,
             "ceiling_kendall_tau_b": ceiling.kendall_tau_b if ceiling else None,
             "ceiling_kendall_interval": ceiling.kendall_interval if ceiling else None,
-            "seconds_per_score": sorted(pairs["score_seconds"])[n // 2]}
+            "seconds_per_score": sorted(pairs["score_seconds"])[n // 2],
+            "recalibration_images": recalibration_images, "score_images": score_images}
 
 
 if __name__ == "__main__":

@@ -430,8 +430,9 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
 
         top = enqueue_top_k(study, settings, exclude={spec.id for spec in baselines.values()})
         if top:
-            log(f"proxy-training the supernet's top {len(top)} from scratch: trials "
-                f"{', '.join(str(t.number) for t in top)}")
+            log(f"proxy-training {len(top)} of the supernet's best from scratch (its ranks "
+                f"{', '.join(str(rank) for rank, _ in top)}, each at least {settings.top_k_apart} layer(s) from "
+                f"every better one where the ranking allows): trials {', '.join(str(t.number) for _, t in top)}")
         remaining = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         trial_settings = replace(settings, asha=False, time_limit_s=None)  # the few finalists train in full
     else:

@@ -253,9 +253,27 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
     return figures
 
 
-def enqueue_top_k(study: optuna.Study, settings: SearchSettings, exclude: set[str]) -> list[FrozenTrial]:
-    """Queue the `top_k` best distinct supernet candidates for proxy training from scratch (once);
-    specs in `exclude` (the baselines, trained anyway) are passed over."""
+def layers_apart(a: ArchSpec, b: ArchSpec) -> int:
+    """In how many layers two specs of one backbone choose differently."""
+    return sum(x != y for x, y in zip(a.layers, b.layers))
+
+
+def pick_finalists(ranked: list[ArchSpec], k: int, apart: int) -> list[int]:
+    """Indices of `k` finalists from `ranked` (best first): each the best one at least `apart`
+    layers from every earlier pick; when fewer qualify, the best of the rest fill up."""
+    picks: list[int] = []
+    for i, spec in enumerate(ranked):
+        if len(picks) < k and all(layers_apart(spec, ranked[j]) >= apart for j in picks):
+            picks.append(i)
+    rest = [i for i in range(len(ranked)) if i not in picks]
+    return sorted(picks + rest[:k - len(picks)])
+
+
+def enqueue_top_k(study: optuna.Study, settings: SearchSettings, exclude: set[str]
+                  ) -> list[tuple[int, FrozenTrial]]:
+    """Queue the `top_k` best distinct supernet candidates for proxy training from scratch (once),
+    each `top_k_apart` layers from every better one (`pick_finalists`); specs in `exclude` (the
+    baselines, trained anyway) are passed over. Returns their ranks and supernet trials."""
     if "oneshot_top_k" in study.user_attrs:
         return []
     if not supernet_trials(study):
@@ -267,13 +285,15 @@ def enqueue_top_k(study: optuna.Study, settings: SearchSettings, exclude: set[st
         if t.user_attrs["spec_id"] not in seen:
             seen.add(t.user_attrs["spec_id"])
             ranked.append(t)
-    top = ranked[:settings.top_k]
-    for rank, t in enumerate(top, 1):
+    picks = pick_finalists([ArchSpec.from_json(t.user_attrs["spec"]) for t in ranked], settings.top_k,
+                           settings.top_k_apart)
+    top = [(i + 1, ranked[i]) for i in picks]
+    for rank, t in top:
         study.enqueue_trial(t.params, user_attrs={"oneshot_rank": rank, "supernet_accuracy": t.values[0],
                                                   "supernet_trial": t.number})
-    study.set_user_attr("oneshot_top_k", [t.number for t in top])
+    study.set_user_attr("oneshot_top_k", [t.number for _, t in top])
     return top
 
 
-__all__ = ["SupernetEvaluator", "enqueue_top_k", "ensure_supernet", "evaluate_candidates", "supernet_checkpoint",
-           "supernet_trials"]
+__all__ = ["SupernetEvaluator", "enqueue_top_k", "ensure_supernet", "evaluate_candidates", "layers_apart",
+           "pick_finalists", "supernet_checkpoint", "supernet_trials"]

@@ -260,16 +260,20 @@ def _supernet_audit(supernet: dict[str, Any] | None, kind: str) -> tuple[dict[st
     return None, ""
 
 
-def ranking_audit(supernet: dict[str, Any] | None) -> str:
+def ranking_audit(supernet: dict[str, Any] | None, fidelity: dict[str, int] | None = None) -> str:
     """Which audit a supernet's ranking rests on: the one saved beside its checkpoint, else the
-    project's of its training key, if any."""
+    project's of its training key, if any; says so when the search scored candidates otherwise
+    than the audit did (`fidelity`: the search's `recalibration_images` and `score_images`)."""
     if not supernet:
         return "none (no supernet was trained)"
     audit, source = _supernet_audit(supernet, "stand_alone")
     if audit is None:
         return (f"none yet: this supernet's ranking has not been audited against stand-alone proxy training "
                 f"(an audit saved as `{supernet_audit_files(supernet['path'])['stand_alone']}` is cited here)")
-    return audit["summary"] + source
+    differs = {k: v for k, v in (fidelity or {}).items() if k in audit and audit[k] != v}
+    caveat = ("; this search scored otherwise (" + ", ".join(f"{k} {v}" for k, v in differs.items())
+              + "), so the audit is only indicative") if differs else ""
+    return audit["summary"] + source + caveat
 
 
 def supernet_imagenet_audit(supernet: dict[str, Any] | None) -> str | None:
@@ -289,7 +293,8 @@ def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]
     if scoring:
         lines.append(f"- {scoring['scored']} candidates scored with inherited weights ({scoring['per_s']:.2f} per s "
                      f"in the last run), {scoring.get('skipped_infeasible', 0)} over the budget closed unscored")
-    lines.append(f"- the ranking rests on: {ranking_audit(supernet)}")
+    fidelity = {"recalibration_images": settings.recalibration_images, "score_images": settings.score_images}
+    lines.append(f"- the ranking rests on: {ranking_audit(supernet, fidelity)}")
     imagenet = supernet_imagenet_audit(supernet)
     if imagenet:
         lines.append(f"- the supernet's scores against ImageNet: {imagenet}")

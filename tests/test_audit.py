@@ -282,6 +282,20 @@ def test_a_oneshot_summary_cites_the_projects_audit_of_a_supernet_of_the_same_ke
     assert report.supernet_imagenet_audit({"path": checkpoint, "key": "abc123"}) is None  # not shipped
 
 
+def test_a_oneshot_summary_says_when_the_search_scored_otherwise_than_its_audit(tmp_path, monkeypatch) -> None:
+    import search.report as report
+
+    shipped = tmp_path / "audited_supernets.json"
+    audit = {"summary": "tau-b 0.64", "recalibration_images": 128, "score_images": 250}
+    shipped.write_text(json.dumps({"abc123": {"created": "2026-12-03", "stand_alone": audit}}))
+    monkeypatch.setattr(report, "SHIPPED_SUPERNET_AUDITS", shipped)
+    supernet = {"path": str(tmp_path / "abc123.pt"), "key": "abc123"}
+    same = report.ranking_audit(supernet, {"recalibration_images": 128, "score_images": 250})
+    assert "scored otherwise" not in same
+    other = report.ranking_audit(supernet, {"recalibration_images": 128, "score_images": 0})
+    assert "scored otherwise (score_images 0)" in other and "recalibration_images" not in other
+
+
 def test_the_default_one_shot_supernet_has_a_shipped_audit() -> None:
     """The default space, proxy protocol, epochs and sampling give the key whose audit ships:
     changing any of them without auditing again fails here."""
@@ -295,3 +309,6 @@ def test_the_default_one_shot_supernet_has_a_shipped_audit() -> None:
     key = training_key(space, supernet, settings.protocol, settings.supernet_epochs, settings.supernet_sampling)
     entry = json.loads(SHIPPED_SUPERNET_AUDITS.read_text())[key["digest"]]
     assert entry["stand_alone"]["n"] >= 30 and entry["imagenet"]["references"]["n"] == 18
+    # and it scored candidates as a default search does
+    assert (entry["stand_alone"]["recalibration_images"], entry["stand_alone"]["score_images"]) == \
+        (settings.recalibration_images, settings.score_images)

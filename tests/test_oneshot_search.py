@@ -17,13 +17,14 @@ import run_search
 from search.data import ProxyData
 from search.driver import open_storage
 from search.oneshot import train_supernet
-from search.oneshot_search import SKIPS_IN_A_ROW, _Proposer
+from search.oneshot_search import SKIPS_IN_A_ROW, _Proposer, pick_finalists
 from search.proxy import ProxyProtocol
 from search.settings import SearchSettings
 from search.tune import DefineByRun
 from space.budget import Budget
 from space.cost import target_cost
-from space.space import space_from_dict
+from space.space import make_space, space_from_dict
+from localvit.spec import LayerSpec
 from tests.conftest import kill_family
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +111,21 @@ def test_oneshot_search_end_to_end_killed_in_training_and_in_scoring(tmp_path) -
     summary = (out / "summary.md").read_text()
     assert "24 candidates scored with inherited weights" in summary and "the ranking rests on:" in summary
     assert "Re-trained with other seeds" in summary and list((out / "export").iterdir())
+
+
+def test_finalists_are_the_best_candidates_apart_from_every_better_one() -> None:
+    base = next(make_space("default").bases())  # 12 layers
+
+    def changed(*layers: int) -> object:  # the base with these layers made DeiT MLPs
+        return base.replace(layers=[LayerSpec("mlp") if i in layers else x for i, x in enumerate(base.layers)])
+
+    # best first: a sibling of the best (1 layer apart), one 3 apart, one 3 from the best but 2 from that
+    ranked = [base, changed(0), changed(0, 1, 2), changed(1, 2, 3), changed(4, 5, 6, 7)]
+    assert pick_finalists(ranked, 3, apart=3) == [0, 2, 4]
+    assert pick_finalists(ranked, 2, apart=3) == [0, 2]
+    assert pick_finalists(ranked, 3, apart=0) == [0, 1, 2]  # the plain top-k
+    assert pick_finalists(ranked, 5, apart=3) == [0, 1, 2, 3, 4]  # too few apart: the best of the rest fill up
+    assert pick_finalists(ranked, 4, apart=13) == [0, 1, 2, 3]
 
 
 def test_scoring_ends_when_the_sampler_has_nothing_new_to_propose() -> None:
