@@ -41,7 +41,7 @@ def proposal_seconds(sampler: str, trials: int, stored: bool, seed: int = 0) -> 
     with tempfile.TemporaryDirectory() as tmp:
         study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp}/study.db"), direction="maximize",
                                     sampler=make_sampler(settings, space))
-        proposer = None if stored else _Proposer(settings, type("Plan", (), {"study": study})(), define)
+        proposer = None if stored else _Proposer(settings, study, define)
         rng, seconds = random.Random(seed), []
         for _ in range(trials):
             started = time.perf_counter()

@@ -120,17 +120,17 @@ class _Proposer:
     driver, not the workers, the limit of the scoring (`bench.bench_proposals`). Nothing is
     stored before it is finished, so a kill loses only candidates in flight, unscored."""
 
-    def __init__(self, settings: SearchSettings, plan: "Plan", define: DefineByRun) -> None:
-        self.study, self.settings, self.define = plan.study, settings, define
-        self.mirror = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=plan.study.sampler,
-                                          directions=plan.study.directions)
-        stored = plan.study.get_trials(deepcopy=False)
+    def __init__(self, settings: SearchSettings, study: optuna.Study, define: DefineByRun) -> None:
+        self.study, self.settings, self.define = study, settings, define
+        self.mirror = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=study.sampler,
+                                          directions=study.directions)
+        stored = study.get_trials(deepcopy=False)
         finished = [t for t in stored if t.state.is_finished()]
         waiting = [t for t in stored if t.state == TrialState.WAITING]  # warm starts, re-queued candidates
         self.mirror.add_trials(finished + waiting)
         #: mirror trial number -> id of the stored waiting trial it fills
         self.queued = {len(finished) + i: t._trial_id for i, t in enumerate(waiting)}
-        self.scored = {t.user_attrs["spec_id"]: t.values for t in supernet_trials(plan.study)}
+        self.scored = {t.user_attrs["spec_id"]: t.values for t in supernet_trials(study)}
         self.in_flight: set[str] = set()
         self.skipped = {INFEASIBLE: 0, DUPLICATE: 0}
         self.exhausted = False
@@ -198,7 +198,7 @@ def evaluate_candidates(settings: SearchSettings, plan: "Plan", checkpoint: Path
     `out` (the console, while Ray's output goes to its log)."""
     import ray
 
-    proposer = _Proposer(settings, plan, define)
+    proposer = _Proposer(settings, plan.study, define)
     held = len(proposer.scored)
     if held >= settings.candidates:
         return {"scored": held, "scored_now": 0, "held_before": held, "seconds_now": 0.0, "per_s": 0.0}

@@ -138,8 +138,7 @@ def test_scoring_ends_when_the_sampler_has_nothing_new_to_propose() -> None:
     feasible = {spec_id for spec_id, flops in costs.items() if flops <= budget.max_flops}
     assert len(costs) == 4 and len(feasible) == 3
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    plan = type("Plan", (), {"study": study})()
-    proposer = _Proposer(SearchSettings(budget=budget), plan, DefineByRun(space, budget, ProxyProtocol(), {}, (1, 10)))
+    proposer = _Proposer(SearchSettings(budget=budget), study, DefineByRun(space, budget, ProxyProtocol(), {}, (1, 10)))
     scored = []
     while (candidate := proposer.next()) is not None:
         proposer.record(*candidate, accuracy=50.0, seconds=0.0)
@@ -166,9 +165,8 @@ def test_candidates_are_stored_one_transaction_each_and_queued_ones_filled(tmp_p
     study.enqueue_trial(space.to_params(warm), user_attrs={"warm_start": "row"})
     commits = []
     sqlalchemy.event.listen(storage.engine, "commit", lambda _: commits.append(1))
-    plan = type("Plan", (), {"study": study})()
     define = DefineByRun(space, budget, ProxyProtocol(), {}, (1, 10))
-    proposer = _Proposer(SearchSettings(budget=budget), plan, define)
+    proposer = _Proposer(SearchSettings(budget=budget), study, define)
     first = proposer.next()
     assert first[1] == warm  # the queued trial comes first
     proposer.record(*first, accuracy=40.0, seconds=0.0)
@@ -185,7 +183,7 @@ def test_candidates_are_stored_one_transaction_each_and_queued_ones_filled(tmp_p
     assert stored[0].values == [40.0] and stored[0].user_attrs["spec_id"] == warm.id
     for kept, held in zip(stored, proposer.mirror.trials):
         assert (kept.params, kept.values, kept.user_attrs) == (held.params, held.values, held.user_attrs)
-    resumed = _Proposer(SearchSettings(budget=budget), plan, define)
+    resumed = _Proposer(SearchSettings(budget=budget), study, define)
     assert resumed.scored == proposer.scored and len(resumed.mirror.trials) == len(stored) and not resumed.queued
 
 # --- bad input: one line, exit 2 ------------------------------------------------------------------
