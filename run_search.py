@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop launching and running search trials (oneshot: stop scoring candidates; the top-k "
                         "training follows) this long after the start, e.g. 45m or 2h; 'none' for no limit; the "
                         "seed confirmation runs after it (default: 20m, which keeps the default search within "
-                        "30 minutes on 2 CPU cores)")
+                        "30 minutes on 2 CPU cores, the one-shot search within 35)")
     add_proxy_options(parser)
     return parser
 
