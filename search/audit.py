@@ -169,6 +169,15 @@ class AuditResult:
                 "missing": self.missing, "created": self.created}
 
 
+def _portable(path: str) -> str:
+    """A reference file's path as an audit records it: relative to the project when the file ships
+    with it, so that shipped audits name no folder of the machine they were made on."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return path
+
+
 def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[str, ProxyScore]], *,
                 study: str, protocol: ProxyProtocol, precision: Mapping[str, Any] | None = None,
                 confidence: float = 0.95, n_resamples: int = 10_000) -> AuditResult:
@@ -217,8 +226,8 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
             axes[axis] = {"pairs": counted, "agreed": agreed, "share": agreed / counted, "disagreed": wrong}
     everything = [p for scores in scores_by_seed.values() for p in scores.values()]
     return AuditResult(
-        study=study, references={"name": references.name, "target": references.target, "path": references.path,
-                                 "n": len(references.rows)},
+        study=study, references={"name": references.name, "target": references.target,
+                                 "path": _portable(references.path), "n": len(references.rows)},
         protocol=protocol.to_dict(), protocol_key=protocol_key(protocol),
         precision=dict(precision or precision_record(protocol.precision)), seeds=seeds, rows=rows,
         agreement=agreement(proxy, target, **kwargs), per_seed=per_seed_agreement, seed_to_seed=seed_to_seed,

@@ -264,6 +264,7 @@ def test_a_oneshot_summary_cites_the_supernets_audit_against_imagenet(tmp_path) 
     refs = load_references()
     scores = {r.spec.id: ProxyScore(r.accuracy - i % 4, 1.0, 1.0, "bf16") for i, r in enumerate(refs.rows)}
     result = score_audit(refs, {"0": scores}, study="supernet abc123", protocol=ProxyProtocol(), n_resamples=200)
+    assert result.references["path"] == "space/references/paper_imagenet.yaml"  # no folder of this machine
     write_audit(result, tmp_path / ".supernets" / "abc123.paper-audit")  # where bench_supernet_audit writes it
     line = supernet_imagenet_audit({"path": str(checkpoint)})
     assert line is not None and f"Kendall tau-b {result.agreement.kendall_tau_b:.2f}" in line
@@ -294,6 +295,15 @@ def test_a_oneshot_summary_says_when_the_search_scored_otherwise_than_its_audit(
     assert "scored otherwise" not in same
     other = report.ranking_audit(supernet, {"recalibration_images": 128, "score_images": 0})
     assert "scored otherwise (score_images 0)" in other and "recalibration_images" not in other
+
+
+def test_shipped_audits_name_their_reference_file_relative_to_the_project() -> None:
+    from search.report import SHIPPED_SUPERNET_AUDITS
+
+    shipped = json.loads((SHIPPED_SUPERNET_AUDITS.parent / "audited_protocols.json").read_text())
+    paths = [a["references"]["path"] for a in shipped.values()]
+    paths += [e["imagenet"]["references"]["path"] for e in json.loads(SHIPPED_SUPERNET_AUDITS.read_text()).values()]
+    assert paths and all(p == "space/references/paper_imagenet.yaml" for p in paths), paths
 
 
 def test_the_default_one_shot_supernet_has_a_shipped_audit() -> None:
