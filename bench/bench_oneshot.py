@@ -64,8 +64,7 @@ def main() -> None:
     for _ in range(args.candidates):
         spec = space.sample(rng, accept=lambda s: budget.admits(s))
         started = time.perf_counter()
-        accuracy = score(supernet, spec, data, protocol, recalibration_images=settings.recalibration_images,
-                         score_images=settings.score_images)
+        accuracy = score(supernet, spec, data, protocol, **settings.scoring_fidelity)
         accuracies.append(100 * accuracy)
         seconds.append(time.perf_counter() - started)
     score_s = statistics.median(seconds)

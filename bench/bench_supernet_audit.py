@@ -101,7 +101,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in record.items() if k != "spec"}), flush=True)
 
     settings = SearchSettings()
-    fidelity = {"recalibration_images": settings.recalibration_images, "score_images": settings.score_images}
+    fidelity = settings.scoring_fidelity
     for spec in specs:  # scored as the search scores them, and on the whole validation split
         if not _done(records, "supernet", spec_id=spec.id, **fidelity):
             started = time.perf_counter()
@@ -157,8 +157,7 @@ def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoi
             print(f"paper design {row.name} is not held by the supernet: left out", flush=True)
             continue
         started = time.process_time(), time.perf_counter()
-        accuracy = 100 * score(supernet, row.spec, data, protocol, recalibration_images=settings.recalibration_images,
-                               score_images=settings.score_images, seed=protocol.seed)
+        accuracy = 100 * score(supernet, row.spec, data, protocol, **settings.scoring_fidelity, seed=protocol.seed)
         scores[row.spec.id] = ProxyScore(accuracy, time.process_time() - started[0],
                                          time.perf_counter() - started[1], protocol.precision)
     result = score_audit(references, {str(protocol.seed): scores}, study=f"supernet {checkpoint.stem}",

@@ -293,8 +293,7 @@ def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]
     if scoring:
         lines.append(f"- {scoring['scored']} candidates scored with inherited weights ({scoring['per_s']:.2f} per s "
                      f"in the last run), {scoring.get('skipped_infeasible', 0)} over the budget closed unscored")
-    fidelity = {"recalibration_images": settings.recalibration_images, "score_images": settings.score_images}
-    lines.append(f"- the ranking rests on: {ranking_audit(supernet, fidelity)}")
+    lines.append(f"- the ranking rests on: {ranking_audit(supernet, settings.scoring_fidelity)}")
     imagenet = supernet_imagenet_audit(supernet)
     if imagenet:
         lines.append(f"- the supernet's scores against ImageNet: {imagenet}")

@@ -133,6 +133,11 @@ class SearchSettings:
         return self.storage or f"sqlite:///{self.study_dir / 'study.db'}"
 
     @property
+    def scoring_fidelity(self) -> dict[str, int]:
+        """How a one-shot candidate is scored, as `search.oneshot.score` takes it and audits record it."""
+        return {"recalibration_images": self.recalibration_images, "score_images": self.score_images}
+
+    @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 

@@ -298,9 +298,10 @@ def test_a_oneshot_summary_says_when_the_search_scored_otherwise_than_its_audit(
 
 
 def test_shipped_audits_name_their_reference_file_relative_to_the_project() -> None:
+    from search.audit import SHIPPED_AUDITS
     from search.report import SHIPPED_SUPERNET_AUDITS
 
-    shipped = json.loads((SHIPPED_SUPERNET_AUDITS.parent / "audited_protocols.json").read_text())
+    shipped = json.loads(SHIPPED_AUDITS.read_text())
     paths = [a["references"]["path"] for a in shipped.values()]
     paths += [e["imagenet"]["references"]["path"] for e in json.loads(SHIPPED_SUPERNET_AUDITS.read_text()).values()]
     assert paths and all(p == "space/references/paper_imagenet.yaml" for p in paths), paths
