@@ -7,11 +7,11 @@ PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SEARCH_ARGS ?= --budget-flops 1.3G
 COMMA := ,
-# jemalloc makes CPU training up to 2x faster here (see FACTS in the README); used when installed.
+# jemalloc makes CPU training up to 2x faster (docs/proxy.md, "Speed"); used when installed.
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 RUN_ENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=oversize_threshold:0$(COMMA)dirty_decay_ms:-1$(COMMA)muzzy_decay_ms:-1)
 
-.PHONY: search test test-slow bench data venv
+.PHONY: search test test-slow bench study data venv
 
 search: venv data
 	$(RUN_ENV) $(PY) run_search.py $(SEARCH_ARGS)
@@ -22,17 +22,24 @@ test: venv data
 test-slow: venv data
 	$(RUN_ENV) $(PY) -m pytest -m slow
 
-# The benchmarks of the README in turn, each saving under bench/results/ (`make bench BENCHMARKS=bench_inference`: one).
+# The benchmarks in turn, each saving under bench/results/ (`make bench BENCHMARKS=bench_inference`: one).
 BENCHMARKS ?= bench_cost bench_inference bench_backbones bench_proxy_training bench_storage bench_cluster bench_proposals
 bench: venv data
 	$(foreach name,$(BENCHMARKS),$(RUN_ENV) $(PY) -m bench.$(name) &&) true
+
+# A study that produces shipped data (hours): `make study STUDY=protocol_study ARGS="--only rotations"`.
+study: venv data
+	$(RUN_ENV) $(PY) -m studies.$(STUDY) $(ARGS)
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@# NNI 3.0 is archived and pins old dependencies: installed where it resolves beside ours (its test runs),
+	@# else without it (its round-trip test says why it is skipped).
+	$(PY) -m pip install --quiet -e '.[dev,nni]' || { echo "NNI 3.0 does not resolve beside the project's \
+	dependencies here: installing without it"; $(PY) -m pip install --quiet -e '.[dev]'; }
 	touch $@
 
 data:

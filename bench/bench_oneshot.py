@@ -2,7 +2,7 @@
 candidate with inherited weights, peak memory, and how many candidates a 30-minute default
 search (`run_search.py --budget-flops 1.3G --strategy oneshot`) can score at these rates.
 
-    python -m bench.bench_oneshot [--epochs 1] [--candidates 16] [--train-threads 2] [--sampling sandwich]
+    python -m bench.bench_oneshot [--epochs 1] [--candidates 16] [--train-threads 2] [--supernet-sampling sandwich]
 
 The supernet of the default space (DeiT-T base, proxy width x0.5) trains for `--epochs` on the
 default proxy data with `--train-threads` threads, as the search's driver does; then random
@@ -22,9 +22,9 @@ import time
 import torch
 
 from bench.common import markdown_table, save
-from search.data import get_proxy_data
-from search.oneshot import score, train_supernet
-from search.proxy import ProxyProtocol, resolve_precision
+from proxy import ProxyProtocol, get_proxy_data, resolve_precision
+from proxy.supernet import score, train_supernet
+from search.options import add_options
 from search.settings import SearchSettings
 from space import make_space
 from space.budget import Budget
@@ -41,8 +41,7 @@ def main() -> None:
                                                               f"{SearchSettings.supernet_epochs})")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--train-threads", type=int, default=2)
-    parser.add_argument("--sampling", default=SearchSettings.supernet_sampling, help="subnets per training step")
-    parser.add_argument("--precision", default="auto")
+    add_options(parser, groups=(), names=("supernet_sampling", "precision"))
     args = parser.parse_args()
     settings = SearchSettings()
     protocol = ProxyProtocol(precision=args.precision)
@@ -53,7 +52,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         supernet, history = train_supernet(space, protocol.replace(threads=args.train_threads), data,
-                                           epochs=args.epochs, sampling=args.sampling,
+                                           epochs=args.epochs, sampling=args.supernet_sampling,
                                            checkpoint=f"{tmp}/supernet.pt")
         train_s = time.perf_counter() - started
     epoch_s = statistics.median(h["seconds"] for h in history)
@@ -76,7 +75,7 @@ def main() -> None:
     rows = [
         {"figure": "supernet parameters (M)", "value": f"{sum(p.numel() for p in supernet.parameters()) / 1e6:.2f}"},
         {"figure": f"supernet epoch, {args.train_threads} threads (s)", "value": f"{epoch_s:.0f}"},
-        {"figure": f"supernet training images/s (each image once per subnet, {args.sampling} sampling)",
+        {"figure": f"supernet training images/s (each image once per subnet, {args.supernet_sampling} sampling)",
          "value": f"{statistics.median(h['images_per_s'] for h in history):.0f}"},
         {"figure": f"supernet training, {settings.supernet_epochs} epochs (s, projected)",
          "value": f"{supernet_s:.0f}"},

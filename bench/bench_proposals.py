@@ -22,8 +22,9 @@ import warnings
 import optuna
 
 from bench.common import markdown_table, median_interval, save
-from search.driver import make_sampler, open_storage
-from search.oneshot_search import _Proposer
+from search.samplers import make_sampler
+from search.storage import open_storage
+from search.oneshot import Proposer
 from search.settings import SearchSettings
 from search.tune import DefineByRun
 from space import make_space
@@ -41,7 +42,7 @@ def proposal_seconds(sampler: str, trials: int, stored: bool, seed: int = 0) -> 
     with tempfile.TemporaryDirectory() as tmp:
         study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp}/study.db"), direction="maximize",
                                     sampler=make_sampler(settings, space))
-        proposer = None if stored else _Proposer(settings, study, define)
+        proposer = None if stored else Proposer(settings, study, define)
         rng, seconds = random.Random(seed), []
         for _ in range(trials):
             started = time.perf_counter()

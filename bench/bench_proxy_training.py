@@ -1,13 +1,13 @@
 """Proxy-training speed on this CPU: images/s, achieved GFLOP/s vs peaks, worker scaling, accuracy.
 
-    python bench/bench_proxy_training.py            # full (about 15-20 minutes on 2 cores)
-    python bench/bench_proxy_training.py --quick    # a few minutes
+    python -m bench.bench_proxy_training            # full (about 15-20 minutes on 2 cores)
+    python -m bench.bench_proxy_training --quick    # a few minutes
 
 Every configuration runs in a fresh subprocess (so jemalloc can be switched by LD_PRELOAD and
 no allocator or compile cache state leaks between them). Measured:
 
 (a) a minimal hand-written fp32 loop (AdamW, cross-entropy, random batches) on LocalViT-T at
-    28x28 / patch 4 / 1 channel / 10 classes, full width (dim 192) like FACTS.md, glibc malloc;
+    28x28 / patch 4 / 1 channel / 10 classes, full width (dim 192), glibc malloc;
 (b) `train_proxy` on the same model with each speed-up on/off (jemalloc, bf16 autocast,
     torch.compile, channels-last, batch 256) and on the default proxy (width x0.5);
 (c) achieved GFLOP/s = images/s x 3 x forward multiply-adds (closed-form, space.cost) x 2, i.e.
@@ -52,7 +52,7 @@ def worker_plain(cfg: dict) -> dict:
     """The minimal hand-written fp32 loop: no autocast, no compile, no schedule."""
     torch = _setup(cfg["threads"])
     from localvit import PAPER_SPECS, build_model
-    from search.proxy import ProxyProtocol, project_to_proxy
+    from proxy import ProxyProtocol, project_to_proxy
 
     spec = project_to_proxy(PAPER_SPECS[cfg["model"]], ProxyProtocol(width_mult=cfg["width_mult"]))
     torch.manual_seed(0)
@@ -75,8 +75,8 @@ def worker_proxy(cfg: dict) -> dict:
     """`train_proxy` itself: per-step times from a timing hook on the optimizer."""
     torch = _setup(cfg["threads"])
     from localvit import PAPER_SPECS
-    from search.data import ProxyData
-    from search.proxy import ProxyProtocol, project_to_proxy, train_proxy
+    from proxy.data import ProxyData
+    from proxy import ProxyProtocol, project_to_proxy, train_proxy
 
     b = cfg["batch_size"]
     steps = cfg["warmup"] + cfg["steps"]
@@ -142,7 +142,7 @@ def worker_peak(cfg: dict) -> dict:
 def worker_accuracy(cfg: dict) -> dict:
     _setup(cfg["threads"])
     from localvit import PAPER_SPECS
-    from search.proxy import ProxyProtocol, train_proxy
+    from proxy import ProxyProtocol, train_proxy
 
     protocol = ProxyProtocol.from_dict({**ProxyProtocol().to_dict(), **cfg["overrides"]})
     r = train_proxy(PAPER_SPECS[cfg["model"]], protocol)

@@ -84,13 +84,14 @@ def paired_change(values: list[float], baseline: list[float], confidence: float 
     return Change(statistics.median(changes), low, high, coverage)
 
 
-def save(name: str, rows: list[dict[str, Any]], settings: dict[str, Any], markdown: str) -> Path:
-    """Write `<name>.json` (rows, settings, environment) and `<name>.md` under bench/results/."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def save(name: str, rows: list[dict[str, Any]], settings: dict[str, Any], markdown: str,
+         folder: Path = RESULTS) -> Path:
+    """Write `<name>.json` (rows, settings, environment) and `<name>.md` under `folder` (bench/results/)."""
+    folder.mkdir(parents=True, exist_ok=True)
     payload = {"environment": environment(), "settings": settings, "rows": rows}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown + "\n")
-    return RESULTS / f"{name}.md"
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(markdown + "\n")
+    return folder / f"{name}.md"
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

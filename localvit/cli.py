@@ -1,11 +1,12 @@
 """What every command of the project shares (run_search, the audit, the export, the trainer): bad
-input ends in one line and exit status 2."""
+input ends in one line and exit status 2, and progress lines carry the time of day."""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, NoReturn, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence, TextIO
 
 USAGE_ERROR = 2
 """argparse's exit status for bad usage; the project's commands use it for any bad input."""
@@ -35,3 +36,8 @@ class OneLineErrors(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE_ERROR, f"error: {message} (see --help)\n")
+
+
+def log(message: str, out: TextIO | None = None) -> None:
+    """One progress line, `[HH:MM:SS] message`, on `out` (standard output by default), flushed."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=out or sys.stdout, flush=True)

@@ -17,7 +17,7 @@ What is shared (each cut is a slice of the largest tensor of its kind):
   statistics then mix many subnets: `recalibrate_bn` a subnet before evaluating it.
 
 The supernet works at its own geometry (width, depth, resolution, classes): the proxy
-projection of a space's specs, which `search.oneshot` makes.
+projection of a space's specs, which `proxy.supernet.space_supernet` makes.
 """
 from __future__ import annotations
 

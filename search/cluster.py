@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from .proxy import jemalloc_env
+from proxy.runtime import jemalloc_env
+
 from .settings import SearchSettings
 
 REPO = Path(__file__).resolve().parents[1]
 #: The project's packages a trial imports, shipped to the nodes of a cluster the driver joins.
-PACKAGES = ("localvit", "space", "search", "imagenet")
+PACKAGES = ("localvit", "space", "proxy", "ranking", "imagenet", "search")
 #: How long a node may take to start a worker and import the trial code (torch, timm) for the check.
 NODE_CHECK_TIMEOUT_S = 300.0
 

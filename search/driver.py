@@ -1,10 +1,10 @@
 """One search, end to end: check the budget, prepare the study, run the trials on Ray Tune,
 write the reports and export the best architectures.
 
-The Optuna storage is the single source of truth: a search that is run again with the same
-study (or `--resume`) continues from what the storage holds. Trials that a crash left
-RUNNING are closed as failed and their candidates queued again, so no trial is lost or
-trained twice, and the number of trained trials ends as asked.
+A search that is run again with the same study (or `--resume`) continues from what the
+storage holds (`search.studies`): trials a crash left RUNNING are closed as failed and their
+candidates queued again, so no trial is lost or trained twice, and the number of trained
+trials ends as asked.
 """
 from __future__ import annotations
 
@@ -13,205 +13,28 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
-import sqlalchemy
-import sqlalchemy.event
 from optuna.trial import TrialState
 
-from localvit.backbones import baseline_spec, localvit_spec
+from localvit.cli import log
 from localvit.spec import ArchSpec
-from space.budget import Bounds, format_count, require_feasible
+from proxy.data import get_proxy_data
+from space.budget import format_count, require_feasible
 from space.cost import target_cost
-from space.space import ListSpace, Space, make_space
+from space.space import ListSpace, make_space
 
+from .candidates import exhausted_message
 from .cluster import Cluster, ray_output, start_cluster
-from .data import get_proxy_data
-from .evolution import RegularizedEvolutionSampler
-from .proxy import precision_record
-from .settings import ONESHOT, TRAIN, SearchSettings
+from .optuna_adapter import storage_of
+from .settings import ONESHOT, SearchSettings
+from .storage import open_storage
+from .studies import (BASELINE_NAMES, Plan, close_interrupted, enqueue_baselines, enqueue_warm_starts, open_study,
+                      paper_baselines, trained_count)
 from .tune import BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
-
-#: The paper's names of each backbone's LocalViT model and of the transformer it improves.
-BASELINE_NAMES: dict[str, tuple[str, str]] = {
-    "deit_tiny": ("LocalViT-T", "DeiT-T"), "deit_small": ("LocalViT-S", "DeiT-S"),
-    "pvt_tiny": ("LocalViT-PVT", "PVT-T"), "swin_tiny": ("LocalViT-Swin", "Swin-T"),
-    "swin_mini": ("LocalViT-Swin-M", "Swin-M"), "tnt_tiny": ("LocalViT-TNT", "TNT-T"),
-    "t2t_7": ("LocalViT-T2T", "T2T-ViT-7"),
-}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# --- the study --------------------------------------------------------------------------------
-
-def make_sampler(settings: SearchSettings, space: Space, offset: int = 0) -> optuna.samplers.BaseSampler:
-    """Constraints reach the samplers through `trial.set_constraint` (Optuna 5), not constraints_func.
-
-    The seed is offset by the trials the study holds, so that a resumed search does not replay
-    the proposals of the run it continues."""
-    seed = settings.seed + offset
-    if settings.sampler == "tpe":
-        # Few random trials beyond the queued baselines and warm starts, and many EI candidates:
-        # a search of a few dozen trials in a space of ~70 choices must exploit what it learns early.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=2 + settings.warm_start + 2 * settings.baselines,
-                                          n_ei_candidates=64)
-    if settings.sampler == "evolution":
-        population = 50 if settings.strategy == ONESHOT else max(4, settings.trials // 3)
-        return RegularizedEvolutionSampler(population=population, tournament=max(2, population // 5), seed=seed)
-    if settings.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, settings.trials // 2)))
-    if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    assert isinstance(space, ListSpace)
-    return _GridSampler(space.distributions(), seed=seed)
-
-
-class _GridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid, without its end: telling the trial that completes the grid calls
-    `study.stop()`, which raises outside `study.optimize` (our trials are told by Ray Tune's
-    searcher and the one-shot loop; a resumed grid audit met it). The searches end by counting
-    the grid's trials themselves."""
-
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        pass
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    try:
-        storage = optuna.storages.RDBStorage(url)
-    except ImportError:
-        raise ValueError(f"storage {url!r} cannot be opened: its database driver is not installed; accepted: "
-                         f"SQLite, or PostgreSQL with pip install -e '.[postgres]' (psycopg 3)") from None
-    except Exception as err:  # SQLAlchemy's many error types: report the URL, not a trace
-        raise ValueError(f"storage {url!r} cannot be opened: {str(err).splitlines()[0]}; accepted: an "
-                         f"SQLAlchemy database URL such as sqlite:///path/study.db") from None
-    if storage.engine.dialect.name == "sqlite":
-        _commit_without_fsync_each(storage.engine)
-    return storage
-
-
-def _commit_without_fsync_each(engine: sqlalchemy.engine.Engine) -> None:
-    """SQLite in write-ahead-log mode with synchronous=NORMAL: a commit no longer waits for an
-    fsync, which made the study's writes (one commit per sampled parameter) cost half of each
-    one-shot candidate. A killed process loses nothing committed; a power cut may lose the last
-    commits, never the database. WAL needs a local disk (NFS: use PostgreSQL)."""
-
-    def on_connect(connection: Any, _: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    sqlalchemy.event.listen(engine, "connect", on_connect)
-    engine.dispose()  # the connections opened before the listener
-
-
-def open_study(settings: SearchSettings, space: Space, storage: optuna.storages.RDBStorage) -> optuna.Study:
-    """Create the study, or load it and check that it was made by the same kind of search."""
-    directions = ["maximize" if o == "accuracy" else "minimize" for o in settings.objectives]
-    exists = any(s.study_name == settings.study for s in storage.get_all_studies())
-    held = 0
-    here = precision_record(settings.protocol.precision)
-    if exists:
-        previous = optuna.load_study(study_name=settings.study, storage=storage)
-        _check_same_search(settings, previous.user_attrs.get("settings", {}))
-        held = len(previous.get_trials(deepcopy=False))
-        first = previous.user_attrs.get("precision")
-        if first and first["resolved"] != here["resolved"]:
-            log(f"warning: precision={here['requested']} resolves to {here['resolved']} on this machine "
-                f"({here['cpu']}), but study {settings.study!r} was started where it resolved to "
-                f"{first['resolved']} ({first['cpu']}): trials trained from now on are not comparable with the "
-                f"earlier ones at equal precision")
-            previous.set_user_attr("precision_changed", [*previous.user_attrs.get("precision_changed", []), here])
-    study = optuna.create_study(study_name=settings.study, storage=storage, directions=directions,
-                                sampler=make_sampler(settings, space, offset=held), load_if_exists=True)
-    if not exists:
-        study.set_metric_names(list(settings.objectives))
-        study.set_user_attr("settings", settings.to_dict())
-        study.set_user_attr("proxy_protocol", settings.protocol.to_dict())
-        study.set_user_attr("objectives", list(settings.objectives))
-        study.set_user_attr("precision", here)
-    return study
-
-
-def _check_same_search(settings: SearchSettings, recorded: dict[str, Any]) -> None:
-    current = settings.to_dict()
-    recorded = {"strategy": "train", **recorded}  # studies made before the strategies existed
-    for key in ("space", "backbone", "objectives", "sampler", "protocol", "strategy"):
-        if recorded.get(key) != current[key]:
-            shown = "the proxy protocol" if key == "protocol" else f"{key}={current[key]!r}"
-            raise ValueError(f"{shown} differs from what study {settings.study!r} was made with; accepted: the "
-                             f"same settings to resume, or a new --study")
-
-
-def close_interrupted(study: optuna.Study) -> int:
-    """Close trials a crash left RUNNING as failed and queue their candidates again, ahead of
-    the candidates that were still waiting (those are re-queued behind them), so that an
-    interrupted candidate is never pushed out of the trials asked for."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if not running:
-        return 0
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    for trial, status in [(t, "interrupted") for t in running] + [(t, "requeued") for t in waiting]:
-        reason = "interrupted (the driver stopped)" if status == "interrupted" else "queued again behind the interrupted"
-        study._storage.set_trial_user_attr(trial._trial_id, "failure", reason)
-        study._storage.set_trial_user_attr(trial._trial_id, "status", status)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        attrs = {k: trial.user_attrs[k] for k in ("baseline", "warm_start", "oneshot_rank", "supernet_accuracy",
-                                                  "supernet_trial") if k in trial.user_attrs}
-        study.enqueue_trial(trial.params or trial.system_attrs.get("fixed_params", {}), user_attrs=attrs,
-                            skip_if_exists=False)
-    return len(running)
-
-
-def trained_count(study: optuna.Study) -> int:
-    """Trials that trained or failed for real (not infeasible, duplicate or interrupted)."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.user_attrs.get("status") == TRAIN and t.state in (TrialState.COMPLETE, TrialState.FAIL))
-
-
-def paper_baselines(settings: SearchSettings) -> dict[str, ArchSpec]:
-    """The paper's LocalViT and baseline models of the backbone, at the target resolution."""
-    localvit, baseline = BASELINE_NAMES[settings.backbone]
-    return {localvit: localvit_spec(settings.backbone), baseline: baseline_spec(settings.backbone)}
-
-
-def enqueue_warm_starts(study: optuna.Study, settings: SearchSettings, space: Space,
-                        baselines: dict[str, ArchSpec]) -> list[str]:
-    """Queue up to `warm_start` rows of the paper's tables that the space holds and the budget
-    admits, closest to the FLOP budget first: strong, known designs for the sampler to learn from."""
-    if not settings.warm_start or isinstance(space, ListSpace) or study.get_trials(deepcopy=False, states=(
-            TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)):
-        return []
-    taken = set(baselines.values())
-    rows = [(name, spec) for name, spec in ListSpace().points.items()
-            if spec not in taken and space.contains(spec) and settings.budget.admits(spec)]
-    rows.sort(key=lambda row: -target_cost(row[1]).flops)
-    for name, spec in rows[:settings.warm_start]:
-        study.enqueue_trial(space.to_params(spec), user_attrs={"warm_start": name})
-    return [name for name, _ in rows[:settings.warm_start]]
-
-
-def enqueue_baselines(study: optuna.Study, settings: SearchSettings, space: Space,
-                      baselines: dict[str, ArchSpec]) -> list[str]:
-    """Queue the baselines that fit the budget and are not in the study yet (they run first)."""
-    present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
-    queued = []
-    for name, spec in baselines.items():
-        if name in present or not settings.budget.admits(spec):
-            continue
-        params = space.to_params(spec) if space.contains(spec) else {}
-        study.enqueue_trial(params, user_attrs={"baseline": name})
-        queued.append(name)
-    return queued
 
 
 # --- Ray ----------------------------------------------------------------------------------------
@@ -256,7 +79,7 @@ def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSp
         metric=list(settings.objectives) if settings.multi_objective else "accuracy",
         mode=["max" if o == "accuracy" else "min" for o in settings.objectives] if settings.multi_objective
         else "max",
-        sampler=plan.study.sampler, study_name=plan.study.study_name, storage=plan.study._storage,
+        sampler=plan.study.sampler, study_name=plan.study.study_name, storage=storage_of(plan.study),
         objectives=settings.objectives, full_epochs=protocol.epochs, target=remaining)
     scheduler = BaselineSparingASHA(metric="accuracy", mode="max", time_attr="epoch", max_t=protocol.epochs,
                               grace_period=settings.asha_grace, reduction_factor=2) \
@@ -277,6 +100,8 @@ def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSp
         )
         tuner.fit()
         progress.finish()
+    if searcher.skips.exhausted:
+        log(f"{exhausted_message('trained')}: the search ended with {searcher.finished} of {remaining} trials")
     if searcher.lost:
         log(f"{searcher.lost} trial(s) lost to the infrastructure after {settings.max_retries} retries each; their "
             f"candidates were queued again, to be proposed first (see Ray's log: {cluster.log})")
@@ -333,8 +158,8 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: Cluster) -> 
 
 
 def run_oneshot(settings: SearchSettings, plan: Plan, cluster: Cluster, deadline: float | None) -> None:
-    """Train or reuse the supernet, then score candidates on it until `deadline` (`search.oneshot_search`)."""
-    from .oneshot_search import ensure_supernet, evaluate_candidates
+    """Train or reuse the supernet, then score candidates on it until `deadline` (`search.oneshot`)."""
+    from .oneshot import ensure_supernet, evaluate_candidates
 
     threads = max(1, min(os.cpu_count() or 1, int(sum(n.cpus for n in cluster.nodes))))  # before any actor starts
     checkpoint = ensure_supernet(settings, plan, threads)
@@ -349,20 +174,8 @@ def run_oneshot(settings: SearchSettings, plan: Plan, cluster: Cluster, deadline
 
 # --- the whole search -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Plan:
-    """What `prepare` checked and opened: the space, its cost bounds and the study."""
-
-    space: Space
-    bounds: Bounds
-    study: optuna.Study
-    data_shape: tuple[int, int]  # the proxy data's (channels, classes)
-
-
 def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
     """Every check that bad input can fail, before Ray starts or anything in the study changes."""
-    if settings.backbone not in BASELINE_NAMES:
-        raise ValueError(f"backbone={settings.backbone!r} is invalid; accepted: {', '.join(BASELINE_NAMES)}")
     space = make_space(settings.space, settings.backbone)
     if settings.sampler == "grid" and not isinstance(space, ListSpace):
         raise ValueError(f"sampler='grid' is invalid with space={settings.space!r}; accepted: --space paper or a "
@@ -390,7 +203,7 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
                              f"at {format_count(cost.flops, 'FLOPs')}, spec {spec.id}, on this machine)")
     data = get_proxy_data(settings.protocol.data_config())  # a missing dataset fails here; workers reuse its cache
     if settings.strategy == ONESHOT:  # a space no supernet holds, another space's checkpoint
-        from .oneshot_search import supernet_checkpoint
+        from .oneshot import supernet_checkpoint
 
         supernet_checkpoint(settings, space, (data.in_chans, data.num_classes))
     return Plan(space, bounds, open_study(settings, space, storage), (data.in_chans, data.num_classes))
@@ -426,7 +239,7 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
         if "oneshot_top_k" not in study.user_attrs and cluster is not None:  # else scored already
             run_oneshot(settings, plan, cluster, started + settings.time_limit_s if settings.time_limit_s else None)
         queued = enqueue_baselines(study, settings, space, baselines)
-        from .oneshot_search import enqueue_top_k
+        from .oneshot import enqueue_top_k
 
         top = enqueue_top_k(study, settings, exclude={spec.id for spec in baselines.values()})
         if top:

@@ -20,6 +20,8 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from .optuna_adapter import set_system_attr, storage_of, trial_id
+
 #: System attribute of a trial: the number of the trial it was mutated from.
 PARENT_ATTR = "evolution:parent"
 
@@ -65,12 +67,12 @@ class RegularizedEvolutionSampler(BaseSampler):
         parent = _winner(contenders, study.directions, self._rng)
         if not parent.params:
             return
-        self._plans[trial._trial_id] = (parent.params, self._rng.choice(sorted(parent.params)))
-        study._storage.set_trial_system_attr(trial._trial_id, PARENT_ATTR, parent.number)
+        self._plans[trial_id(trial)] = (parent.params, self._rng.choice(sorted(parent.params)))
+        set_system_attr(storage_of(study), trial, PARENT_ATTR, parent.number)
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        plan = self._plans.get(trial._trial_id)
+        plan = self._plans.get(trial_id(trial))
         if plan is None or param_name not in plan[0]:
             return self._random.sample_independent(study, trial, param_name, param_distribution)
         params, forced = plan
@@ -90,7 +92,7 @@ class RegularizedEvolutionSampler(BaseSampler):
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
-        self._plans.pop(trial._trial_id, None)
+        self._plans.pop(trial_id(trial), None)
 
 
 def _feasible(trial: FrozenTrial) -> bool:

@@ -1,323 +1,281 @@
-"""One-shot evaluation: a space's supernet at the proxy geometry, trained once, and candidates
-scored with weights inherited from it after BatchNorm recalibration.
+"""The one-shot strategy of a search (`--strategy oneshot`).
 
-`space_supernet(space, protocol, data_shape)` builds the `localvit.supernet.Supernet` that
-holds the proxy projection of every spec of a space; `train_supernet` trains it on the proxy
-data with the proxy protocol's optimiser and schedule (checkpoint every epoch, resumable);
-`score(supernet, spec, data, protocol)` is a candidate's validation top-1 with inherited
-weights, in about a second instead of minutes of training.
+1. Train the space's supernet on the proxy, or reuse it: it is kept under
+   `<results-dir>/.supernets/<key>.pt`, keyed by the space, the proxy protocol (its seed
+   included), the epochs and the subnet sampling, checkpointed every epoch, so a killed
+   search resumes it.
+2. Score the candidates the study's sampler proposes with inherited weights, on Ray actors
+   that each load the supernet once and score a chunk of candidates per call, the next chunk
+   queued behind the running one. Every candidate is an Optuna trial of the study: over budget
+   ones are closed as infeasible and never scored; scored ones carry `status` and `fidelity` =
+   `supernet`. The sampler asks an in-memory copy of the study and a trial is stored once
+   finished, so a kill loses only unscored candidates in flight and nothing is scored twice.
+3. Queue the top-k distinct candidates for proxy training from scratch; the driver then trains
+   them with the LocalViT baselines as Ray Tune trials and confirms the best with other seeds.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
-import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Sequence, TextIO
 
+import optuna
 import torch
-from torch import nn
+from optuna.trial import FrozenTrial, TrialState
 
-from localvit.spec import ArchSpec, LayerSpec
-from localvit.supernet import Supernet, recalibrate_bn
-from space.budget import bounds
-from space.space import ListSpace, SearchSpace, Space
+from localvit.cli import log
+from localvit.spec import ArchSpec
+from proxy.data import get_proxy_data
+from proxy.protocol import ProxyProtocol
+from proxy.supernet import check_checkpoint, load_supernet, score, space_supernet, train_supernet, training_key
+from space.space import Space, make_space
 
-from .data import ProxyData
-from .proxy import (NonFiniteLossError, ProxyProtocol, _autocast, evaluate, param_groups, project_layer,
-                    project_to_proxy, resolve_precision, seed_everything, scheduled_batches)
+from .candidates import Skips, exhausted_message, tell_values
+from .optuna_adapter import fill_waiting, trial_id
+from .settings import DUPLICATE, INFEASIBLE, SUPERNET, SearchSettings
+from .studies import Plan
+from .tune import DefineByRun
 
-__all__ = ["DEFAULT_SAMPLING", "SAMPLINGS", "check_checkpoint", "describe", "fair_specs", "load_supernet", "proxy_of",
-           "recalibration_batches", "sandwich_specs", "score", "space_supernet", "train_supernet", "training_key"]
-
-#: How supernet training picks a step's subnets: `fair_specs` or `sandwich_specs`.
-SAMPLINGS = ("fair", "sandwich")
-DEFAULT_SAMPLING = "sandwich"  # audited: ranks as stand-alone training does at tau-b 0.70 (fair: 0.46)
-
-
-def proxy_of(spec: ArchSpec, protocol: ProxyProtocol, data_shape: tuple[int, int]) -> ArchSpec:
-    """The proxy spec of a target spec for data of (`in_chans`, `num_classes`)."""
-    in_chans, num_classes = data_shape
-    return project_to_proxy(spec, protocol, num_classes=num_classes, in_chans=in_chans)
+#: Candidates per actor call: Ray's overhead per call (milliseconds) is paid once for them.
+CHUNK = 4
+#: Calls sent to an actor ahead of its results: it starts the next chunk while the driver records
+#: the last one and asks the sampler for more.
+CALLS_AHEAD = 2
 
 
-def _space_bases(space: Space) -> list[ArchSpec]:
-    if isinstance(space, ListSpace):
-        return list(space.points.values())
-    if space.embed_dims or space.depths:
-        raise ValueError(f"space {space.name!r} chooses its embed_dim or depth; accepted for a supernet: a space "
-                         f"with one width and depth (heads may vary)")
-    return list(space.bases())
+def supernet_checkpoint(settings: SearchSettings, space: Space, data_shape: tuple[int, int]
+                        ) -> tuple[Path, dict[str, Any]]:
+    """Where the supernet of this search is kept, and what it is keyed by. Raises ValueError when
+    the space cannot be held by a supernet, or the checkpoint there is another space's."""
+    supernet = space_supernet(space, settings.protocol, data_shape)
+    key = training_key(space, supernet, settings.protocol, settings.supernet_epochs, settings.supernet_sampling)
+    path = Path(settings.supernet_checkpoint or settings.study_dir.parent / ".supernets" / f"{key['digest']}.pt")
+    check_checkpoint(path, key)
+    return path, key
 
 
-def space_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, int]) -> Supernet:
-    """The supernet that holds the proxy projection of every spec of `space`.
-
-    Raises ValueError when it cannot: a stage backbone, a space that chooses width or depth, or
-    head choices that the width multiplier turns into different proxy widths."""
-    bases = _space_bases(space)
-    if bases[0].backbone != "vit":
-        raise ValueError(f"backbone={bases[0].backbone!r} is invalid for --strategy oneshot; accepted: deit_tiny, "
-                         f"deit_small (the supernet holds ViT spaces)")
-    proxies = [proxy_of(base, protocol, data_shape) for base in bases]
-    widths = sorted({p.embed_dim for p in proxies})
-    if len(widths) > 1:
-        heads = sorted({b.num_heads for b in bases})
-        raise ValueError(f"width_mult={protocol.width_mult} gives heads {heads} the proxy widths {widths}; accepted "
-                         f"for a supernet: one proxy width (e.g. width_mult 0.5 or 1)")
-    dim = widths[0]
-    blocks: list[dict[LayerSpec, None]] = [{} for _ in range(bases[0].depth)]
-    for base in bases:
-        if isinstance(space, SearchSpace):
-            choices = space.block_choices(base)
-            per_block = choices * base.depth if space.shared else choices
-        else:
-            per_block = [[layer] for layer in base.layers]
-        for held, layers in zip(blocks, per_block):
-            held.update(dict.fromkeys(project_layer(layer, dim) for layer in layers))
-    return Supernet(proxies[0], [list(held) for held in blocks])
-
-
-def fair_specs(space: Space, rng: random.Random) -> list[ArchSpec]:
-    """Subnets for one training step, fair across FFN types (FairNAS's strict fairness):
-    as many specs as a block has FFN types, and in every block each type is used by exactly
-    one of them; every other choice is uniform. A paper space gives one random row."""
-    if isinstance(space, ListSpace):
-        return [space.sample(rng)]
-    names = space.distributions()
-    ffn_names = [name for name in names if name.endswith(".ffn")]
-    count = len(space.layer.ffn)
-    orders = {name: rng.sample(list(space.layer.ffn), count) for name in ffn_names}
-    specs = []
-    for k in range(count):
-        params = {name: orders[name][k] if name in orders else rng.choice(choices) for name, choices in names.items()}
-        specs.append(space.from_params(params))
-    return specs
-
-
-def sandwich_specs(space: Space, rng: random.Random, extremes: tuple[ArchSpec, ArchSpec], random_count: int = 2
-                   ) -> list[ArchSpec]:
-    """Subnets for one training step by BigNAS's sandwich rule: the largest subnet first (the
-    teacher of in-place distillation), the smallest, and `random_count` uniform ones.
-
-    `extremes` are the space's (largest, smallest) by parameters (`space.budget.bounds`); their
-    weight-free choices (activations, heads) are drawn anew each step, so that every activation
-    path of the largest branches is trained as well."""
-    largest, smallest = (_redraw_weight_free(space, spec, rng) for spec in extremes)
-    return [largest, smallest, *(space.sample(rng) for _ in range(random_count))]
-
-
-def _redraw_weight_free(space: Space, spec: ArchSpec, rng: random.Random) -> ArchSpec:
-    if isinstance(space, ListSpace):
-        return spec
-    params, choices = space.to_params(spec), space.distributions()
-    for name in params:
-        if name == "heads" or name.endswith(".act"):
-            params[name] = rng.choice(choices[name])
-    return space.from_params(params)
-
-
-def recalibration_batches(data: ProxyData, protocol: ProxyProtocol, images: int, seed: int) -> Iterator[torch.Tensor]:
-    """Training images (augmented as in training, seeded) for `recalibrate_bn`."""
-    taken = 0
-    for x, _ in data.batches("train", protocol.batch_size, epoch=0, seed=seed):
-        yield x[:images - taken]
-        taken += len(x)
-        if taken >= images:
-            return
-
-
-def score(supernet: Supernet, spec: ArchSpec, data: ProxyData, protocol: ProxyProtocol, *,
-          recalibration_images: int = 512, score_images: int = 0, seed: int = 0, split: str = "val") -> float:
-    """Validation top-1 of a target `spec` with the supernet's weights, after recalibrating its
-    BatchNorm statistics on `recalibration_images` training images (deterministic in `seed`).
-    `recalibration_images=0` keeps the supernet's own (mixed) statistics; `score_images` > 0
-    scores on the split's first that many images (the same ones for every candidate)."""
-    model = supernet.extract(proxy_of(spec, protocol, (data.in_chans, data.num_classes)))
-    precision = resolve_precision(protocol.precision)
-    if recalibration_images:
-        with _autocast(precision):
-            recalibrate_bn(model, recalibration_batches(data, protocol, recalibration_images, seed))
-    return evaluate(model, data, split, protocol.eval_batch_size, precision, images=score_images or None)
-
-
-def describe(supernet: Supernet) -> dict[str, Any]:
-    """What a supernet holds, for records and checkpoints."""
-    return {"base": supernet.base.to_dict(), "params": sum(p.numel() for p in supernet.parameters()),
-            "blocks": [{ffn: vars(caps) for ffn, caps in block.caps.items()} for block in supernet.blocks]}
-
-
-# --- training -----------------------------------------------------------------------------------
-
-def training_key(space: Space, supernet: Supernet, protocol: ProxyProtocol, epochs: int,
-                 sampling: str = DEFAULT_SAMPLING) -> dict[str, Any]:
-    """What a trained supernet depends on: a checkpoint is reused only when this is equal."""
-    _check_sampling(sampling)
-    recipe = {k: v for k, v in protocol.to_dict().items() if k not in ("threads", "eval_batch_size")}  # how fast
-    key = {"space": space.name, "choices": space.distributions(), "supernet": describe(supernet),
-           "protocol": recipe, "epochs": epochs, "sampling": sampling}
-    key["digest"] = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return key
-
-
-def _load_checkpoint(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # pickle's and torch's many errors: name the file, not a trace
-        raise ValueError(f"supernet checkpoint {str(path)!r} cannot be read ({type(err).__name__}); accepted: a "
-                         f"checkpoint train_supernet wrote") from None
-    held = state.get("key", {}) if isinstance(state, dict) else {}
-    if held.get("digest") != key["digest"]:
-        differs = [name for name in ("space", "choices", "supernet", "protocol", "epochs", "sampling")
-                   if held.get(name) != key[name]] or ["its format"]
-        raise ValueError(f"supernet checkpoint {str(path)!r} was made with another {', '.join(differs)}; accepted: "
-                         f"a checkpoint of the same space, protocol, epochs and sampling (or a new --study)")
-    return state
-
-
-def check_checkpoint(path: str | Path, key: dict[str, Any]) -> None:
-    """ValueError when a checkpoint exists at `path` and was made for another `training_key`."""
-    _load_checkpoint(Path(path), key)
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Written next to the old one and renamed over it: a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
-
-
-EpochReport = Callable[[int, dict[str, Any]], Any]
-
-
-def load_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, int], checkpoint: str | Path,
-                  epochs: int, sampling: str = DEFAULT_SAMPLING) -> Supernet:
-    """The supernet of a finished `train_supernet` checkpoint, in eval mode."""
-    supernet = space_supernet(space, protocol, data_shape)
-    state = _load_checkpoint(Path(checkpoint), training_key(space, supernet, protocol, epochs, sampling))
-    if state is None or len(state["history"]) < epochs:
-        done = 0 if state is None else len(state["history"])
-        raise ValueError(f"supernet checkpoint {str(checkpoint)!r} holds {done} of {epochs} epochs; accepted: a "
-                         f"finished one (train_supernet)")
-    supernet.load_state_dict(state["model"])
-    return supernet.eval()
-
-
-def _check_sampling(sampling: str) -> None:
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling={sampling!r} is invalid; accepted: {', '.join(SAMPLINGS)}")
-
-
-def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, epochs: int,
-                   sampling: str = DEFAULT_SAMPLING, checkpoint: str | Path | None = None,
-                   report: EpochReport | None = None) -> tuple[Supernet, list[dict[str, Any]]]:
-    """Train the supernet of `space` on the proxy data; return it (in eval mode) and its figures per epoch.
-
-    Every step trains a few subnets on one batch, their gradients accumulated (each loss
-    divided by their number), then one AdamW step. `sampling` picks them: `sandwich`
-    (`sandwich_specs`) trains the largest on the labels and the others on its predictions
-    (BigNAS's in-place distillation), so that the channels only large designs use are trained
-    every step; `fair` (`fair_specs`, FairNAS) trains one subnet per FFN type on the labels,
-    every block's branches equally often. The learning rate follows the
-    protocol's warm-up and cosine over `epochs`, per step, as stand-alone proxy training does.
-    With `checkpoint`, the state is saved there after every epoch and training resumes from
-    it (an epoch cut short is trained again from its start, with the same batches and
-    subnets, since both are seeded by the protocol's seed and the epoch); a finished
-    checkpoint is returned without training. `report(epoch, figures)` is called per epoch.
-    """
-    precision = resolve_precision(protocol.precision)
-    old_threads = torch.get_num_threads()
-    if protocol.threads:
-        torch.set_num_threads(protocol.threads)
-    try:
-        seed_everything(protocol.seed)
-        supernet = space_supernet(space, protocol, (data.in_chans, data.num_classes))
-        key = training_key(space, supernet, protocol, epochs, sampling)
-        optimizer = torch.optim.AdamW(param_groups(supernet, protocol.weight_decay), lr=protocol.lr,
-                                      betas=(0.9, 0.999), eps=1e-8)
-        path = Path(checkpoint) if checkpoint is not None else None
-        state = _load_checkpoint(path, key) if path is not None else None
-        history: list[dict[str, Any]] = []
-        if state is not None:
-            supernet.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history = state["history"]
-        criterion = nn.CrossEntropyLoss(label_smoothing=protocol.label_smoothing)
-        if sampling == "sandwich":
-            extremes = _extremes(space)
-            subnets: Callable[[random.Random], list[ArchSpec]] = lambda rng: sandwich_specs(space, rng, extremes)
-        else:
-            subnets = lambda rng: fair_specs(space, rng)
-        supernet.train()
-        for epoch in range(len(history) + 1, epochs + 1):
-            figures = _train_epoch(supernet, subnets, sampling == "sandwich", optimizer, criterion, data, protocol,
-                                   precision, epoch, epochs)
-            history.append(figures)
-            if path is not None:
-                _save_checkpoint(path, {"key": key, "model": supernet.state_dict(),
-                                        "optimizer": optimizer.state_dict(), "history": history})
-            if report is not None:
-                report(epoch, figures)
-        return supernet.eval(), history
-    finally:
-        torch.set_num_threads(old_threads)
-
-
-def _extremes(space: Space) -> tuple[ArchSpec, ArchSpec]:
-    extremes = bounds(space)
-    return extremes.costliest_params[0], extremes.cheapest_params[0]
-
-
-def accumulate_gradients(supernet: Supernet, specs: list[ArchSpec], x: torch.Tensor, y: torch.Tensor,
-                         criterion: nn.Module, distill: bool, precision: str = "fp32") -> list[float]:
-    """Add the gradients of one training step's subnets (proxy specs) to the supernet's and
-    return their losses. Each loss counts 1/len(specs); one backward pass per subnet, so only
-    one subnet's activations are held at a time. With `distill`, the first subnet learns from
-    the labels and the others from its predicted distribution (soft cross-entropy, the teacher
-    detached: in-place distillation)."""
-    teacher: torch.Tensor | None = None
-    losses = []
-    for k, spec in enumerate(specs):
-        with _autocast(precision):
-            logits = supernet(x, spec).float()
-        if distill and k > 0:
-            loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
-        else:
-            loss = criterion(logits, y)
-            teacher = logits.detach().softmax(-1) if distill else None
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            return losses  # the caller names the subnet
-        (loss / len(specs)).backward()
-    return losses
-
-
-def _train_epoch(supernet: Supernet, subnets: Callable[[random.Random], list[ArchSpec]], distill: bool,
-                 optimizer: torch.optim.Optimizer, criterion: nn.Module, data: ProxyData, protocol: ProxyProtocol,
-                 precision: str, epoch: int, epochs: int) -> dict[str, Any]:
-    data_shape = (data.in_chans, data.num_classes)
-    rng = random.Random(f"supernet-{protocol.seed}-{epoch}")
+def ensure_supernet(settings: SearchSettings, plan: Plan, threads: int) -> Path:
+    """Train the supernet (or resume or reuse it) in this process, with `threads` threads."""
+    path, key = supernet_checkpoint(settings, plan.space, plan.data_shape)
+    data = get_proxy_data(settings.protocol.data_config())
     started = time.perf_counter()
-    loss_sum, seen, trained = 0.0, 0, 0
-    for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, epochs):
-        targets = subnets(rng)
-        specs = [proxy_of(spec, protocol, data_shape) for spec in targets]
-        optimizer.zero_grad(set_to_none=True)
-        losses = accumulate_gradients(supernet, specs, x, y, criterion, distill, precision)
-        if not math.isfinite(losses[-1]):
-            raise NonFiniteLossError(epoch, i, losses[-1], targets[len(losses) - 1].id)
-        loss_sum += sum(losses) * len(y)
-        seen += len(y) * len(losses)
-        if protocol.grad_clip:
-            nn.utils.clip_grad_norm_(supernet.parameters(), protocol.grad_clip)
-        optimizer.step()
-        trained += len(specs)
-    seconds = time.perf_counter() - started
-    return {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "lr": lr, "subnets": trained,
-            "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1) if seconds else 0.0}
+
+    def report(epoch: int, figures: dict[str, Any]) -> None:
+        log(f"supernet epoch {epoch}/{settings.supernet_epochs}: loss {figures['train_loss']:.3f}, "
+            f"{figures['subnets']} subnets, {figures['seconds']:.0f} s")
+
+    log(f"supernet {key['digest']} ({key['supernet']['params'] / 1e6:.2f}M shared params): {path}")
+    _, history = train_supernet(plan.space, settings.protocol.replace(threads=threads), data,
+                                epochs=settings.supernet_epochs, sampling=settings.supernet_sampling,
+                                checkpoint=path, report=report)
+    plan.study.set_user_attr("supernet", {"key": key["digest"], "path": str(path), "epochs": len(history),
+                                          "train_s": round(sum(h["seconds"] for h in history), 1),
+                                          "trained_now_s": round(time.perf_counter() - started, 1)})
+    return path
+
+
+class SupernetEvaluator:
+    """What a Ray actor holds: the trained supernet and the proxy data, loaded once."""
+
+    def __init__(self, space: str, backbone: str, protocol: dict[str, Any], checkpoint: str, epochs: int,
+                 sampling: str, recalibration_images: int, score_images: int) -> None:
+        self.protocol = ProxyProtocol.from_dict(protocol)
+        if self.protocol.threads:
+            torch.set_num_threads(self.protocol.threads)
+        self.space = make_space(space, backbone)
+        self.data = get_proxy_data(self.protocol.data_config())
+        self.supernet = load_supernet(self.space, self.protocol, (self.data.in_chans, self.data.num_classes),
+                                      checkpoint, epochs, sampling)
+        self.recalibration_images, self.score_images = recalibration_images, score_images
+
+    def score(self, specs: list[str]) -> list[tuple[float, float]]:
+        """Validation top-1 (%) and seconds of each spec (JSON), with inherited weights."""
+        results = []
+        for text in specs:
+            started = time.perf_counter()
+            accuracy = score(self.supernet, ArchSpec.from_json(text), self.data, self.protocol,
+                             recalibration_images=self.recalibration_images,
+                             score_images=self.score_images, seed=self.protocol.seed)
+            results.append((round(100 * accuracy, 3), time.perf_counter() - started))
+        return results
+
+
+def supernet_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("status") == SUPERNET]
+
+
+class Proposer:
+    """Asks the sampler for candidates; closes the infeasible and the already scored at once
+    (`search.candidates`).
+
+    The sampler works on an in-memory copy of the study, and each finished trial is written to
+    the study in one transaction: asking the stored study cost a commit per sampled parameter
+    (about 80 a candidate) and a read of the stored trials per ask, which with TPE made the
+    driver, not the workers, the limit of the scoring (`bench.bench_proposals`). Nothing is
+    stored before it is finished, so a kill loses only candidates in flight, unscored."""
+
+    def __init__(self, settings: SearchSettings, study: optuna.Study, define: DefineByRun) -> None:
+        self.study, self.settings, self.define = study, settings, define
+        self.mirror = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=study.sampler,
+                                          directions=study.directions)
+        stored = study.get_trials(deepcopy=False)
+        finished = [t for t in stored if t.state.is_finished()]
+        waiting = [t for t in stored if t.state == TrialState.WAITING]  # warm starts, re-queued candidates
+        self.mirror.add_trials(finished + waiting)
+        #: mirror trial number -> id of the stored waiting trial it fills
+        self.queued = {len(finished) + i: trial_id(t) for i, t in enumerate(waiting)}
+        #: spec id -> values and number of the trial that scored it
+        self.scored = {t.user_attrs["spec_id"]: (t.values, t.number) for t in supernet_trials(study)}
+        self.in_flight: dict[str, int] = {}  # spec id -> number of the (mirror) trial being scored
+        self.skips = Skips()
+
+    @property
+    def exhausted(self) -> bool:
+        return self.skips.exhausted
+
+    def _values(self, accuracy: float, flops: int) -> list[float]:
+        return [accuracy if o == "accuracy" else float(flops) for o in self.settings.objectives]
+
+    def next(self) -> tuple[optuna.Trial, ArchSpec] | None:
+        """The next candidate to score; None (and `exhausted`) once the sampler has proposed only
+        infeasible or already scored ones `SKIPS_IN_A_ROW` times in a row (a small space, or a
+        tight budget): the scoring then ends instead of asking forever."""
+        while not self.skips.exhausted:
+            trial = self.mirror.ask()
+            config = self.define(trial)
+            spec = ArchSpec.from_json(config["spec"])
+            earlier = self.scored.get(spec.id) or ((None, self.in_flight[spec.id]) if spec.id in self.in_flight
+                                                   else None)
+            if config["status"] != INFEASIBLE and earlier is None:
+                self.skips.taken()
+                self.in_flight[spec.id] = trial.number
+                return trial, spec
+            self.skips.close(trial, config, self.settings.objectives, earlier, self._store)
+        return None
+
+    def record(self, trial: optuna.Trial, spec: ArchSpec, accuracy: float, seconds: float) -> None:
+        trial.set_user_attr("status", SUPERNET)
+        trial.set_user_attr("fidelity", SUPERNET)
+        trial.set_user_attr("eval_s", round(seconds, 2))
+        values = self._values(accuracy, trial.user_attrs["flops"])
+        self._store(trial, values)
+        self.scored[spec.id] = (values, trial.number)
+        self.in_flight.pop(spec.id, None)
+
+    def best(self) -> float:
+        return max(values[0] for values, _ in self.scored.values())
+
+    def _store(self, trial: optuna.Trial, values: Sequence[float] | None) -> None:
+        """Tell the mirror, then write the finished trial to the study: a new trial in one
+        transaction, or the waiting trial it was queued as (claimed, so no other driver takes it)."""
+        frozen = tell_values(self.mirror, trial, values)
+        waiting = self.queued.pop(frozen.number, None)
+        if waiting is None or not fill_waiting(self.study, waiting, frozen):
+            self.study.add_trial(frozen)
+
+
+def evaluate_candidates(settings: SearchSettings, plan: Plan, checkpoint: Path, resources: dict[str, float],
+                        define: DefineByRun, deadline: float | None, out: TextIO | None = None) -> dict[str, Any]:
+    """Score candidates on Ray actors until `settings.candidates` are scored or `deadline`
+    (a `time.time()`) passes; returns the figures of this run of the phase. Progress goes to
+    `out` (the console, while Ray's output goes to its log)."""
+    import ray
+
+    proposer = Proposer(settings, plan.study, define)
+    held = len(proposer.scored)
+    if held >= settings.candidates:
+        return {"scored": held, "scored_now": 0, "held_before": held, "seconds_now": 0.0, "per_s": 0.0}
+    protocol = define.protocol
+    evaluator = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(SupernetEvaluator)
+    actors = [evaluator.remote(settings.space, settings.backbone, protocol.to_dict(), str(checkpoint),
+                               settings.supernet_epochs, settings.supernet_sampling, settings.recalibration_images,
+                               settings.score_images)
+              for _ in range(settings.workers)]
+    calls = [0] * len(actors)  # calls sent to each actor and not yet returned
+    busy: dict[Any, tuple[int, list]] = {}
+    started, last_log, scored = time.time(), time.time(), 0
+    try:
+        while True:
+            for index, worker in enumerate(actors):  # a call queued behind the running one
+                while calls[index] < CALLS_AHEAD and (deadline is None or time.time() < deadline):
+                    room = settings.candidates - len(proposer.scored) - sum(len(c) for _, c in busy.values())
+                    chunk = []
+                    while len(chunk) < min(CHUNK, room) and not proposer.exhausted:
+                        candidate = proposer.next()
+                        chunk += [candidate] if candidate else []
+                    if not chunk:
+                        break
+                    busy[worker.score.remote([spec.to_json() for _, spec in chunk])] = (index, chunk)
+                    calls[index] += 1
+            if not busy:
+                break
+            [ready], _ = ray.wait(list(busy), num_returns=1)
+            index, chunk = busy.pop(ready)
+            calls[index] -= 1
+            for (trial, spec), (accuracy, seconds) in zip(chunk, ray.get(ready)):
+                proposer.record(trial, spec, accuracy, seconds)
+                scored += 1
+            if time.time() - last_log > 30:
+                last_log = time.time()
+                log(f"scored {len(proposer.scored)}/{settings.candidates} on the supernet "
+                    f"({scored / (time.time() - started):.2f}/s), best {proposer.best():.2f}%", out)
+    finally:
+        for worker in actors:
+            ray.kill(worker)
+    seconds = time.time() - started
+    figures = {"scored": len(proposer.scored), "scored_now": scored, "held_before": held,
+               "seconds_now": round(seconds, 1), "per_s": round(scored / seconds, 3) if seconds else 0.0,
+               **{f"skipped_{k}": v for k, v in proposer.skips.counts.items()}}
+    log(f"scored {scored} candidate(s) on the supernet in {seconds:.0f} s ({figures['per_s']:.2f}/s); "
+        f"{proposer.skips.counts[INFEASIBLE]} over the budget and {proposer.skips.counts[DUPLICATE]} repeats closed "
+        f"unscored", out)
+    if proposer.exhausted:
+        log(f"{exhausted_message('scored')}: scoring ended before --candidates {settings.candidates}", out)
+    return figures
+
+
+def layers_apart(a: ArchSpec, b: ArchSpec) -> int:
+    """In how many layers two specs of one backbone choose differently."""
+    return sum(x != y for x, y in zip(a.layers, b.layers))
+
+
+def pick_finalists(ranked: list[ArchSpec], k: int, apart: int) -> list[int]:
+    """Indices of `k` finalists from `ranked` (best first): each the best one at least `apart`
+    layers from every earlier pick; when fewer qualify, the best of the rest fill up."""
+    picks: list[int] = []
+    for i, spec in enumerate(ranked):
+        if len(picks) < k and all(layers_apart(spec, ranked[j]) >= apart for j in picks):
+            picks.append(i)
+    rest = [i for i in range(len(ranked)) if i not in picks]
+    return sorted(picks + rest[:k - len(picks)])
+
+
+def enqueue_top_k(study: optuna.Study, settings: SearchSettings, exclude: set[str]
+                  ) -> list[tuple[int, FrozenTrial]]:
+    """Queue the `top_k` best distinct supernet candidates for proxy training from scratch (once),
+    each `top_k_apart` layers from every better one (`pick_finalists`); specs in `exclude` (the
+    baselines, trained anyway) are passed over. Returns their ranks and supernet trials."""
+    if "oneshot_top_k" in study.user_attrs:
+        return []
+    if not supernet_trials(study):
+        log("no candidate was scored on the supernet (the time limit passed first?): run the same command with a "
+            "longer --time-limit to score some; the supernet is kept")
+        return []
+    ranked, seen = [], set(exclude)
+    for t in sorted(supernet_trials(study), key=lambda t: (-t.values[0], t.user_attrs["flops"], t.number)):
+        if t.user_attrs["spec_id"] not in seen:
+            seen.add(t.user_attrs["spec_id"])
+            ranked.append(t)
+    picks = pick_finalists([ArchSpec.from_json(t.user_attrs["spec"]) for t in ranked], settings.top_k,
+                           settings.top_k_apart)
+    top = [(i + 1, ranked[i]) for i in picks]
+    for rank, t in top:
+        study.enqueue_trial(t.params, user_attrs={"oneshot_rank": rank, "supernet_accuracy": t.values[0],
+                                                  "supernet_trial": t.number})
+    study.set_user_attr("oneshot_top_k", [t.number for _, t in top])
+    return top
+
+
+__all__ = ["SupernetEvaluator", "enqueue_top_k", "ensure_supernet", "evaluate_candidates", "layers_apart",
+           "pick_finalists", "supernet_checkpoint", "supernet_trials"]

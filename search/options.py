@@ -1,69 +1,128 @@
-"""Command-line options that more than one command takes: the proxy protocol and the compute.
+"""Command-line options, built from the fields of `SearchSettings`, `Budget` and `ProxyProtocol`.
 
-`run_search.py` and `python -m search.audit` build a `ProxyProtocol` from the same options, so
-that an audited protocol is exactly the one a search can be told to use.
+A field is an option when its metadata holds a `help` text and a `group`; it may also give a
+`flag` (default: `--field-name`; a boolean that is on by default takes `--no-...`), a `parse`
+function from the option's text to the field's value, a `metavar`, a `cli_default` (where the
+default depends on other options, as the proxy resolution does on the backbone) and a
+`default_text` for the help. Name, type, default, help and check are so written once, on the
+field, and `run_search.py`, `python -m audit` and the benchmarks take the same options. Values
+are converted and checked when the settings are built (`settings_from_args`), so that a bad
+one is the dataclass's one-line error.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import dataclasses
+import os
+import types
+import typing
+from typing import Any, Iterable, Union
 
 from localvit.backbones import PROXY_IMG_SIZE, VIT_BACKBONES
+from proxy.protocol import PROXY_GROUP, ProxyProtocol
+from space.budget import BUDGET_GROUP, Budget
 
-from .data import DATASETS
-from .proxy import PRECISIONS, ProxyProtocol
-from .settings import SearchSettings
+from .settings import COMPUTE, ONESHOT_GROUP, SEARCH, TIME, WHERE, SearchSettings
+from .storage import without_password
+
+#: The groups of `run_search.py --help`, in this order.
+GROUPS = (BUDGET_GROUP, SEARCH, ONESHOT_GROUP, WHERE, COMPUTE, TIME, PROXY_GROUP)
+_CLASSES = (SearchSettings, Budget, ProxyProtocol)
 
 
-def add_proxy_options(parser: argparse.ArgumentParser) -> None:
-    p = ProxyProtocol()
-    g = parser.add_argument_group("proxy training")
-    g.add_argument("--dataset", default=p.dataset, help=f"{', '.join(DATASETS)} (default: {p.dataset}; "
-                                                          "fashion-pairs: use --img-size 56 --patch-size 8; fashion-rotations: 40 classes, "
-                                                          "each item and its quarter turn)")
-    g.add_argument("--data-dir", help="Fashion-MNIST idx files (every fashion-* task), or an ImageNet-layout folder "
-                                      "(default: /usr/share/datasets/fashion-mnist)")
-    g.add_argument("--img-size", type=int, help=f"proxy resolution (default: {p.img_size} for the ViT "
-                                                 f"backbones, {PROXY_IMG_SIZE} for the stage backbones)")
-    for name, kind, text in (("train-size", int, "training images"), ("val-size", int, "validation images"),
-                             ("patch-size", int, "proxy patch of the ViT backbones"),
-                             ("width-mult", float, "width multiplier of the proxy"), ("epochs", int, "epochs"),
-                             ("batch-size", int, "batch size"), ("lr", float, "peak learning rate"),
-                             ("warmup-epochs", float, "linear warm-up, in epochs")):
-        attr = name.replace("-", "_")
-        g.add_argument(f"--{name}", type=kind, default=getattr(p, attr), help=f"{text} (default: {getattr(p, attr)})")
-    g.add_argument("--no-augment", action="store_true", help="no random crop and flip")
-    g.add_argument("--precision", default=p.precision, help=f"{', '.join(PRECISIONS)} (default: {p.precision}: "
-                                                              "bf16 where the CPU computes it natively)")
+def option_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of `cls` that are command-line options."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _switch(f: dataclasses.Field) -> str:
+    """The destination of a boolean option: `no_asha` for a field on by default, the field's name else."""
+    return f"no_{f.name}" if _default(f) else f.name
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if "cli_default" in f.metadata:
+        return f.metadata["cli_default"]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _scalar_type(cls: type, f: dataclasses.Field) -> type:
+    """`int` of `int | None`: what argparse converts the text to (the rest is the field's check)."""
+    hint = typing.get_type_hints(cls)[f.name]
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def add_options(parser: argparse.ArgumentParser, *, groups: Iterable[str] = GROUPS,
+                names: Iterable[str] = ()) -> dict[str, argparse._ArgumentGroup]:
+    """Add the options of the given `groups`, and the single options `names` (field names), to
+    `parser`; returns its argument groups by title, for options of a command's own."""
+    wanted_groups, wanted_names = set(groups), set(names)
+    selected = [(cls, f) for cls in _CLASSES for f in option_fields(cls)
+                if f.metadata["group"] in wanted_groups or f.name in wanted_names]
+    titles = [g for g in GROUPS if any(f.metadata["group"] == g for _, f in selected)]
+    made = {title: parser.add_argument_group(title) for title in titles}
+    for cls, f in selected:
+        default = _default(f)
+        shown = f.metadata.get("default_text", "none" if default is None else default)
+        kind = _scalar_type(cls, f)
+        group = made[f.metadata["group"]]
+        if kind is bool:  # a switch that turns the default around: --no-asha, --no-augment
+            group.add_argument(_flag(f), dest=_switch(f), action="store_true", help=f.metadata["help"])
+            continue
+        text = f"{f.metadata['help']} (default: {shown})"
+        converter = str if "parse" in f.metadata or kind not in (int, float) else kind
+        group.add_argument(_flag(f), dest=f.name, type=converter, default=default, metavar=f.metadata.get("metavar"),
+                           help=text.replace("%", "%%"))
+    return made
+
+
+def values_from_args(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The option fields of `cls` that `args` holds, their text parsed (`parse` in the metadata)."""
+    values = {}
+    for f in option_fields(cls):
+        if hasattr(args, _switch(f)) and _scalar_type(cls, f) is bool:
+            values[f.name] = (not _default(f)) if getattr(args, _switch(f)) else _default(f)
+            continue
+        if not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        parse = f.metadata.get("parse")
+        values[f.name] = parse(value) if parse is not None and isinstance(value, str) else value
+    return values
 
 
 def protocol_from_args(args: argparse.Namespace, backbone: str, seed: int) -> ProxyProtocol:
-    img_size = args.img_size or (ProxyProtocol.img_size if backbone in VIT_BACKBONES else PROXY_IMG_SIZE)
-    return ProxyProtocol(dataset=args.dataset, data_dir=args.data_dir, train_size=args.train_size,
-                         val_size=args.val_size, img_size=img_size, patch_size=args.patch_size,
-                         width_mult=args.width_mult, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         warmup_epochs=args.warmup_epochs, augment=not args.no_augment, precision=args.precision,
-                         seed=seed)
-
-
-def add_compute_options(parser: argparse.ArgumentParser) -> None:
-    d = SearchSettings()
-    g = parser.add_argument_group("compute")
-    g.add_argument("--workers", type=int, default=d.workers, help=f"concurrent trials (default: {d.workers})")
-    g.add_argument("--cpus-per-trial", type=float, help="(default: the CPUs shared by the workers)")
-    g.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial,
-                   help="GPUs per trial, fractions allowed; only what the cluster has (default: 0)")
-    g.add_argument("--ray-address", help="join an existing Ray cluster, e.g. auto or 10.0.0.1:6379; the project's "
-                                          "code is shipped to its nodes (default: start a local one)")
-    g.add_argument("--ray-storage", metavar="PATH_OR_URI",
-                   help="Ray Tune's experiment folder, which every node must see: a shared folder or an s3:// or "
-                        "gs:// URI (default: the study folder, enough for one machine)")
-    g.add_argument("--max-retries", type=int, default=d.max_retries,
-                   help="retry a trial lost to the infrastructure (a node or worker died) this many times on "
-                        f"another node; it keeps its candidate and does not count as a trial (default: {d.max_retries})")
+    """The proxy protocol of the options; the resolution's default follows the backbone."""
+    values = values_from_args(ProxyProtocol, args)
+    if values.get("img_size") is None:
+        values["img_size"] = ProxyProtocol.img_size if backbone in VIT_BACKBONES else PROXY_IMG_SIZE
+    return ProxyProtocol(**values, seed=seed)
 
 
 def compute_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The SearchSettings fields of the compute options."""
-    return {"workers": args.workers, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-            "ray_address": args.ray_address, "ray_storage": args.ray_storage, "max_retries": args.max_retries}
+    return {f.name: getattr(args, f.name) for f in option_fields(SearchSettings)
+            if f.metadata["group"] == COMPUTE}
+
+
+def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    """The settings of `run_search.py`'s options; a bad value is a ValueError naming it."""
+    values = values_from_args(SearchSettings, args)
+    budget_text = args.max_flops or args.max_params or "nobudget"
+    if values["study"] is None:
+        values["study"] = "-".join([values["backbone"], os.path.splitext(os.path.basename(values["space"]))[0],
+                                    budget_text])
+    if values["storage"]:
+        values["storage"] = without_password(values["storage"])
+    return SearchSettings(**values, budget=Budget(**values_from_args(Budget, args)),
+                          protocol=protocol_from_args(args, values["backbone"], values["seed"]))
+
+
+__all__ = ["GROUPS", "add_options", "compute_from_args", "option_fields", "protocol_from_args",
+           "settings_from_args", "values_from_args"]

@@ -9,6 +9,8 @@ from typing import Any, TextIO
 import optuna
 from ray.tune import Callback
 
+from localvit.spec import ArchSpec
+
 from .cluster import lost_reason
 from .settings import SearchSettings
 
@@ -36,8 +38,6 @@ class Progress(Callback):
 
     def _name(self, trial: Any) -> str:
         spec = trial.config.get("spec", "")
-        from localvit.spec import ArchSpec
-
         return ArchSpec.from_json(spec).id if spec else trial.trial_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -110,7 +110,7 @@ class Progress(Callback):
             left = f", ~{_clock(mean * (self.total - finished) / self.settings.workers)} left (mm:ss)"
         best = f"best {self.best[0]:.2f}% ({self.best[1]})" if self.best else "best -"
         bases = " ".join(f"{k} {v:.2f}%" for k, v in self.baselines.items())
-        skipped = self.searcher.skipped
+        skipped = self.searcher.skips.counts
         lost = f", {self.retried} retried, {self.lost} lost" if self.retried or self.lost else ""
         print(f"[{_clock(elapsed)}] {finished}/{self.total} trained ({self.stopped} stopped early, {self.failed} "
               f"failed{lost}), {len(self.running)} running, {skipped['infeasible']} infeasible skipped | {best}"

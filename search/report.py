@@ -1,12 +1,11 @@
 """Reports of a study: a pandas table, a Pareto plot, a per-layer picture, a summary, exports.
 
 "Best" and the Pareto front are taken among feasible trials trained to the full proxy
-budget only (`imagenet.export.ranked_candidates`, the same selection the exports use); trials
+budget only (`search.export.ranked_candidates`, the same selection the exports use); trials
 stopped early by ASHA carry their low-epoch accuracy and are counted apart.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,11 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from localvit.spec import ArchSpec
+from ranking.audits import audit_for, describe_audit, ranking_audit, supernet_imagenet_audit
 
-from .audit import audit_for, describe_audit
-from imagenet.export import export_trials, pareto_front, ranked_candidates
+from .export import export_trials, pareto_front, ranked_candidates
 from .settings import ONESHOT, SUPERNET, TRAIN, SearchSettings
+
 
 def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     """The baselines trained to the full proxy budget, by name."""
@@ -227,59 +227,6 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
               f"{path / 'train.yaml'} --data-dir /path/to/imagenet`" for path in exported]
     lines += ["", f"Inspect: `optuna-dashboard {settings.storage_url}`", ""]
     return "\n".join(lines)
-
-
-#: The project's own audits of supernets, by training key (`bench_supernet_audit --ship`): a
-#: search that trains a supernet of an audited key cites them, as proxy protocols' audits are.
-SHIPPED_SUPERNET_AUDITS = Path(__file__).resolve().parent / "audited_supernets.json"
-
-
-def supernet_audit_files(checkpoint: str | Path) -> dict[str, Path]:
-    """Where `bench_supernet_audit` keeps a supernet's audits beside its checkpoint: the report
-    against stand-alone training (`stand_alone`) and the audit against ImageNet (`imagenet`, a
-    folder `search.audit.write_audit` fills)."""
-    checkpoint = Path(checkpoint)
-    return {"stand_alone": checkpoint.with_suffix(".audit.json"),
-            "imagenet": checkpoint.with_name(checkpoint.stem + ".paper-audit")}
-
-
-def _supernet_audit(supernet: dict[str, Any] | None, kind: str) -> tuple[dict[str, Any] | None, str]:
-    """A supernet's audit of `kind` (`stand_alone` or `imagenet`) and where it came from: the
-    one `bench_supernet_audit` saved beside its checkpoint, else the project's of its key."""
-    if not supernet:
-        return None, ""
-    beside = supernet_audit_files(supernet["path"])[kind]
-    beside = beside / "audit.json" if kind == "imagenet" else beside
-    if beside.is_file():
-        return json.loads(beside.read_text()), ""
-    shipped = json.loads(SHIPPED_SUPERNET_AUDITS.read_text()) if SHIPPED_SUPERNET_AUDITS.is_file() else {}
-    entry = shipped.get(supernet.get("key"), {})
-    if kind in entry:
-        return entry[kind], (f" (the project's audit of a supernet of the same key, {entry['created']}, "
-                             f"search/audited_supernets.json)")
-    return None, ""
-
-
-def ranking_audit(supernet: dict[str, Any] | None, fidelity: dict[str, int] | None = None) -> str:
-    """Which audit a supernet's ranking rests on: the one saved beside its checkpoint, else the
-    project's of its training key, if any; says so when the search scored candidates otherwise
-    than the audit did (`fidelity`: the search's `recalibration_images` and `score_images`)."""
-    if not supernet:
-        return "none (no supernet was trained)"
-    audit, source = _supernet_audit(supernet, "stand_alone")
-    if audit is None:
-        return (f"none yet: this supernet's ranking has not been audited against stand-alone proxy training "
-                f"(an audit saved as `{supernet_audit_files(supernet['path'])['stand_alone']}` is cited here)")
-    differs = {k: v for k, v in (fidelity or {}).items() if k in audit and audit[k] != v}
-    caveat = ("; this search scored otherwise (" + ", ".join(f"{k} {v}" for k, v in differs.items())
-              + "), so the audit is only indicative") if differs else ""
-    return audit["summary"] + source + caveat
-
-
-def supernet_imagenet_audit(supernet: dict[str, Any] | None) -> str | None:
-    """The audit of the supernet's scores against ImageNet, in one line; None when there is none."""
-    audit, source = _supernet_audit(supernet, "imagenet")
-    return None if audit is None else describe_audit(audit) + source
 
 
 def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]:

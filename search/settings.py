@@ -1,4 +1,9 @@
-"""Everything one search needs, validated before any compute starts."""
+"""Everything one search needs, validated before any compute starts.
+
+Each field that a user may set carries its command-line option in its metadata (help, group,
+flag, parser); `search.options` builds `run_search.py`'s parser, the audit's and the
+benchmarks' from them, so that a name, a default, a help text and a check are written once.
+"""
 from __future__ import annotations
 
 import re
@@ -6,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proxy.protocol import ProxyProtocol
+from proxy.supernet import DEFAULT_SAMPLING, SAMPLINGS
 from space.budget import Budget
 
-from .oneshot import DEFAULT_SAMPLING, SAMPLINGS
-from .proxy import ProxyProtocol
 from .storage import has_password
 
 SAMPLERS = ("tpe", "evolution", "nsga2", "random", "grid")
@@ -26,58 +31,118 @@ TRAIN, INFEASIBLE, DUPLICATE, SUPERNET = "train", "infeasible", "duplicate", "su
 #: A trial whose node or worker was lost with every retry spent: its candidate is queued again.
 LOST = "lost"
 OBJECTIVES = ("accuracy", "flops")
+BACKBONES = ("deit_tiny", "deit_small", "pvt_tiny", "swin_tiny", "swin_mini", "tnt_tiny", "t2t_7")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+SEARCH, ONESHOT_GROUP, WHERE, COMPUTE, TIME = (
+    "what to search", "one-shot (--strategy oneshot)", "where", "compute", "time")
+
+
+def parse_duration(text: str) -> float | None:
+    """'25m', '1h30m', '90s', '600' (seconds) -> seconds; 'none' -> None (no limit)."""
+    if text.strip().lower() == "none":
+        return None
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not match or not any(match.groups()):
+        raise ValueError(f"duration {text!r} is invalid; accepted: e.g. 25m, 1h30m, 90s, seconds, or none")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"duration {text!r} is invalid; accepted: a positive duration")
+    return total
+
+
+def _objectives(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(","))
+
+
+def _option(help: str, group: str, **more: Any) -> dict[str, Any]:
+    """The metadata of a field a user sets: `search.options` turns it into a command-line option."""
+    return {"help": help, "group": group, **more}
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     """One search: where it is stored, what it searches, under which budget, how it trains."""
 
-    study: str = "localvit-1.3G"
-    results_dir: str = "results"
-    storage: str | None = None  # any Optuna RDB URL; default SQLite at results/<study>/study.db
-    space: str = "default"  # `default`, `paper` or a space file
-    backbone: str = "deit_tiny"
+    study: str = field(default="localvit-1.3G", metadata=_option(
+        "study name", WHERE, cli_default=None, default_text="<backbone>-<space>-<budget>"))
+    results_dir: str = field(default="results", metadata=_option("where studies and reports are written", WHERE))
+    storage: str | None = field(default=None, metadata=_option(
+        "Optuna storage URL, e.g. postgresql://user@host/db; its password is taken from PGPASSWORD or ~/.pgpass "
+        "and never written to disk", WHERE, default_text="sqlite:///<results-dir>/<study>/study.db"))
+    space: str = field(default="default", metadata=_option(
+        "default, paper, a .yaml/.json space file, or a reference file (its designs; with --sampler grid)", SEARCH))
+    backbone: str = field(default="deit_tiny", metadata=_option(", ".join(BACKBONES), SEARCH))
     budget: Budget = field(default_factory=Budget)
-    sampler: str = "auto"  # AUTO_SAMPLERS by strategy
-    objectives: tuple[str, ...] = ("accuracy",)
-    trials: int = 16  # trained trials, baselines included
-    workers: int = 2
-    cpus_per_trial: float | None = None  # default: the machine's CPUs shared by the workers
-    gpus_per_trial: float = 0.0
-    ray_address: str | None = None
-    ray_storage: str | None = None  # Ray Tune's experiment folder, seen by every node; default: the study folder
-    max_retries: int = 2  # retries of a trial lost to the infrastructure (a node or worker died)
+    sampler: str = field(default="auto", metadata=_option(
+        f"auto, {', '.join(SAMPLERS)}; auto is tpe with --strategy train and evolution (aging evolution) with "
+        f"--strategy oneshot", SEARCH))
+    objectives: tuple[str, ...] = field(default=("accuracy",), metadata=_option(
+        "accuracy, or accuracy,flops for a Pareto front", SEARCH, parse=_objectives, cli_default="accuracy"))
+    trials: int = field(default=16, metadata=_option(
+        "trained trials, baselines included; infeasible candidates are extra", SEARCH))
+    workers: int = field(default=2, metadata=_option("concurrent trials", COMPUTE))
+    cpus_per_trial: float | None = field(default=None, metadata=_option(
+        "CPUs per trial", COMPUTE, default_text="the CPUs shared by the workers"))
+    gpus_per_trial: float = field(default=0.0, metadata=_option(
+        "GPUs per trial, fractions allowed; only what the cluster has", COMPUTE))
+    ray_address: str | None = field(default=None, metadata=_option(
+        "join an existing Ray cluster, e.g. auto or 10.0.0.1:6379; the project's code is shipped to its nodes",
+        COMPUTE, default_text="start a local one"))
+    ray_storage: str | None = field(default=None, metadata=_option(
+        "Ray Tune's experiment folder, which every node must see: a shared folder or an s3:// or gs:// URI",
+        COMPUTE, metavar="PATH_OR_URI", default_text="the study folder, enough for one machine"))
+    max_retries: int = field(default=2, metadata=_option(
+        "retry a trial lost to the infrastructure (a node or worker died) this many times on another node; it "
+        "keeps its candidate and does not count as a trial", COMPUTE))
     protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
-    asha: bool = True
-    # Epochs every trial trains before ASHA may stop it. On fashion-rotations the first epoch ranks
-    # designs against their final accuracy (all-locality designs start slowest and end best), the
-    # second as the third does.
-    asha_grace: int = 2
-    baselines: bool = True
-    warm_start: int = 4  # queue this many of the paper's designs that fit, after the baselines
-    seed: int = 0
-    time_limit_s: float | None = None
-    confirm_seeds: int = 2  # re-train the best and LocalViT-T with this many other seeds
-    export_top: int = 3
+    asha: bool = field(default=True, metadata=_option(
+        "train every trial for all epochs (no early stopping)", SEARCH, flag="--no-asha"))
+    # On fashion-rotations the first epoch ranks designs against their final accuracy (all-locality
+    # designs start slowest and end best), the second as the third does.
+    asha_grace: int = field(default=2, metadata=_option("epochs every trial trains before ASHA may stop it",
+                                                        SEARCH))
+    baselines: bool = field(default=True, metadata=_option(
+        "do not train LocalViT and DeiT baselines first", SEARCH, flag="--no-baselines"))
+    warm_start: int = field(default=4, metadata=_option(
+        "queue this many designs of the paper's tables that fit the budget, closest to it first", SEARCH))
+    seed: int = field(default=0, metadata=_option("sampler and training seed", SEARCH))
+    # The default keeps the default search within 30 minutes on 2 CPU cores, the one-shot one within 35.
+    time_limit_s: float | None = field(default=1200.0, metadata=_option(
+        "stop launching and running search trials (oneshot: stop scoring candidates; the top-k training "
+        "follows) this long after the start, e.g. 45m or 2h; 'none' for no limit; the seed confirmation runs "
+        "after it", TIME, flag="--time-limit", parse=parse_duration, cli_default="20m"))
+    confirm_seeds: int = field(default=2, metadata=_option(
+        "re-train the best and LocalViT with this many other seeds", SEARCH))
+    export_top: int = field(default=3, metadata=_option("export this many best trials as ImageNet jobs", WHERE))
     throughput_batch: int = 64
     throughput_threads: int = 1
-    strategy: str = "train"
-    supernet_epochs: int = 4  # oneshot: proxy epochs of supernet training
-    supernet_sampling: str = DEFAULT_SAMPLING  # oneshot: subnets per training step (search.oneshot.SAMPLINGS)
-    candidates: int = 2000  # oneshot: most candidates scored on the supernet (--time-limit stops sooner)
-    top_k: int = 4  # oneshot: best supernet candidates proxy-trained from scratch
-    # oneshot: layers in which each finalist differs from every better one (0: the plain top-k). The
-    # supernet's best few are near-ties, often one design's mutations a layer or two apart, which
+    strategy: str = field(default="train", metadata=_option(
+        f"{', '.join(STRATEGIES)}: proxy-train every candidate from scratch, or score candidates with weights "
+        f"inherited from a supernet trained once and proxy-train only the top --top-k", SEARCH))
+    supernet_epochs: int = field(default=4, metadata=_option("proxy epochs of supernet training", ONESHOT_GROUP))
+    supernet_sampling: str = field(default=DEFAULT_SAMPLING, metadata=_option(
+        "subnets trained per step: sandwich (largest, smallest and two random, the others distilled from the "
+        "largest) or fair (one per FFN type)", ONESHOT_GROUP))
+    candidates: int = field(default=2000, metadata=_option(
+        "most candidates scored on the supernet; --time-limit may stop sooner", ONESHOT_GROUP))
+    top_k: int = field(default=4, metadata=_option("best supernet candidates proxy-trained from scratch",
+                                                   ONESHOT_GROUP))
+    # The supernet's best few are near-ties, often one design's mutations a layer or two apart, which
     # train from scratch to the same accuracy within its noise: distinct finalists hedge the draw.
-    top_k_apart: int = 3
-    # oneshot: training images that re-estimate a subnet's BatchNorm, and validation images a candidate
-    # is scored on (0: the whole split). Audited (bench_supernet_audit): 128 and 250 rank as stand-alone
-    # training does at tau-b 0.64, 256 and 500 at 0.70, 512 and all 2,000 at 0.61, intervals +-0.18: more
-    # images do not rank better, and these score a candidate twice as fast.
-    recalibration_images: int = 128
-    score_images: int = 250
-    supernet_checkpoint: str | None = None  # oneshot: default <results_dir>/.supernets/<key>.pt
+    top_k_apart: int = field(default=3, metadata=_option(
+        "layers in which each of the top-k differs from every better one; 0: the plain top-k", ONESHOT_GROUP))
+    # Audited (studies.supernet_audit): 128 and 250 rank as stand-alone training does at tau-b 0.64, 256
+    # and 500 at 0.70, 512 and all 2,000 at 0.61, intervals +-0.18: more images do not rank better, and
+    # these score a candidate twice as fast.
+    recalibration_images: int = field(default=128, metadata=_option(
+        "training images that re-estimate a candidate's BatchNorm statistics", ONESHOT_GROUP))
+    score_images: int = field(default=250, metadata=_option(
+        "validation images a candidate is scored on, the same for all; 0: the whole split", ONESHOT_GROUP))
+    supernet_checkpoint: str | None = field(default=None, metadata=_option(
+        "where the supernet is trained to or reused from", ONESHOT_GROUP, metavar="PATH",
+        default_text="<results-dir>/.supernets/<key of space, protocol, epochs, sampling>.pt"))
 
     def __post_init__(self) -> None:
         if self.supernet_sampling not in SAMPLINGS:
@@ -85,6 +150,8 @@ class SearchSettings:
                              f"{', '.join(SAMPLINGS)}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r} is invalid; accepted: {', '.join(STRATEGIES)}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone={self.backbone!r} is invalid; accepted: {', '.join(BACKBONES)}")
         if not _STUDY_NAME.match(self.study):
             raise ValueError(f"study={self.study!r} is invalid; accepted: letters, digits, '_', '.', '-' "
                              f"(at most 100, not starting with a symbol)")
@@ -105,7 +172,8 @@ class SearchSettings:
                              "PGPASSWORD)")
         for name, low in (("trials", 1), ("workers", 1), ("max_retries", 0), ("confirm_seeds", 0), ("export_top", 0),
                           ("warm_start", 0), ("asha_grace", 1), ("throughput_batch", 1), ("throughput_threads", 1),
-                          ("supernet_epochs", 1), ("candidates", 1), ("top_k", 1), ("top_k_apart", 0), ("recalibration_images", 0), ("score_images", 0)):
+                          ("supernet_epochs", 1), ("candidates", 1), ("top_k", 1), ("top_k_apart", 0),
+                          ("recalibration_images", 0), ("score_images", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} is invalid; accepted: an integer >= {low}")
@@ -134,7 +202,7 @@ class SearchSettings:
 
     @property
     def scoring_fidelity(self) -> dict[str, int]:
-        """How a one-shot candidate is scored, as `search.oneshot.score` takes it and audits record it."""
+        """How a one-shot candidate is scored, as `proxy.supernet.score` takes it and audits record it."""
         return {"recalibration_images": self.recalibration_images, "score_images": self.score_images}
 
     @property
@@ -146,15 +214,3 @@ class SearchSettings:
         data["objectives"] = list(self.objectives)
         data["protocol"] = self.protocol.to_dict()
         return data
-
-
-def parse_duration(text: str) -> float:
-    """'25m', '1h30m', '90s', '600' (seconds) -> seconds."""
-    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
-    if not match or not any(match.groups()):
-        raise ValueError(f"duration {text!r} is invalid; accepted: e.g. 25m, 1h30m, 90s or seconds")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0:
-        raise ValueError(f"duration {text!r} is invalid; accepted: a positive duration")
-    return total

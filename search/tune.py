@@ -20,14 +20,15 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from localvit.spec import ArchSpec
+from proxy.protocol import ProxyProtocol, project_to_proxy
+from proxy.training import train_proxy
 from space.budget import Budget
 from space.cost import model_cost, target_cost
 from space.space import Space
 
-from .proxy import ProxyProtocol, project_to_proxy, train_proxy
-from .settings import DUPLICATE, INFEASIBLE, LOST, TRAIN
-
-MAX_SKIPPED_IN_A_ROW = 2000
+from .candidates import Skips, tell_values
+from .optuna_adapter import record_constraints
+from .settings import INFEASIBLE, LOST, TRAIN
 
 
 def train_candidate(config: dict[str, Any]) -> None:
@@ -73,13 +74,6 @@ def trial_device() -> str:
 def confirm_candidate(config: dict[str, Any]) -> None:
     """Ray Tune trial of the confirmation runs: the candidate travels as one grid value."""
     train_candidate(config["candidate"])
-
-
-def record_constraints(trial: optuna.Trial, violations: dict[str, float]) -> None:
-    """Constraints both ways: Optuna 5's API and the `constraints` list optuna-dashboard reads."""
-    for name, value in violations.items():
-        trial.set_constraint(name, value)
-    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", list(violations.values()))
 
 
 class DefineByRun:
@@ -136,7 +130,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.objectives, self.full_epochs, self.target = objectives, full_epochs, target
-        self.skipped = {INFEASIBLE: 0, DUPLICATE: 0}
+        self.skips = Skips()  # candidates closed at once: over the budget, or trained already
         self.finished = self.lost = 0  # trials that trained (or failed by themselves); trials lost
         self._active: set[str] = set()  # Tune trial ids scheduled and not finished
         self._last_results: dict[str, dict] = {}
@@ -146,29 +140,24 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self._scheduled: set[int] = set()  # Optuna trial numbers this searcher sent to Ray
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.finished >= self.target or self.lost > self.target:
+        if self.finished >= self.target or self.lost > self.target or self.skips.exhausted:
             return Searcher.FINISHED if not self._active else None
         if self.finished + len(self._active) >= self.target:
             return None  # wait: a running trial may yet be lost and need a replacement
-        for _ in range(MAX_SKIPPED_IN_A_ROW):
+        while not self.skips.exhausted:
             config = super().suggest(trial_id)
             if not isinstance(config, dict):
                 return config
-            if config["status"] == TRAIN:
-                number = self._ot_trials[trial_id].number
-                earlier = self._trained_value(config["spec"], number)
-                if earlier is None:
-                    self._scheduled.add(number)
-                    self._active.add(trial_id)
-                    return config
-                self._close(trial_id, DUPLICATE, *earlier)
-                continue
-            self._close(trial_id, INFEASIBLE, self._worst(config["flops"]))
-        raise RuntimeError(f"the sampler proposed {MAX_SKIPPED_IN_A_ROW} infeasible or already trained "
-                           f"candidates in a row; the budget leaves too little of the space")
-
-    def _worst(self, flops: int) -> list[float]:
-        return [0.0 if o == "accuracy" else float(flops) for o in self.objectives]
+            number = self._ot_trials[trial_id].number
+            earlier = self._trained_value(config["spec"], number) if config["status"] == TRAIN else None
+            if config["status"] == TRAIN and earlier is None:
+                self.skips.taken()
+                self._scheduled.add(number)
+                self._active.add(trial_id)
+                return config
+            self.skips.close(self._ot_trials.pop(trial_id), config, self.objectives, earlier,
+                             lambda trial, values: tell_values(self._ot_study, trial, values))
+        return Searcher.FINISHED if not self._active else None
 
     def _trained_value(self, spec_json: str, trial_number: int) -> tuple[list[float] | None, int] | None:
         """The earlier trial of the same spec that trained (its values) or is training (None)."""
@@ -182,19 +171,6 @@ class ConstrainedOptunaSearch(OptunaSearch):
                     and t.user_attrs.get("status") == TRAIN:
                 return t.values, t.number
         return None
-
-    def _close(self, trial_id: str, status: str, values: list[float] | None, duplicate_of: int | None = None) -> None:
-        """Close a candidate that is not scheduled: a duplicate of a trial still training fails
-        (it has no value yet); the others complete with their values."""
-        ot_trial = self._ot_trials.pop(trial_id)
-        ot_trial.set_user_attr("status", status)
-        if duplicate_of is not None:
-            ot_trial.set_user_attr("duplicate_of", duplicate_of)
-        if values is None:
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        else:
-            self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0])
-        self.skipped[status] += 1
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last_results[trial_id] = result

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
 from localvit.spec import ArchSpec
 
 from .cost import Cost, target_cost
@@ -41,21 +42,35 @@ def format_count(value: float, unit: str = "") -> str:
     return f"{value:g}{unit}"
 
 
+def _bound(help: str, flag: str) -> dict:
+    """A budget field's command-line option (`search.options` reads the metadata)."""
+    return {"help": help, "flag": flag, "parse": parse_budget, "metavar": "N", "group": BUDGET_GROUP}
+
+
+BUDGET_GROUP = "budget (at 224x224, 1000 classes; e.g. 1.3G, 900M, 5.9M, 1.3e9)"
+
+
 @dataclass(frozen=True)
 class Budget:
     """Bounds on the target cost (None: unbounded) and on measured throughput (images/s)."""
 
-    max_flops: int | None = None
-    max_params: int | None = None
-    min_flops: int | None = None
-    min_params: int | None = None
-    min_throughput: float | None = None
+    max_flops: int | None = field(default=None, metadata=_bound("most FLOPs (multiply-adds) a model may cost",
+                                                                "--budget-flops"))
+    max_params: int | None = field(default=None, metadata=_bound("most parameters", "--budget-params"))
+    min_flops: int | None = field(default=None, metadata=_bound("fewest FLOPs, for a bracket", "--min-flops"))
+    min_params: int | None = field(default=None, metadata=_bound("fewest parameters, for a bracket", "--min-params"))
+    min_throughput: float | None = field(default=None, metadata={
+        "help": "least inference images/s, measured on this machine's CPU at 224x224 (batch and threads: "
+                "SearchSettings.throughput_batch and throughput_threads), BN folded",
+        "metavar": "IMG/S", "group": BUDGET_GROUP})
 
     def __post_init__(self) -> None:
         for low, high in (("min_flops", "max_flops"), ("min_params", "max_params")):
             lo, hi = getattr(self, low), getattr(self, high)
             if lo is not None and hi is not None and lo > hi:
                 raise ValueError(f"{low}={lo} is invalid; accepted: at most {high}={hi}")
+        if self.min_throughput is not None and not self.min_throughput > 0:
+            raise ValueError(f"min_throughput={self.min_throughput:g} is invalid; accepted: a positive number")
 
     def violations(self, cost: Cost) -> dict[str, float]:
         """Relative excess per cost bound: <= 0 where met (Optuna's constraint convention)."""

@@ -1,7 +1,7 @@
 """Reference sets: designs whose accuracy under the target setting (ImageNet) is known.
 
 A proxy that ranks these designs as the target does earns some trust for the designs it has
-not seen; `search.audit` measures that. The paper's ImageNet top-1 of Tables I, II and IV ship
+not seen; `python -m audit` measures that. The paper's ImageNet top-1 of Tables I, II and IV ship
 as `references/paper_imagenet.yaml`; a user's own file has the same form:
 
     name: my-imagenet-100          # optional; the file's stem otherwise
@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from localvit.spec import ArchSpec, as_spec
 
-from .space import ListSpace, base_spec, read_data_file
+from .bases import base_spec, read_data_file
 
 PAPER_IMAGENET = Path(__file__).resolve().parent / "references" / "paper_imagenet.yaml"
 """The paper's ImageNet top-1 of Tables I, II and IV: 18 distinct designs on the DeiT-T base."""
@@ -49,10 +49,6 @@ class ReferenceSet:
     target: str
     rows: tuple[ReferenceRow, ...]
     path: str = ""
-
-    def space(self) -> ListSpace:
-        """The rows as a space, so that a grid sampler trains each design once."""
-        return ListSpace(name=self.name, points={row.name: row.spec for row in self.rows}, param="reference")
 
     def by_spec_id(self) -> dict[str, ReferenceRow]:
         return {row.spec.id: row for row in self.rows}

@@ -13,7 +13,6 @@ The `paper` space is different in kind: its points are the rows of the paper's T
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,7 +20,9 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from localvit.spec import ACTIVATIONS, CHANNEL_ATTENTIONS, FFN_TYPES, ArchSpec, LayerSpec
 
+from .bases import base_spec, read_data_file
 from .paper import PAPER_NAMED_SPECS
+from .references import is_reference_file, references_from_dict
 
 
 class TrialLike(Protocol):
@@ -349,23 +350,8 @@ Space = SearchSpace | ListSpace
 
 # --- presets and files ------------------------------------------------------------------------
 
-BASES: dict[str, ArchSpec] = {
-    "deit_tiny": ArchSpec.uniform(LayerSpec("local"), depth=12, embed_dim=192, num_heads=4),
-    "deit_small": ArchSpec.uniform(LayerSpec("local"), depth=12, embed_dim=384, num_heads=8),
-}
 _SPACE_KEYS = {"base", "layers", "heads", "embed_dim", "depth", "shared"}
 _BASE_KEYS = {"embed_dim", "num_heads", "depth", "img_size", "patch_size", "in_chans", "num_classes", "backbone"}
-
-
-def base_spec(name: str) -> ArchSpec:
-    """The base architecture of a backbone name: `deit_tiny`, `deit_small` or a stage preset."""
-    if name in BASES:
-        return BASES[name]
-    from localvit.presets import PRESETS
-
-    if name in PRESETS:
-        return ArchSpec(layers=(LayerSpec("local"),) * PRESETS[name].depth, backbone=name)
-    raise ValueError(f"backbone={name!r} is invalid; accepted: {', '.join([*BASES, *PRESETS])}")
 
 
 def make_space(preset: str = "default", backbone: str = "deit_tiny") -> Space:
@@ -385,30 +371,14 @@ def make_space(preset: str = "default", backbone: str = "deit_tiny") -> Space:
                      f"reference file")
 
 
-def read_data_file(path: str | Path, what: str) -> Any:
-    """A parsed .yaml/.yml or .json file; a missing or unparsable one is a ValueError naming it as `what`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} {str(path)!r} is invalid; accepted: an existing .yaml or .json file")
-    try:
-        text = path.read_text()
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        import yaml
-
-        return yaml.safe_load(text)
-    except Exception as err:  # both parsers' errors: report the file, not a trace
-        raise ValueError(f"{what} {str(path)!r} cannot be parsed: {str(err).splitlines()[0]}") from None
-
-
 def load_space(path: str | Path, backbone: str = "deit_tiny") -> Space:
     """A space from a YAML or JSON file (see README, "Design space files"), or the designs of a
     reference file (`space.references`: a file with `rows`), which a grid sampler trains in turn."""
     data = read_data_file(path, "space file")
-    from .references import is_reference_file, references_from_dict
-
     if is_reference_file(data):
-        return references_from_dict(data, path=path, backbone=backbone).space()
+        references = references_from_dict(data, path=path, backbone=backbone)
+        return ListSpace(name=references.name, points={row.name: row.spec for row in references.rows},
+                         param="reference")
     if not isinstance(data, dict):
         raise ValueError(f"space file {str(path)!r} is invalid; accepted: a mapping with keys "
                          f"{', '.join(sorted(_SPACE_KEYS))}")

@@ -11,7 +11,7 @@ from localvit.presets import StagePreset, stage_geometry
 from localvit.spec import ArchSpec, LayerSpec
 from localvit.t2t import KERNEL_RATIO, SPLITS
 
-from .cost import ZERO, Cost, attention, conv2d, ffn, layer_norm, linear, locality_ffn, mlp_ffn
+from .cost_terms import ZERO, Cost, attention, conv2d, ffn, layer_norm, linear, locality_ffn, mlp_ffn
 
 
 def _geometry(spec: ArchSpec) -> tuple[StagePreset, list]:

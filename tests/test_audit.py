@@ -17,9 +17,10 @@ import yaml
 from scipy import stats
 
 from localvit.spec import ArchSpec
-from search.audit import AXES, ProxyScore, pair_axis, protocol_key, score_audit
-from search.proxy import ProxyProtocol
-from search.ranking import bootstrap_interval, kendall_tau_b, pair_agreement, spearman, top_k_overlap
+from ranking.audits import protocol_key
+from ranking.evaluation import AXES, ProxyScore, pair_axis, score_audit
+from proxy.protocol import ProxyProtocol
+from ranking.statistics import bootstrap_interval, kendall_tau_b, pair_agreement, spearman, top_k_overlap
 from space.paper import PAPER_NAMED_SPECS
 from space.references import PAPER_IMAGENET, load_references, references_from_dict
 from space.space import make_space
@@ -179,7 +180,7 @@ def test_tiny_audit_end_to_end_killed_and_resumed_trains_nothing_twice(tmp_path)
     names = ["I/deit-mlp-g4", "IV/gamma1", "II/hswish-se4"]
     refs = _file(tmp_path, [{"name": n, "accuracy": a, "spec": PAPER_NAMED_SPECS[n].to_dict()}
                             for n, a in zip(names, (72.2, 65.9, 75.8))])
-    cmd = [sys.executable, "-m", "search.audit", "--references", str(refs), "--study", "a", "--results-dir",
+    cmd = [sys.executable, "-m", "audit", "--references", str(refs), "--study", "a", "--results-dir",
            str(tmp_path), "--seeds", "0", "1", "--train-size", "200", "--val-size", "100", "--epochs", "1",
            "--batch-size", "50", "--resamples", "300"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -233,14 +234,15 @@ def test_tiny_audit_end_to_end_killed_and_resumed_trains_nothing_twice(tmp_path)
 
 def test_audit_bad_input_is_one_line_exit_2(tmp_path) -> None:
     bad = _file(tmp_path, [{"name": "x", "accuracy": 1.0, "spec": {"layers": [{"ffn": "lstm"}]}}])
-    result = subprocess.run([sys.executable, "-m", "search.audit", "--references", str(bad), "--results-dir",
+    result = subprocess.run([sys.executable, "-m", "audit", "--references", str(bad), "--results-dir",
                              str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "row 1 ('x')" in result.stderr
 
 
 def test_a_search_summary_names_the_audit_of_its_protocol(tmp_path) -> None:
-    from search.audit import audit_for, describe_audit, write_audit
+    from ranking.audits import audit_for, describe_audit
+    from ranking.evaluation import write_audit
 
     refs = load_references()
     scores = {r.spec.id: ProxyScore(r.accuracy + i % 3, 60.0, 60.0, "fp32") for i, r in enumerate(refs.rows)}
@@ -256,8 +258,8 @@ def test_a_search_summary_names_the_audit_of_its_protocol(tmp_path) -> None:
 
 
 def test_a_oneshot_summary_cites_the_supernets_audit_against_imagenet(tmp_path) -> None:
-    from search.audit import write_audit
-    from search.report import supernet_imagenet_audit
+    from ranking.audits import supernet_imagenet_audit
+    from ranking.evaluation import write_audit
 
     checkpoint = tmp_path / ".supernets" / "abc123.pt"
     assert supernet_imagenet_audit({"path": str(checkpoint)}) is None and supernet_imagenet_audit(None) is None
@@ -265,13 +267,13 @@ def test_a_oneshot_summary_cites_the_supernets_audit_against_imagenet(tmp_path) 
     scores = {r.spec.id: ProxyScore(r.accuracy - i % 4, 1.0, 1.0, "bf16") for i, r in enumerate(refs.rows)}
     result = score_audit(refs, {"0": scores}, study="supernet abc123", protocol=ProxyProtocol(), n_resamples=200)
     assert result.references["path"] == "space/references/paper_imagenet.yaml"  # no folder of this machine
-    write_audit(result, tmp_path / ".supernets" / "abc123.paper-audit")  # where bench_supernet_audit writes it
+    write_audit(result, tmp_path / ".supernets" / "abc123.paper-audit")  # where studies.supernet_audit writes it
     line = supernet_imagenet_audit({"path": str(checkpoint)})
     assert line is not None and f"Kendall tau-b {result.agreement.kendall_tau_b:.2f}" in line
 
 
 def test_a_oneshot_summary_cites_the_projects_audit_of_a_supernet_of_the_same_key(tmp_path, monkeypatch) -> None:
-    import search.report as report
+    import ranking.audits as report
 
     shipped = tmp_path / "audited_supernets.json"
     shipped.write_text(json.dumps({"abc123": {"created": "2026-12-03", "stand_alone": {"summary": "tau-b 0.70"}}}))
@@ -284,7 +286,7 @@ def test_a_oneshot_summary_cites_the_projects_audit_of_a_supernet_of_the_same_ke
 
 
 def test_a_oneshot_summary_says_when_the_search_scored_otherwise_than_its_audit(tmp_path, monkeypatch) -> None:
-    import search.report as report
+    import ranking.audits as report
 
     shipped = tmp_path / "audited_supernets.json"
     audit = {"summary": "tau-b 0.64", "recalibration_images": 128, "score_images": 250}
@@ -298,8 +300,7 @@ def test_a_oneshot_summary_says_when_the_search_scored_otherwise_than_its_audit(
 
 
 def test_shipped_audits_name_their_reference_file_relative_to_the_project() -> None:
-    from search.audit import SHIPPED_AUDITS
-    from search.report import SHIPPED_SUPERNET_AUDITS
+    from ranking.audits import SHIPPED_AUDITS, SHIPPED_SUPERNET_AUDITS
 
     shipped = json.loads(SHIPPED_AUDITS.read_text())
     paths = [a["references"]["path"] for a in shipped.values()]
@@ -310,8 +311,8 @@ def test_shipped_audits_name_their_reference_file_relative_to_the_project() -> N
 def test_the_default_one_shot_supernet_has_a_shipped_audit() -> None:
     """The default space, proxy protocol, epochs and sampling give the key whose audit ships:
     changing any of them without auditing again fails here."""
-    from search.oneshot import space_supernet, training_key
-    from search.report import SHIPPED_SUPERNET_AUDITS
+    from proxy.supernet import space_supernet, training_key
+    from ranking.audits import SHIPPED_SUPERNET_AUDITS
     from search.settings import SearchSettings
     from space.space import make_space
 

@@ -33,7 +33,7 @@ OFFICIAL_PARAMS = {
 }
 # The paper's Swin-M / LocalViT-Swin-M, in millions as printed (one decimal).
 PAPER_PARAMS_M = {"swin_v1_mini_patch4_window7_224": 21.2, "localvit_swin_mini_patch4_window7_224": 21.7}
-# fvcore counts of the official models at 224x224 with attention counted (FACTS.md).
+# fvcore counts of the official models at 224x224 with attention counted (docs/models.md, "Counts").
 OFFICIAL_FVCORE_GFLOPS = {
     "pvt_v1_tiny": 1.943, "localvit_pvt_tiny": 2.014, "tnt_t_legacy_patch16_224": 1.416,
     "localvit_tnt_t_patch16_224": 1.436, "swin_v1_tiny_patch4_window7_224": 4.509,

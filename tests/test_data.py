@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.data import (DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_FILES, DataConfig, ProxyData, load_fashion_mnist,
+from proxy.data import (DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_FILES, DataConfig, ProxyData, load_fashion_mnist,
                          random_crop_flip, read_idx, stratified_split)
 
 needs_fmnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").is_file(),

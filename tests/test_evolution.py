@@ -7,6 +7,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.evolution import PARENT_ATTR, RegularizedEvolutionSampler
+from search.optuna_adapter import set_system_attr
 
 LAYERS = 8
 
@@ -37,7 +38,7 @@ def _run(sampler: optuna.samplers.BaseSampler, n: int, constraint=None, legacy: 
         trial = study.ask()
         design = _suggest(trial)
         if constraint is not None and legacy:
-            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [constraint(design)])
+            set_system_attr(trial.storage, trial, "constraints", [constraint(design)])
         elif constraint is not None:
             trial.set_constraint("c", constraint(design))
         study.tell(trial, _score(design))

@@ -10,7 +10,11 @@ import pytest
 import yaml
 
 from localvit import ArchSpec, LayerSpec, build_model, localvit_spec, proxy_spec
-from imagenet.export import export_spec, export_trials, main, open_study, select_trials, trial_provenance
+from imagenet.export import export_spec
+from imagenet.export import main as export_spec_main
+from search.export import export_trials, load_study, select_trials, trial_provenance
+from search.export import main as export_study_main
+from search.optuna_adapter import set_system_attr
 from imagenet.recipe import TrainConfig, to_timm_args
 from space.cost import target_cost
 from tests.conftest import FIXTURES, fvcore_cost
@@ -59,7 +63,7 @@ def make_study(storage: str | None = None, name: str = "demo", baselines_attr: b
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         trial.set_constraint("flops", constraint)
-        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [constraint])
+        set_system_attr(trial.storage, trial, "constraints", [constraint])
         study.tell(trial, acc)
     failed = study.ask()
     failed.set_user_attr("failure", "non-finite loss")
@@ -198,39 +202,39 @@ def test_model_from_arch_json_has_its_flops_and_params(spec, tmp_path):
 def test_cli_exports_from_sqlite_and_from_a_spec_file(tmp_path, capsys):
     (tmp_path / "demo").mkdir()
     make_study(f"sqlite:///{tmp_path / 'demo' / 'study.db'}")
-    assert open_study("demo", results_dir=tmp_path).study_name == "demo"
+    assert load_study("demo", results_dir=tmp_path).study_name == "demo"
     with pytest.raises(SystemExit) as exit_:
-        run(["--study", "demo", "--results", str(tmp_path), "--top", "2"])
+        run(export_study_main, ["--study", "demo", "--results", str(tmp_path), "--top", "2"])
     assert exit_.value.code == 0
     folders = capsys.readouterr().out.split()
     assert [Path(f).parent for f in folders] == [tmp_path / "demo" / "export"] * 2
 
     with pytest.raises(SystemExit) as exit_:
-        run(["--spec", str(Path(folders[0]) / "arch.json"), "--out", str(tmp_path / "again")])
+        run(export_spec_main, ["--spec", str(Path(folders[0]) / "arch.json"), "--out", str(tmp_path / "again")])
     assert exit_.value.code == 0
     assert ArchSpec.load(tmp_path / "again" / "arch.json") == ArchSpec.load(Path(folders[0]) / "arch.json")
 
 
-def run(argv):
+def run(main, argv):
     from localvit.cli import run_cli
 
     run_cli(main, argv)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--study", "nope", "--top", "1"], "study='nope' is invalid"),
-    (["--spec", "{missing}", "--out", "{tmp}/x"], "is invalid; accepted: an existing"),
-    (["--spec", "{bad_spec}", "--out", "{tmp}/x"], "ffn='transformer' is invalid"),
-    (["--spec", "{not_json}", "--out", "{tmp}/x"], "is not valid JSON"),
+@pytest.mark.parametrize("main, argv, message", [
+    (export_study_main, ["--study", "nope", "--top", "1"], "study='nope' is invalid"),
+    (export_spec_main, ["--spec", "{missing}", "--out", "{tmp}/x"], "is invalid; accepted: an existing"),
+    (export_spec_main, ["--spec", "{bad_spec}", "--out", "{tmp}/x"], "ffn='transformer' is invalid"),
+    (export_spec_main, ["--spec", "{not_json}", "--out", "{tmp}/x"], "is not valid JSON"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, main, argv, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.json").write_text(json.dumps({"layers": [{"ffn": "transformer"}]}))
     (tmp_path / "text.json").write_text("layers: 1")
     paths = {"missing": tmp_path / "none.json", "bad_spec": tmp_path / "bad.json", "not_json": tmp_path / "text.json",
              "tmp": tmp_path}
     with pytest.raises(SystemExit) as exit_:
-        run([a.format(**paths) for a in argv])
+        run(main, [a.format(**paths) for a in argv])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err

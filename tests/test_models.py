@@ -33,7 +33,7 @@ OFFICIAL_NAME = {
     "localvit_deit_small": "deit_small_patch16_224",
     "localvit_small": "localvit_small_mlp4_act3_r384",
 }
-# fvcore counts of the official models at 224x224 with attention counted (FACTS.md).
+# fvcore counts of the official models at 224x224 with attention counted (docs/models.md, "Counts").
 OFFICIAL_FVCORE_GFLOPS = {
     "localvit_deit_tiny": 1.258, "localvit_tiny": 1.279, "localvit_tiny_se4": 1.282,
     "localvit_tiny_relu6_mlp6": 1.636, "localvit_deit_small": 4.608, "localvit_small": 4.642,

@@ -14,11 +14,12 @@ import pytest
 import sqlalchemy
 
 import run_search
-from search.data import ProxyData
-from search.driver import open_storage
-from search.oneshot import train_supernet
-from search.oneshot_search import SKIPS_IN_A_ROW, _Proposer, pick_finalists
-from search.proxy import ProxyProtocol
+from proxy.data import ProxyData
+from search.storage import open_storage
+from proxy.supernet import train_supernet
+from search.candidates import SKIPS_IN_A_ROW
+from search.oneshot import Proposer, pick_finalists
+from proxy.protocol import ProxyProtocol
 from search.settings import SearchSettings
 from search.tune import DefineByRun
 from space.budget import Budget
@@ -138,7 +139,7 @@ def test_scoring_ends_when_the_sampler_has_nothing_new_to_propose() -> None:
     feasible = {spec_id for spec_id, flops in costs.items() if flops <= budget.max_flops}
     assert len(costs) == 4 and len(feasible) == 3
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    proposer = _Proposer(SearchSettings(budget=budget), study, DefineByRun(space, budget, ProxyProtocol(), {}, (1, 10)))
+    proposer = Proposer(SearchSettings(budget=budget), study, DefineByRun(space, budget, ProxyProtocol(), {}, (1, 10)))
     scored = []
     while (candidate := proposer.next()) is not None:
         proposer.record(*candidate, accuracy=50.0, seconds=0.0)
@@ -166,14 +167,14 @@ def test_candidates_are_stored_one_transaction_each_and_queued_ones_filled(tmp_p
     commits = []
     sqlalchemy.event.listen(storage.engine, "commit", lambda _: commits.append(1))
     define = DefineByRun(space, budget, ProxyProtocol(), {}, (1, 10))
-    proposer = _Proposer(SearchSettings(budget=budget), study, define)
+    proposer = Proposer(SearchSettings(budget=budget), study, define)
     first = proposer.next()
     assert first[1] == warm  # the queued trial comes first
     proposer.record(*first, accuracy=40.0, seconds=0.0)
     filled = len(commits)
     for accuracy in range(10):
         proposer.record(*proposer.next(), accuracy=float(accuracy), seconds=0.0)
-    closed = sum(proposer.skipped.values())  # repeats the sampler proposed, closed unscored
+    closed = sum(proposer.skips.counts.values())  # repeats the sampler proposed, closed unscored
     assert len(commits) - filled == 10 + closed  # one commit a trial (asking the stored study: one a parameter)
 
     stored = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").trials
@@ -183,7 +184,7 @@ def test_candidates_are_stored_one_transaction_each_and_queued_ones_filled(tmp_p
     assert stored[0].values == [40.0] and stored[0].user_attrs["spec_id"] == warm.id
     for kept, held in zip(stored, proposer.mirror.trials):
         assert (kept.params, kept.values, kept.user_attrs) == (held.params, held.values, held.user_attrs)
-    resumed = _Proposer(SearchSettings(budget=budget), study, define)
+    resumed = Proposer(SearchSettings(budget=budget), study, define)
     assert resumed.scored == proposer.scored and len(resumed.mirror.trials) == len(stored) and not resumed.queued
 
 # --- bad input: one line, exit 2 ------------------------------------------------------------------

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from localvit import PAPER_SPECS, ArchSpec, LayerSpec, build_model
-from search.data import DEFAULT_FASHION_MNIST_DIR, ProxyData
-from search.proxy import (NonFiniteLossError, ProxyProtocol, lr_at, project_to_proxy, resolve_precision,
-                          scaled_width, train_proxy)
+from proxy.data import DEFAULT_FASHION_MNIST_DIR, ProxyData
+from proxy.protocol import ProxyProtocol, project_to_proxy, scaled_width
+from proxy.runtime import resolve_precision
+from proxy.training import NonFiniteLossError, lr_at, train_proxy
 
 needs_fmnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").is_file(),
                                   reason="Debian package dataset-fashion-mnist not installed")
@@ -170,7 +171,7 @@ def test_default_protocol_localvit_beats_deit():
 
 
 def test_jemalloc_env_preloads_when_installed(tmp_path):
-    from search.proxy import JEMALLOC_PATH, jemalloc_env
+    from proxy.runtime import JEMALLOC_PATH, jemalloc_env
 
     env = jemalloc_env({"PATH": "/bin"})
     if os.path.isfile(JEMALLOC_PATH):
@@ -181,7 +182,7 @@ def test_jemalloc_env_preloads_when_installed(tmp_path):
 
 
 def test_get_proxy_data_is_memoised(tmp_path):
-    from search.data import DataConfig, get_proxy_data
+    from proxy.data import DataConfig, get_proxy_data
 
     if not (DEFAULT_FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").is_file():
         pytest.skip("Fashion-MNIST not installed")

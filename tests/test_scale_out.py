@@ -95,7 +95,7 @@ def test_the_node_check_imports_the_trial_code_and_writes_to_the_storage(tmp_pat
 
 WORKER = textwrap.dedent("""
     import sys, optuna
-    from search.driver import open_storage
+    from search.storage import open_storage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name="many", storage=open_storage(sys.argv[1]))
     for i in range(int(sys.argv[3])):
@@ -130,7 +130,7 @@ def test_eight_concurrent_workers_on_one_postgres_study_lose_nothing(postgres, t
 def test_two_concurrent_workers_on_one_sqlite_study_in_wal_mode_lose_nothing(tmp_path) -> None:
     import sqlite3
 
-    from search.driver import open_storage
+    from search.storage import open_storage
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -156,12 +156,13 @@ def test_a_password_in_a_postgres_url_opens_the_study_and_is_recorded_nowhere(po
     import json
 
     from search.driver import prepare
+    from search.options import settings_from_args
 
     monkeypatch.setenv("PGPASSWORD", "wrong")  # restored after the test; the URL's password wins
     args = run_search_module.build_parser().parse_args(
         ["--study", "pw", "--results-dir", str(tmp_path), *TINY, "--budget-flops", "1.3G",
          "--storage", postgres.url(with_password=True)])
-    settings = run_search_module.settings_from_args(args)
+    settings = settings_from_args(args)
     plan = prepare(settings)
     assert settings.storage == postgres.url() and os.environ["PGPASSWORD"] == postgres.password
     recorded = json.dumps(plan.study.user_attrs)

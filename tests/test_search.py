@@ -245,7 +245,7 @@ def test_tiny_search_on_every_other_backbone(backbone: str, tmp_path) -> None:
 
 
 def test_the_grid_samplers_last_point_can_be_told_outside_study_optimize() -> None:
-    from search.driver import _GridSampler
+    from search.samplers import GridSampler as _GridSampler
 
     grid = {"x": [0, 1]}
     for sampler, raises in ((optuna.samplers.GridSampler(grid, seed=0), True), (_GridSampler(grid, seed=0), False)):

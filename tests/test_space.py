@@ -12,7 +12,7 @@ import pytest
 from localvit import ArchSpec, LayerSpec, build_model
 from space import (Budget, LayerChoices, PAPER_NAMED_SPECS, PAPER_ROWS, SearchSpace, bounds, load_space,
                    make_space, model_cost, parse_budget, require_feasible, target_cost)
-from space.space import BASES
+from space.bases import BASES
 from tests.conftest import fvcore_cost
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -110,7 +110,8 @@ def test_json_round_trip_and_ids_stable_across_processes() -> None:
 
 
 def test_nni_sample_round_trip() -> None:
-    pytest.importorskip("nni")
+    pytest.importorskip("nni", reason="NNI 3.0 (the nni extra) did not install beside the pinned stack; "
+                        "`make venv` tries it and says why")
     from space.nni_adapter import from_nni_sample, to_nni, to_nni_sample
 
     for space_name in SPACES:

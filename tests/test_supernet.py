@@ -9,10 +9,9 @@ import torch
 
 from localvit import ArchSpec, LayerSpec, build_model
 from localvit.supernet import Supernet, recalibrate_bn
-from search.data import DEFAULT_FASHION_MNIST_DIR, ProxyData
-from search.oneshot import (accumulate_gradients, fair_specs, proxy_of, sandwich_specs, score, space_supernet,
-                            train_supernet)
-from search.proxy import ProxyProtocol
+from proxy.data import DEFAULT_FASHION_MNIST_DIR, ProxyData
+from proxy.protocol import ProxyProtocol, proxy_of
+from proxy.supernet import accumulate_gradients, fair_specs, sandwich_specs, score, space_supernet, train_supernet
 from space.budget import bounds
 from space.cost import target_cost
 from space.space import ListSpace, make_space, space_from_dict

@@ -21,7 +21,7 @@ Sources:
   or a bag's handle from its bottom, takes the whole image's layout (global mixing) as well as
   local texture, and four times the classes ask for capacity. No horizontal flip (it would
   turn 90 into 270 degrees). The default because it ranks the paper's designs as ImageNet does
-  better than plain Fashion-MNIST at the same cost (bench/protocol_study.py, README).
+  better than plain Fashion-MNIST at the same cost (studies/protocol_study.py, README).
 * ``imagefolder``: any ImageNet-layout folder (``DIR/train/<class>/*.JPEG`` and optionally
   ``DIR/val/<class>/...``, or ``DIR/<class>/...``), streamed with torchvision transforms and
   worker processes.

@@ -1,23 +1,23 @@
 """Ranking audit of a supernet: do its accuracies rank candidates as stand-alone proxy training does?
 
-    python -m bench.bench_supernet_audit --checkpoint results/.supernets/<key>.pt [--candidates 30] [--seeds 0 1]
+    python -m studies.supernet_audit --checkpoint results/.supernets/<key>.pt [--candidates 30] [--seeds 0 1]
         [--epochs 4] [--sampling sandwich]    # how the checkpoint was trained (its key holds both)
         [--set train_size=256 epochs=1 ...]   # protocol overrides: the checkpoint's protocol, for a smoke run
-        [--ship]                              # also record both audits in search/audited_supernets.json
+        [--ship]                              # also record both audits in ranking/audited_supernets.json
 
 Draws `--candidates` random candidates of the default space under 1.3 GFLOPs (seeded), scores
 each on the trained supernet of the checkpoint (the default protocol; train one with
-`run_search.py --strategy oneshot` or `search.oneshot.train_supernet`), and proxy-trains each
-from scratch with every seed of `--seeds` (`search.proxy.train_proxy`), `--workers` trainings at
-a time on one thread each. Every result is appended to bench/results/supernet_audit.jsonl as
+`run_search.py --strategy oneshot` or `proxy.supernet.train_supernet`), and proxy-trains each
+from scratch with every seed of `--seeds` (`proxy.training.train_proxy`), `--workers` trainings at
+a time on one thread each. Every result is appended to studies/results/supernet_audit.jsonl as
 soon as it exists, so a rerun skips what is done; stand-alone results do not depend on the
 supernet, so a second checkpoint of the same protocol reuses them and costs only its scores.
 The rank statistics (Kendall tau-b and Spearman with bootstrap intervals, top-k overlap, and
-the tau-b between two seeds of stand-alone training as the ceiling) are `search.audit`'s, the
-project's one implementation of them (`search.ranking`): the pairs go to
-bench/results/supernet_audit_pairs.json and the report
+the tau-b between two seeds of stand-alone training as the ceiling) are `ranking.evaluation`'s, the
+project's one implementation of them (`ranking.statistics`): the pairs go to
+studies/results/supernet_audit_pairs.json and the report
 beside the checkpoint (`<checkpoint>.audit.json`), which one-shot summaries cite; with `--ship`,
-also under the supernet's training key in search/audited_supernets.json, which the summary of
+also under the supernet's training key in ranking/audited_supernets.json, which the summary of
 any search that trains a supernet of that key cites.
 """
 from __future__ import annotations
@@ -31,15 +31,16 @@ from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from bench.common import RESULTS
-from search.oneshot import DEFAULT_SAMPLING, SAMPLINGS, training_key
-from search.report import SHIPPED_SUPERNET_AUDITS, supernet_audit_files
+from studies import RESULTS
+from proxy.supernet import training_key
+from ranking.audits import SHIPPED_SUPERNET_AUDITS, supernet_audit_files
+from search.options import add_options
 
 RECORDS = RESULTS / "supernet_audit.jsonl"
 
 
 def _train(spec_json: str, protocol: dict[str, Any], seed: int) -> dict[str, Any]:
-    from search.proxy import ProxyProtocol, train_proxy
+    from proxy import ProxyProtocol, train_proxy
 
     result = train_proxy(spec_json, ProxyProtocol.from_dict(protocol).replace(seed=seed, threads=1))
     return {"kind": "trained", "spec_id": result.spec_id, "seed": seed, "accuracy": 100 * result.val_acc,
@@ -60,22 +61,19 @@ def _done(records: list[dict[str, Any]], kind: str, **match: Any) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a finished supernet checkpoint of the default space")
-    parser.add_argument("--epochs", type=int, default=4, help="the epochs it was trained for (its key holds them)")
-    parser.add_argument("--sampling", default=DEFAULT_SAMPLING, choices=SAMPLINGS,
-                        help="the subnet sampling it was trained with")
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="proxy protocol overrides")
-    parser.add_argument("--ship", action="store_true", help="record the audits in search/audited_supernets.json")
+    parser.add_argument("--ship", action="store_true", help="record the audits in ranking/audited_supernets.json")
+    add_options(parser, groups=(), names=("supernet_epochs", "supernet_sampling", "workers"))
     args = parser.parse_args()
 
     import torch
 
-    import search.audit
-    from search.data import get_proxy_data
-    from search.oneshot import load_supernet, score
-    from search.proxy import ProxyProtocol
+    from ranking.audits import protocol_key as key_of
+    from proxy.data import get_proxy_data
+    from proxy.supernet import load_supernet, score
+    from proxy import ProxyProtocol
     from search.settings import SearchSettings
     from space import make_space
     from space.budget import Budget
@@ -84,11 +82,11 @@ def main() -> None:
     overrides = {key: _value(text) for key, text in (item.split("=", 1) for item in args.set)}
     protocol, space = ProxyProtocol(**overrides), make_space("default")
     data = get_proxy_data(protocol.data_config())
-    supernet = load_supernet(space, protocol, (data.in_chans, data.num_classes), args.checkpoint, args.epochs,
-                             args.sampling)
+    supernet = load_supernet(space, protocol, (data.in_chans, data.num_classes), args.checkpoint, args.supernet_epochs,
+                             args.supernet_sampling)
     budget, rng = Budget(max_flops=1_300_000_000), random.Random(0)
     specs = [space.sample(rng, accept=budget.admits) for _ in range(args.candidates)]
-    protocol_key = search.audit.protocol_key(protocol)  # what stand-alone training measures (seeds apart)
+    protocol_key = key_of(protocol)  # what stand-alone training measures (seeds apart)
     records = [r for r in (json.loads(line) for line in RECORDS.read_text().splitlines()) if
                r["checkpoint"] == str(args.checkpoint) or (r["kind"] == "trained" and r.get("protocol") == protocol_key)
                ] if RECORDS.is_file() else []
@@ -135,19 +133,20 @@ def main() -> None:
     # Beside the checkpoint, where every one-shot summary that uses this supernet cites it.
     supernet_audit_files(args.checkpoint)["stand_alone"].write_text(json.dumps(report, indent=2) + "\n")
     if args.ship:
-        key = training_key(space, supernet, protocol, args.epochs, args.sampling)
+        key = training_key(space, supernet, protocol, args.supernet_epochs, args.supernet_sampling)
         shipped = json.loads(SHIPPED_SUPERNET_AUDITS.read_text()) if SHIPPED_SUPERNET_AUDITS.is_file() else {}
-        shipped[key["digest"]] = {"created": time.strftime("%Y-%m-%d"), "epochs": args.epochs,
-                                  "sampling": args.sampling, "stand_alone": report, "imagenet": imagenet}
+        shipped[key["digest"]] = {"created": time.strftime("%Y-%m-%d"), "epochs": args.supernet_epochs,
+                                  "sampling": args.supernet_sampling, "stand_alone": report, "imagenet": imagenet}
         SHIPPED_SUPERNET_AUDITS.write_text(json.dumps(shipped, indent=1, sort_keys=True) + "\n")
 
 
 def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoint: Path) -> dict[str, Any]:
     """The supernet's scores of the paper's ImageNet designs (those it holds), audited against
-    their ImageNet top-1 by `search.audit`, as a proxy-trained protocol is; written to
+    their ImageNet top-1 by `ranking.evaluation`, as a proxy-trained protocol is; written to
     `<checkpoint stem>.paper-audit/` beside the checkpoint."""
-    from search.audit import ProxyScore, score_audit, write_audit
-    from search.oneshot import proxy_of, score
+    from ranking.evaluation import ProxyScore, score_audit, write_audit
+    from proxy.protocol import proxy_of
+    from proxy.supernet import score
     from space.references import load_references
 
     references = load_references()
@@ -172,7 +171,7 @@ def rank_report(pairs: dict[str, Any], seeds: list[int], recalibration_images: i
     """Supernet vs stand-alone proxy accuracy (mean of the seeds), with the seeds' own agreement as
     ceiling; the supernet scored after recalibration on `recalibration_images` training images, on
     the first `score_images` validation images (0: all)."""
-    from search.ranking import agreement, top_k_overlap
+    from ranking.statistics import agreement, top_k_overlap
 
     n = len(pairs["spec_ids"])
     standalone = [sum(pairs[f"seed {s}"][i] for s in seeds) / len(seeds) for i in range(n)]

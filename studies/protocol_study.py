@@ -1,16 +1,16 @@
 """Protocol study: how well each way of spending the CPU on a proxy ranks the paper's ImageNet designs.
 
-    python -m bench.protocol_study                       # audit every protocol below (resumes), then tabulate
-    python -m bench.protocol_study --only fmnist pairs   # some of them
-    python -m bench.protocol_study --tabulate            # only collect the audits already in --results-dir
+    python -m studies.protocol_study                       # audit every protocol below (resumes), then tabulate
+    python -m studies.protocol_study --only fmnist pairs   # some of them
+    python -m studies.protocol_study --tabulate            # only collect the audits already in --results-dir
 
-Each protocol is one `python -m search.audit` run (the paper's 18 ImageNet designs of Tables I,
+Each protocol is one `python -m audit` run (the paper's 18 ImageNet designs of Tables I,
 II and IV, study `proto-<name>` under --results-dir). The table gives Kendall tau-b against
 ImageNet with its 95% bootstrap interval, the seed-to-seed ceiling where two seeds ran, the
 share of pairs ordered as ImageNet orders them along gamma and FFN type (MLP vs 1x1 conv vs
 locality), and CPU-minutes per candidate; `protocol_study.png` plots tau against the CPU cost.
-Run it under jemalloc as `make bench` does; other jobs on the machine inflate the CPU figures
-only a little (they are CPU time, not wall time) but slow everything down.
+Run it under jemalloc (`make study STUDY=protocol_study`); other jobs on the machine inflate the
+CPU figures only a little (they are CPU time, not wall time) but slow everything down.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import RESULTS, environment, markdown_table, save
+from bench.common import environment, markdown_table, save
+from search.options import add_options
+from studies import RESULTS
 
 #: name -> (what it changes, audit arguments, seeds). Every protocol names its dataset, so that
 #: each audit stays what it was when the search's default changes. `rotations` is the default.
@@ -47,7 +49,7 @@ PROTOCOLS: dict[str, tuple[str, list[str], list[int]]] = {
 
 def run_audit(name: str, results_dir: Path, workers: int) -> None:
     _, args, seeds = PROTOCOLS[name]
-    cmd = [sys.executable, "-m", "search.audit", "--study", f"proto-{name}", "--results-dir", str(results_dir),
+    cmd = [sys.executable, "-m", "audit", "--study", f"proto-{name}", "--results-dir", str(results_dir),
            "--workers", str(workers), "--seeds", *map(str, seeds), *args]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -112,8 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(PROTOCOLS), help="these protocols (default: all)")
     parser.add_argument("--tabulate", action="store_true", help="do not train: collect the audits present")
-    parser.add_argument("--results-dir", default="results", help="where the audits' studies live (default: results)")
-    parser.add_argument("--workers", type=int, default=2, help="trials at a time (default: 2)")
+    add_options(parser, groups=(), names=("results_dir", "workers"))
     args = parser.parse_args(argv)
     results_dir = Path(args.results_dir).resolve()
     if not args.tabulate:
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(rows, RESULTS / "protocol_study.png")
-    save("protocol_study", rows, {"results_dir": str(results_dir), **environment()}, markdown)
+    save("protocol_study", rows, {"results_dir": str(results_dir), **environment()}, markdown, RESULTS)
 
 
 if __name__ == "__main__":

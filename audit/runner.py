@@ -1,0 +1,163 @@
+"""The audit runner: how far a proxy protocol ranks designs as the target setting (ImageNet) does.
+
+    python -m audit                                   # the paper's 18 ImageNet designs, seeds 0 and 1
+    python -m audit --epochs 6 --train-size 8000      # any proxy option of run_search.py
+    python -m audit --references mine.yaml --dataset imagefolder --data-dir /data/imagenet-100
+    python -m audit --from-study A --from-study B     # score studies that trained the designs already
+
+The reference designs (`space.references`: a file of specs with their target accuracy) are
+proxy-trained with the protocol through the search's own machinery (a grid over the designs,
+Ray Tune trials, one Optuna study per seed in the audit's SQLite file, so an audit resumes
+after a kill and shows in optuna-dashboard), or read from existing studies. The figures
+(`ranking.evaluation`) say how well the proxy ranks them as the target does (Kendall tau-b
+and Spearman with bootstrap intervals), which pairs along each design axis it orders rightly,
+how many of the target's best it keeps on top, how well the proxy agrees with itself across
+seeds (the ceiling of any agreement with the target) and what a candidate costs. It writes
+`audit.md`, `audit.json` and `audit.png` under `results/<study>/`; a search whose protocol was
+audited names the audit in its summary (`ranking.audits.audit_for`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from localvit.cli import OneLineErrors, log, usage_errors
+from proxy.protocol import ProxyProtocol
+from proxy.runtime import precision_record
+from ranking.audits import protocol_key
+from ranking.evaluation import ProxyScore, score_audit, write_audit
+from search.driver import connect, prepare, quiet_libraries, train_trials
+from proxy.protocol import PROXY_GROUP
+from search.options import add_options, compute_from_args, protocol_from_args
+from search.settings import COMPUTE, TRAIN, SearchSettings
+from search.storage import open_storage, without_password
+from space.references import PAPER_IMAGENET, ReferenceSet, load_references
+
+
+def read_scores(study: optuna.Study) -> dict[str, ProxyScore]:
+    """Proxy results by target spec id: trials trained for all epochs (the first one of a design)."""
+    scores: dict[str, ProxyScore] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = t.user_attrs
+        if attrs.get("status") != TRAIN or not attrs.get("full_fidelity") or attrs.get("spec_id") in scores:
+            continue
+        scores[attrs["spec_id"]] = ProxyScore(
+            accuracy=float(t.values[0]),
+            cpu_time_s=float(attrs["cpu_time_s"]) if attrs.get("cpu_time_s") else None,
+            wall_time_s=float(attrs.get("wall_time_s") or 0), precision=attrs.get("precision"))
+    return scores
+
+
+def seed_settings(study: str, references: ReferenceSet, protocol: ProxyProtocol, seed: int, results_dir: str,
+                  storage: str | None, backbone: str, compute: Mapping[str, Any]) -> SearchSettings:
+    """A grid search over the reference designs with one seed: a study of its own in the audit's storage."""
+    folder = Path(results_dir).resolve() / study
+    return SearchSettings(
+        study=f"{study}-s{seed}", results_dir=str(folder), storage=storage or f"sqlite:///{folder / 'study.db'}",
+        space=references.path, backbone=backbone, sampler="grid", trials=len(references.rows), **compute,
+        protocol=protocol.replace(seed=seed), asha=False, baselines=False, warm_start=0, seed=seed,
+        confirm_seeds=0, export_top=0, time_limit_s=None)
+
+
+def plan_references(references: ReferenceSet, protocol: ProxyProtocol, seeds: Sequence[int], study: str,
+                    results_dir: str, storage: str | None = None, backbone: str = "deit_tiny",
+                    compute: Mapping[str, Any] | None = None) -> list[tuple[SearchSettings, Any, Any]]:
+    """Check and open one study per seed and the Ray to train them on (every check bad input can
+    fail, before any training)."""
+    plans = []
+    for seed in seeds:
+        settings = seed_settings(study, references, protocol, seed, results_dir, storage, backbone, compute or {})
+        plan = prepare(settings)
+        plans.append((settings, plan, connect(settings, plan)))
+    return plans
+
+
+def train_references(plans: Sequence[tuple[SearchSettings, Any, Any]]) -> dict[str, dict[str, ProxyScore]]:
+    """Proxy-train every reference design with each seed (resuming what a study holds already)."""
+    scores = {}
+    for settings, plan, cluster in plans:
+        log(f"audit: study {settings.study!r}, {plan.space.size()} reference designs, seed {settings.seed}")
+        train_trials(settings, plan, cluster)
+        scores[str(settings.seed)] = read_scores(plan.study)
+    return scores
+
+
+def read_studies(names: Sequence[str], storage: str) -> tuple[ProxyProtocol, dict[str, Any],
+                                                               dict[str, dict[str, ProxyScore]]]:
+    """The protocol, its precision record and the scores of existing studies that trained the
+    designs (any search), by seed; the studies must share one protocol up to the seed."""
+    opened = open_storage(storage)
+    held = {s.study_name for s in opened.get_all_studies()}
+    protocols, precision, scores = {}, {}, {}
+    for name in names:
+        if name not in held:
+            raise ValueError(f"study {name!r} is not in {storage}; accepted: one of {', '.join(sorted(held)) or '(none)'}")
+        study = optuna.load_study(study_name=name, storage=opened)
+        if "proxy_protocol" not in study.user_attrs:
+            raise ValueError(f"study {name!r} holds no proxy protocol; accepted: a study made by run_search.py or "
+                             f"python -m audit")
+        protocol = ProxyProtocol.from_dict(study.user_attrs["proxy_protocol"])
+        protocols[name] = protocol
+        if "resolved" not in precision:  # the first study that recorded what `auto` resolved to
+            precision = study.user_attrs.get("precision", {"requested": protocol.precision})
+        scores[str(protocol.seed) if str(protocol.seed) not in scores else name] = read_scores(study)
+    keys = {protocol_key(p) for p in protocols.values()}
+    if len(keys) > 1:
+        raise ValueError(f"studies {', '.join(names)} were trained with different proxy protocols; accepted: "
+                         f"studies of one protocol (seeds may differ)")
+    return next(iter(protocols.values())), precision, scores
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrors(prog="python -m audit", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = parser.add_argument_group("audit")
+    g.add_argument("--references", default=str(PAPER_IMAGENET),
+                   help="reference file: designs with their target accuracy (default: the paper's ImageNet "
+                        "Tables I, II and IV)")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                   help="proxy seeds; two or more also measure the seed-to-seed ceiling (default: 0 1)")
+    g.add_argument("--from-study", action="append", metavar="NAME",
+                   help="score an existing study (repeat for seeds; its proxy protocol is used) instead of "
+                        "training; with --storage (default: sqlite:///<results-dir>/<first study>/study.db)")
+    g.add_argument("--study", help="audit name (default: audit-<references>-<protocol key>)")
+    g.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: 10000)")
+    add_options(parser, groups=(COMPUTE, PROXY_GROUP), names=("backbone", "results_dir", "storage"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    with usage_errors():  # bad input: one line, exit 2, before any training
+        references = load_references(args.references, args.backbone)
+        storage = args.storage and without_password(args.storage)  # a password never reaches the disk
+        if args.from_study:
+            storage = storage or f"sqlite:///{Path(args.results_dir).resolve() / args.from_study[0] / 'study.db'}"
+            protocol, precision, scores = read_studies(args.from_study, storage)
+        else:
+            protocol = protocol_from_args(args, args.backbone, args.seeds[0])
+            precision = precision_record(protocol.precision)
+        study = args.study or f"audit-{references.name}-{protocol_key(protocol)}"
+        SearchSettings(study=study)  # the name is checked like a search's
+        if not args.from_study:
+            plans = plan_references(references, protocol, args.seeds, study, args.results_dir, storage,
+                                    args.backbone, compute_from_args(args))
+            storage = plans[0][0].storage_url
+    if not args.from_study:
+        scores = train_references(plans)
+    with usage_errors():
+        result = score_audit(references, scores, study=study, protocol=protocol, precision=precision,
+                             n_resamples=args.resamples)
+    report = write_audit(result, Path(args.results_dir).resolve() / study)
+    print("\n" + report.read_text(), flush=True)
+    log(f"audit written to {report.parent}; open the studies: optuna-dashboard {storage}")
+    return 0
+
