@@ -30,7 +30,7 @@ from localvit.cli import OneLineErrors, log, usage_errors
 from proxy.protocol import ProxyProtocol
 from proxy.runtime import precision_record
 from ranking.audits import protocol_key
-from ranking.evaluation import ProxyScore, score_audit, write_audit
+from ranking.evaluation import ProxyScore, score_audit, write_audit, zero_cost_of
 from search.driver import connect, prepare, quiet_libraries, train_trials
 from proxy.protocol import PROXY_GROUP
 from search.options import add_options, compute_from_args, protocol_from_args
@@ -54,24 +54,27 @@ def read_scores(study: optuna.Study) -> dict[str, ProxyScore]:
 
 
 def seed_settings(study: str, references: ReferenceSet, protocol: ProxyProtocol, seed: int, results_dir: str,
-                  storage: str | None, backbone: str, compute: Mapping[str, Any]) -> SearchSettings:
+                  storage: str | None, backbone: str, compute: Mapping[str, Any],
+                  include_unfinished: bool = False) -> SearchSettings:
     """A grid search over the reference designs with one seed: a study of its own in the audit's storage."""
     folder = Path(results_dir).resolve() / study
     return SearchSettings(
         study=f"{study}-s{seed}", results_dir=str(folder), storage=storage or f"sqlite:///{folder / 'study.db'}",
         space=references.path, backbone=backbone, sampler="grid", trials=len(references.rows), **compute,
         protocol=protocol.replace(seed=seed), asha=False, baselines=False, warm_start=0, seed=seed,
-        confirm_seeds=0, export_top=0, time_limit_s=None)
+        confirm_seeds=0, export_top=0, time_limit_s=None, include_unfinished=include_unfinished)
 
 
 def plan_references(references: ReferenceSet, protocol: ProxyProtocol, seeds: Sequence[int], study: str,
                     results_dir: str, storage: str | None = None, backbone: str = "deit_tiny",
-                    compute: Mapping[str, Any] | None = None) -> list[tuple[SearchSettings, Any, Any]]:
+                    compute: Mapping[str, Any] | None = None, include_unfinished: bool = False
+                    ) -> list[tuple[SearchSettings, Any, Any]]:
     """Check and open one study per seed and the Ray to train them on (every check bad input can
     fail, before any training)."""
     plans = []
     for seed in seeds:
-        settings = seed_settings(study, references, protocol, seed, results_dir, storage, backbone, compute or {})
+        settings = seed_settings(study, references, protocol, seed, results_dir, storage, backbone, compute or {},
+                                 include_unfinished)
         plan = prepare(settings)
         plans.append((settings, plan, connect(settings, plan)))
     return plans
@@ -119,9 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(prog="python -m audit", description=__doc__.split("\n\n")[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("audit")
-    g.add_argument("--references", default=str(PAPER_IMAGENET),
-                   help="reference file: designs with their target accuracy (default: the paper's ImageNet "
-                        "Tables I, II and IV)")
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                    help="proxy seeds; two or more also measure the seed-to-seed ceiling (default: 0 1)")
     g.add_argument("--from-study", action="append", metavar="NAME",
@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "training; with --storage (default: sqlite:///<results-dir>/<first study>/study.db)")
     g.add_argument("--study", help="audit name (default: audit-<references>-<protocol key>)")
     g.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: 10000)")
-    add_options(parser, groups=(COMPUTE, PROXY_GROUP), names=("backbone", "results_dir", "storage"))
+    add_options(parser, groups=(COMPUTE, PROXY_GROUP),
+                names=("references", "include_unfinished", "backbone", "results_dir", "storage"))
     return parser
 
 
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     with usage_errors():  # bad input: one line, exit 2, before any training
-        references = load_references(args.references, args.backbone)
+        references = load_references(args.references or PAPER_IMAGENET, args.backbone, args.include_unfinished)
         storage = args.storage and without_password(args.storage)  # a password never reaches the disk
         if args.from_study:
             storage = storage or f"sqlite:///{Path(args.results_dir).resolve() / args.from_study[0] / 'study.db'}"
@@ -149,13 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         SearchSettings(study=study)  # the name is checked like a search's
         if not args.from_study:
             plans = plan_references(references, protocol, args.seeds, study, args.results_dir, storage,
-                                    args.backbone, compute_from_args(args))
+                                    args.backbone, compute_from_args(args), args.include_unfinished)
             storage = plans[0][0].storage_url
     if not args.from_study:
         scores = train_references(plans)
+    log(f"audit: zero-cost scores of {len(references.rows)} reference designs at the proxy (seconds each)")
+    zero_cost = zero_cost_of(references, protocol)
     with usage_errors():
         result = score_audit(references, scores, study=study, protocol=protocol, precision=precision,
-                             n_resamples=args.resamples)
+                             zero_cost=zero_cost, n_resamples=args.resamples)
     report = write_audit(result, Path(args.results_dir).resolve() / study)
     print("\n" + report.read_text(), flush=True)
     log(f"audit written to {report.parent}; open the studies: optuna-dashboard {storage}")

@@ -18,11 +18,40 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def environment() -> dict[str, Any]:
+    """What a figure depends on: when, on which code, CPU (and its vector extensions: bf16 is
+    native only with AVX512-BF16 or AMX), load, libraries and allocator."""
     from space.throughput import device_name
 
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-            "timm": timm.__version__, "python": platform.python_version(), "cpu": device_name("cpu"),
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+            "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+            "cpu": device_name("cpu"), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "allocator": allocator()}
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector extensions that decide how fast fp32 and bf16 run."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    present = set(flags.split(":", 1)[1].split())
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in present]
+
+
+def commit() -> str | None:
+    """The checkout's commit, with `+dirty` when tracked files differ from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def allocator() -> str:

@@ -23,6 +23,7 @@ import yaml
 from imagenet.recipe import TIMM_GPUS, TrainConfig, to_timm_args
 from localvit.cli import run_cli
 from localvit.spec import ArchSpec
+from proxy.protocol import ProxyProtocol
 from space.cost import TARGET_IMG_SIZE, TARGET_IN_CHANS, TARGET_NUM_CLASSES, model_cost, target_cost
 
 FLOPS_CONVENTION = "fvcore's: one multiply-add is one FLOP; attention matmuls counted; one image's forward pass"
@@ -73,10 +74,10 @@ def _export_record() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions, "git": _git()}
+    return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions, "git": git_state()}
 
 
-def _git() -> dict[str, Any] | None:
+def git_state() -> dict[str, Any] | None:
     """The commit of this checkout and whether tracked files differ from it (None outside git)."""
     repo = Path(__file__).resolve().parents[1]
     try:
@@ -165,11 +166,36 @@ def _readme(spec: ArchSpec, out: Path, cfg: TrainConfig, arch: Mapping[str, Any]
         "augmentation only in distributed runs: on one GPU add `--aug-repeats 0`. With Pillow 13 or newer, "
         "timm's RandAugment `inc1` posterize fails (0 bits) about once in 800 images: use Pillow < 13 there "
         "(`imagenet.train` handles it).", "",
+        *_loop_section(out, config, record),
         "## Use the model", "",
         "    import localvit",
         f"    model = localvit.build_model('{out / 'arch.json'}')", "",
     ]
     return "\n".join(lines)
+
+
+def _loop_section(out: Path, config: Path, record: Mapping[str, Any]) -> list[str]:
+    """How a finished run becomes evidence: the command that trains this design on ImageNet (or a
+    subset), then audits the search's ranking with its result among the others."""
+    folder = out.parent
+    if "study" in record:  # the search proxy-trained every exported design: its study holds the scores
+        settings = record.get("settings") or {}
+        storage = settings.get("storage") or f"sqlite:///{folder.parent / 'study.db'}"
+        audit = f"python -m audit --references {folder} --from-study {record['study']} --storage {storage}"
+    else:
+        protocol = " ".join(["", *ProxyProtocol.from_dict(record["proxy_protocol"]).option_args()]) \
+            if record.get("proxy_protocol") else ""
+        audit = f"python -m audit --references {folder}{protocol}"
+    return [
+        "## Train, then audit the ranking with the result", "",
+        "A run writes `result.yaml` beside its checkpoints: a reference row with the design, its best top-1, the "
+        "data it was trained on and whether it finished. Once three or more designs of this folder are trained "
+        "on one dataset, the audit measures how well every signal (the proxy, the parameter count, ...) ranks them "
+        "as your runs do, and `run_search.py --references` ranks by what wins on your evidence:", "",
+        f"    python -m imagenet.train --config {config} --data-dir /path/to/imagenet-or-a-subset \\",
+        f"        && {audit}", "",
+        "The head follows the data folder's class count (`--num-classes` to say otherwise). Unfinished runs are "
+        "left out (`--include-unfinished` counts them); repeated runs of one design count as their mean.", ""]
 
 
 # -- the command ----------------------------------------------------------------------------------

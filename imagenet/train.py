@@ -11,18 +11,27 @@ it trains what timm's own script would, and small enough to read in one go. Ever
 validates the model and its EMA (top-1/top-5 over the whole validation split), appends a row
 to `log.csv` and saves `last.pth` (and `best.pth` when the model's top-1 improved); checkpoints
 are dicts with a `model` state dict, like the official LocalViT ones.
+
+The model's head follows the data folder's class count (or `--num-classes`), so an exported
+design trains on an ImageNet subset as it is. Every epoch the run also writes `result.yaml`,
+a reference file of one row (the design, its best top-1, what it was trained on and whether
+the run finished its epochs), which `python -m audit --references <folder>` and
+`run_search.py --references <folder>` read: a user's results become the evidence the ranking
+is audited on.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import math
 import os
 import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,9 +52,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import localvit
-from localvit.vision_transformer import OFFICIAL_NAMES, PAPER_SPECS
-from localvit.cli import usage_errors
+from imagenet.export import git_state
 from imagenet.recipe import TrainConfig
+from localvit.cli import usage_errors
+from localvit.spec import ArchSpec
+from localvit.vision_transformer import OFFICIAL_NAMES, PAPER_SPECS
 
 LOG_FIELDS = ("epoch", "lr", "train_loss", "top1", "top5", "ema_top1", "ema_top5", "time_s")
 
@@ -83,6 +94,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="override schedule.epochs")
     parser.add_argument("--batch-size", type=int, help="override run.batch_size (global; the lr follows it)")
     parser.add_argument("--workers", type=int, help="override data.workers (data loading processes per device)")
+    parser.add_argument("--num-classes", type=int, metavar="N",
+                        help="classes of the model's head, at least the data's (default: the data folder's)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config value (a YAML value), e.g. --set augment.mixup=0.5")
@@ -163,10 +176,19 @@ def imagenet_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     if extra:
         raise ValueError(f"data dir={str(root)!r}: {data.val_split}/ has classes not in {data.train_split}/: "
                          f"{', '.join(extra[:5])}; accepted: the same class folders in both")
-    if len(classes) != cfg.model.spec.num_classes:
-        raise ValueError(f"data dir={str(root)!r} has {len(classes)} classes; accepted: "
-                         f"{cfg.model.spec.num_classes} (model.spec.num_classes)")
     return train, val
+
+
+def with_head(cfg: TrainConfig, classes: int, num_classes: int | None) -> TrainConfig:
+    """The config whose model has a head of `num_classes` (default: the data's `classes`); the
+    design (its layers) is the config's."""
+    head = num_classes or classes
+    if head < classes:
+        raise ValueError(f"--num-classes {head} is invalid: the data dir has {classes} classes; accepted: at least "
+                         f"{classes}")
+    if head == cfg.model.spec.num_classes:
+        return cfg
+    return replace(cfg, model=replace(cfg.model, spec=cfg.model.spec.replace(num_classes=head)))
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -194,7 +216,7 @@ def _zero_bit_posterize(op: Callable[..., Image.Image]) -> Callable[..., Image.I
     return posterize
 
 
-def build_loaders(cfg: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoader]:
+def build_loaders(cfg: TrainConfig, proc: Process, datasets: tuple[Any, Any]) -> tuple[DataLoader, DataLoader]:
     data, aug = cfg.data, cfg.augment
     if cfg.run.batch_size % proc.world_size:
         raise ValueError(f"run.batch_size={cfg.run.batch_size} is invalid; accepted: a multiple of the "
@@ -203,7 +225,7 @@ def build_loaders(cfg: TrainConfig, proc: Process) -> tuple[DataLoader, DataLoad
     if _mixes(cfg) and batch % 2:
         raise ValueError(f"run.batch_size={cfg.run.batch_size} is invalid; accepted: an even batch per process "
                          f"(mixup/cutmix pair images)")
-    train_set, val_set = imagenet_datasets(cfg)
+    train_set, val_set = datasets
     keep_zero_bit_posterize()
     img_size = cfg.model.spec.img_size
     train_set.transform = create_transform(
@@ -315,13 +337,19 @@ def _load_for_eval(model: nn.Module, path: str, use_ema: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     with usage_errors():  # everything that checks the input; errors after this point keep their traceback
         args = parse_args(argv)
-        cfg = load_config(args)
+        design = load_config(args)
         proc = setup_process(args.device)
-        seed = cfg.run.seed + proc.rank
+        seed = design.run.seed + proc.rank
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        train_loader, val_loader = build_loaders(cfg, proc)
+        datasets = imagenet_datasets(design)
+        classes = len(datasets[0].reader.class_to_idx)
+        cfg = with_head(design, classes, args.num_classes)
+        if cfg is not design and proc.main:
+            print(f"the data dir has {classes} classes: the model's head has {cfg.model.spec.num_classes} (the "
+                  f"design's {design.model.spec.num_classes})", flush=True)
+        train_loader, val_loader = build_loaders(cfg, proc, datasets)
         model = build_model(cfg, proc.device)
         if args.eval:
             _load_for_eval(model, args.checkpoint, args.ema)
@@ -333,7 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if proc.main:
             print(f"top-1: {acc.top1:.2f} top-5: {acc.top5:.2f} ({acc.images} images, {args.checkpoint})", flush=True)
     else:
-        fit(cfg, model, train_loader, val_loader, proc, out, resume)
+        result = RunResult(design.model.spec, _arch_file(args), cfg, Path(cfg.data.dir), classes,
+                           len(datasets[0]), len(datasets[1]))
+        fit(cfg, model, train_loader, val_loader, proc, out, resume, result)
     if proc.world_size > 1:
         torch_dist.destroy_process_group()
     return 0
@@ -350,8 +380,9 @@ def _read_resume(path: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def fit(cfg: TrainConfig, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, proc: Process,
-        out: Path, resume: dict[str, Any] | None = None) -> float:
-    """Train to `schedule.epochs` (from a checkpoint's state if given); returns the best top-1."""
+        out: Path, resume: dict[str, Any] | None = None, result: RunResult | None = None) -> float:
+    """Train to `schedule.epochs` (from a checkpoint's state if given); returns the best top-1.
+    With `result`, `result.yaml` is written beside the checkpoints every epoch."""
     optimizer = create_optimizer_v2(model, opt=cfg.optim.opt, lr=cfg.lr, weight_decay=cfg.optim.weight_decay,
                                     eps=cfg.optim.eps, betas=cfg.optim.betas)
     scheduler, _ = create_scheduler_v2(
@@ -417,12 +448,70 @@ def fit(cfg: TrainConfig, model: nn.Module, train_loader: DataLoader, val_loader
                "config": cfg.to_dict()}, out / "last.pth")
         if best_epoch == epoch + 1:
             shutil.copyfile(out / "last.pth", out / "best.pth")
+        if result is not None:
+            result.write(out, best, best_epoch, epoch + 1)
         print(f"epoch {epoch + 1}/{cfg.schedule.epochs} lr {lr:.3g} loss {loss:.4f} top-1 {acc.top1:.2f} "
               f"top-5 {acc.top5:.2f}" + (f" ema top-1 {ema_acc.top1:.2f}" if ema_acc else "") + f" {seconds:.0f} s",
               flush=True)
     if proc.main:
         print(f"best top-1: {best:.2f} (epoch {best_epoch})", flush=True)
     return best
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run's `result.yaml` says besides its accuracy: the design, what it trained on."""
+
+    design: ArchSpec  # the design as configured (an export's: 1000 classes)
+    arch: Path | None  # the exported arch.json beside the config, when there is one
+    cfg: TrainConfig  # what trained (its head follows the data)
+    data_dir: Path
+    classes: int
+    train_images: int
+    val_images: int
+
+    def row(self, out: Path, best: float, best_epoch: int, epochs_done: int) -> dict[str, Any]:
+        """One reference row (`space.references`): the spec as the path of its arch.json (relative
+        to `out`, where the file is written) or inline."""
+        spec: Any = os.path.relpath(self.arch, out) if self.arch else self.design.to_dict()
+        epochs = self.cfg.schedule.epochs
+        source = {"dataset": self.data_dir.resolve().name, "data_dir": str(self.data_dir.resolve()),
+                  "classes": self.classes, "train_images": self.train_images, "val_images": self.val_images,
+                  "img_size": self.cfg.model.spec.img_size, "epochs": epochs, "epochs_done": epochs_done,
+                  "finished": epochs_done >= epochs, "best_epoch": best_epoch,
+                  "trained_spec_id": self.cfg.model.spec.id, "trained_num_classes": self.cfg.model.spec.num_classes,
+                  "recipe_hash": recipe_hash(self.cfg), "commit": (git_state() or {}).get("commit"),
+                  "run": str(out.resolve())}
+        return {"name": self.design.id, "accuracy": round(best, 4), "spec": spec, "source": source}
+
+    def write(self, out: Path, best: float, best_epoch: int, epochs_done: int) -> None:
+        """`result.yaml` beside the checkpoints, written whole (a stopped run leaves its last epoch's)."""
+        row = self.row(out, best, best_epoch, epochs_done)
+        source = row["source"]
+        text = yaml.safe_dump({
+            "name": f"result-{self.design.id}",
+            "target": f"{source['dataset']} top-1 (%), {source['img_size']}x{source['img_size']}, "
+                      f"{source['epochs']} epochs",
+            "rows": [row]}, sort_keys=False)
+        tmp = out / "result.yaml.tmp"
+        tmp.write_text("# A reference row: python -m audit --references <a folder of these>\n" + text)
+        os.replace(tmp, out / "result.yaml")
+
+
+def recipe_hash(cfg: TrainConfig) -> str:
+    """A short hash of the recipe (everything but the model and where data and outputs are)."""
+    recipe = cfg.to_dict()
+    recipe.pop("model")
+    for section, key in (("data", "dir"), ("data", "workers"), ("run", "output")):
+        recipe[section].pop(key, None)
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _arch_file(args: argparse.Namespace) -> Path | None:
+    """The arch.json an export wrote beside the config, if the run's config is such an export."""
+    if args.config and (Path(args.config).parent / "arch.json").is_file():
+        return (Path(args.config).parent / "arch.json").resolve()
+    return None
 
 
 def _yaml_value(text: str) -> Any:

@@ -3,6 +3,7 @@ input ends in one line and exit status 2, and progress lines carry the time of d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from contextlib import contextmanager
@@ -41,3 +42,9 @@ class OneLineErrors(argparse.ArgumentParser):
 def log(message: str, out: TextIO | None = None) -> None:
     """One progress line, `[HH:MM:SS] message`, on `out` (standard output by default), flushed."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=out or sys.stdout, flush=True)
+
+
+def option_flag(field: dataclasses.Field) -> str:
+    """The command-line flag of a dataclass field that is an option (its metadata holds `help`):
+    `flag` from the metadata, else `--field-name` (`search.options` builds the parsers)."""
+    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))

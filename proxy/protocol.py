@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from localvit.backbones import PROXY_IMG_SIZE, proxy_spec
+from localvit.cli import option_flag
 from localvit.spec import ArchSpec, LayerSpec, as_spec
 
 from .data import DATASETS, DEFAULT_FASHION_MNIST_DIR, DataConfig
@@ -124,6 +125,17 @@ class ProxyProtocol:
         return DataConfig(dataset=self.dataset, data_dir=self.data_dir, train_size=self.train_size,
                           val_size=self.val_size, img_size=self.img_size, split_seed=self.split_seed,
                           augment=self.augment)
+
+    def option_args(self) -> list[str]:
+        """The command-line options that give this protocol (those that differ from the default),
+        for a command a user can copy: `python -m audit <these>` audits what a search trained."""
+        default, args = ProxyProtocol(), []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "help" not in f.metadata or value == getattr(default, f.name):
+                continue
+            args += [option_flag(f)] if isinstance(value, bool) else [option_flag(f), str(value)]
+        return args
 
     def replace(self, **changes: Any) -> "ProxyProtocol":
         return replace(self, **changes)

@@ -27,10 +27,16 @@ def protocol_key(protocol: ProxyProtocol) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def audit_for(protocol: ProxyProtocol, results_dir: str | Path | None = None) -> dict[str, Any] | None:
-    """The audit of this protocol, if any: the user's own under `results_dir` (newest first),
-    else one the project measured (`audited_protocols.json`)."""
+def audit_for(protocol: ProxyProtocol, results_dir: str | Path | None = None,
+              references_key: str | None = None) -> dict[str, Any] | None:
+    """The audit of this protocol on the reference set of `references_key` (None: any set), if
+    any: the user's own under `results_dir` (newest first), else one the project measured
+    (`audited_protocols.json`)."""
     key = protocol_key(protocol)
+
+    def matches(audit: Mapping[str, Any]) -> bool:
+        return audit.get("protocol_key") == key and references_key in (None, audit["references"].get("key"))
+
     found = []
     if results_dir and Path(results_dir).is_dir():
         for path in Path(results_dir).glob("*/audit.json"):
@@ -38,12 +44,13 @@ def audit_for(protocol: ProxyProtocol, results_dir: str | Path | None = None) ->
                 data = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if data.get("protocol_key") == key:
+            if matches(data):
                 found.append((path.stat().st_mtime, {**data, "file": str(path)}))
     if found:
         return max(found, key=lambda item: item[0])[1]
     shipped = json.loads(SHIPPED_AUDITS.read_text()) if SHIPPED_AUDITS.is_file() else {}
-    return shipped.get(key)
+    audit = shipped.get(key)
+    return audit if audit is not None and matches(audit) else None
 
 
 def describe_audit(audit: Mapping[str, Any] | None) -> str:
@@ -86,7 +93,7 @@ def supernet_audit_files(checkpoint: str | Path) -> dict[str, Path]:
             "imagenet": checkpoint.with_name(checkpoint.stem + ".paper-audit")}
 
 
-def _supernet_audit(supernet: dict[str, Any] | None, kind: str) -> tuple[dict[str, Any] | None, str]:
+def supernet_audit(supernet: dict[str, Any] | None, kind: str) -> tuple[dict[str, Any] | None, str]:
     """A supernet's audit of `kind` (`stand_alone` or `imagenet`) and where it came from: the
     one `studies.supernet_audit` saved beside its checkpoint, else the project's of its key."""
     if not supernet:
@@ -109,7 +116,7 @@ def ranking_audit(supernet: dict[str, Any] | None, fidelity: dict[str, int] | No
     than the audit did (`fidelity`: the search's `recalibration_images` and `score_images`)."""
     if not supernet:
         return "none (no supernet was trained)"
-    audit, source = _supernet_audit(supernet, "stand_alone")
+    audit, source = supernet_audit(supernet, "stand_alone")
     if audit is None:
         return (f"none yet: this supernet's ranking has not been audited against stand-alone proxy training "
                 f"(an audit saved as `{supernet_audit_files(supernet['path'])['stand_alone']}` is cited here)")
@@ -121,9 +128,9 @@ def ranking_audit(supernet: dict[str, Any] | None, fidelity: dict[str, int] | No
 
 def supernet_imagenet_audit(supernet: dict[str, Any] | None) -> str | None:
     """The audit of the supernet's scores against ImageNet, in one line; None when there is none."""
-    audit, source = _supernet_audit(supernet, "imagenet")
+    audit, source = supernet_audit(supernet, "imagenet")
     return None if audit is None else describe_audit(audit) + source
 
 
 __all__ = ["SHIPPED_AUDITS", "SHIPPED_SUPERNET_AUDITS", "audit_for", "describe_audit", "describe_precision",
-           "protocol_key", "ranking_audit", "supernet_audit_files", "supernet_imagenet_audit"]
+           "protocol_key", "ranking_audit", "supernet_audit", "supernet_audit_files", "supernet_imagenet_audit"]

@@ -14,14 +14,18 @@ import time
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from localvit.spec import ArchSpec, LayerSpec
 from proxy.protocol import ProxyProtocol
 from proxy.runtime import precision_record
+from proxy.data import get_proxy_data
+from proxy.zero_cost import ZERO_COST, ZeroCostScore, zero_cost_scores
+from space.cost import target_cost
 from space.references import ReferenceSet
 
 from .audits import describe_precision, protocol_key
+from .signals import Evaluation, choose_default, describe_choice, evaluate_all, rank_by_choices, signals_table
 from .statistics import Agreement, agreement, pair_agreement, top_k_overlap
 
 AXES = ("ffn type", "placement", "activation", "channel attention", "gamma", "kernel", "heads")
@@ -70,7 +74,6 @@ def pair_axis(a: ArchSpec, b: ArchSpec) -> str | None:
     return "ffn type" if uniform else "placement"
 
 
-
 # --- scores --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -81,6 +84,22 @@ class ProxyScore:
     cpu_time_s: float | None  # None: a trial trained before the search recorded CPU time
     wall_time_s: float
     precision: str | None = None
+
+
+def scores_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, ProxyScore]]:
+    """The proxy scores by seed and spec id that an audit's rows hold (`audit.json`), to score
+    the audit again without training."""
+    scores: dict[str, dict[str, ProxyScore]] = {}
+    for row in rows:
+        for seed, accuracy in row["proxy"].items():
+            scores.setdefault(seed, {})[row["spec_id"]] = ProxyScore(accuracy, row.get("cpu_s"), row.get("cpu_s") or 0.0)
+    return scores
+
+
+def zero_cost_of(references: ReferenceSet, protocol: ProxyProtocol) -> dict[str, dict[str, ZeroCostScore]]:
+    """The zero-cost scores of every reference design at the protocol's proxy (seconds each)."""
+    data = get_proxy_data(protocol.data_config())
+    return {row.spec.id: zero_cost_scores(row.spec, protocol, data) for row in references.rows}
 
 
 def _cost(scores: list[ProxyScore]) -> float:
@@ -108,6 +127,9 @@ class AuditResult:
     cpu_s_per_candidate: float
     cpu_s_total: float
     missing: list[str] = field(default_factory=list)
+    measured: str = "proxy"
+    signals: dict[str, dict[str, Any]] = field(default_factory=dict)  # signal -> `Evaluation.to_dict()`
+    default_signal: str = ""
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +144,8 @@ class AuditResult:
                 "seed_to_seed": agree(self.seed_to_seed), "axes": self.axes,
                 "top_k": {str(k): v for k, v in self.top_k.items()},
                 "cpu_s_per_candidate": self.cpu_s_per_candidate, "cpu_s_total": self.cpu_s_total,
-                "missing": self.missing, "created": self.created}
+                "missing": self.missing, "measured": self.measured, "signals": self.signals,
+                "default_signal": self.default_signal, "created": self.created}
 
 
 def _portable(path: str) -> str:
@@ -136,8 +159,11 @@ def _portable(path: str) -> str:
 
 def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[str, ProxyScore]], *,
                 study: str, protocol: ProxyProtocol, precision: Mapping[str, Any] | None = None,
+                measured: str = "proxy", zero_cost: Mapping[str, Mapping[str, ZeroCostScore]] | None = None,
                 confidence: float = 0.95, n_resamples: int = 10_000) -> AuditResult:
-    """Compare the proxy's scores (by seed, then spec id) with the reference accuracies.
+    """Compare the proxy's scores (by seed, then spec id) with the reference accuracies, and
+    every signal beside it (`signal_columns`): `measured` names what the scores are (`proxy`
+    or `supernet`), `zero_cost` holds the zero-cost scores by spec id.
 
     The proxy's score of a design is the mean over the seeds that trained it; designs that no
     seed trained are listed as missing and left out.
@@ -151,9 +177,18 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
             missing.append(ref.name)
             continue
         mean = statistics.fmean(p.accuracy for p in per_seed.values())
+        cost = target_cost(ref.spec)
+        signals = {"params": cost.params, "flops": cost.flops,
+                   measured: per_seed[seeds[0]].accuracy if seeds[0] in per_seed else None}
+        undefined = {}
+        for name, score in (zero_cost or {}).get(ref.spec.id, {}).items():
+            signals[name] = score.value
+            if score.value is None:
+                undefined[name] = score.undefined
         rows.append({"name": ref.name, "spec_id": ref.spec.id, "target": ref.accuracy, "source": dict(ref.source),
                      "proxy": {s: p.accuracy for s, p in per_seed.items()}, "proxy_mean": mean,
-                     "cpu_s": _cost(list(per_seed.values()))})
+                     "cpu_s": _cost(list(per_seed.values())), "signals": signals,
+                     **({"undefined": undefined} if undefined else {})})
         proxy.append(mean)
         target.append(ref.accuracy)
         specs.append(ref.spec)
@@ -181,16 +216,37 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
                      if (proxy[i] - proxy[j]) * (target[i] - target[j]) <= 0 and target[i] != target[j]]
             axes[axis] = {"pairs": counted, "agreed": agreed, "share": agreed / counted, "disagreed": wrong}
     everything = [p for scores in scores_by_seed.values() for p in scores.values()]
+    evaluations = evaluate_signals(rows, measured, seeds, zero_cost or {}, _cost(everything), n_resamples)
     return AuditResult(
         study=study, references={"name": references.name, "target": references.target,
-                                 "path": _portable(references.path), "n": len(references.rows)},
+                                 "path": _portable(references.path), "n": len(references.rows), "key": references.key},
         protocol=protocol.to_dict(), protocol_key=protocol_key(protocol),
         precision=dict(precision or precision_record(protocol.precision)), seeds=seeds, rows=rows,
         agreement=agreement(proxy, target, **kwargs), per_seed=per_seed_agreement, seed_to_seed=seed_to_seed,
         axes=axes, top_k={k: top_k_overlap(proxy, target, k) for k in TOP_K if k <= len(rows)},
         cpu_s_per_candidate=_cost(everything), cpu_s_total=_cost(everything) * len(everything),
-        missing=missing)
+        missing=missing, measured=measured, signals={k: e.to_dict() for k, e in evaluations.items()},
+        default_signal=choose_default({k: e.to_dict() for k, e in evaluations.items()}, rank_by_choices(measured)))
 
+
+def evaluate_signals(rows: Sequence[Mapping[str, Any]], measured: str, seeds: Sequence[str],
+                     zero_cost: Mapping[str, Mapping[str, ZeroCostScore]], measured_cpu_s: float,
+                     n_resamples: int = 10_000) -> dict[str, Evaluation]:
+    """Every signal of the rows (`row["signals"]`), the measured one with its first seed (what a
+    search trains) and with the mean of the seeds, and its combinations with the parameter
+    count, out of sample (`ranking.signals`)."""
+    names = list(dict.fromkeys(name for row in rows for name in row["signals"]))
+    columns = {name: [row["signals"].get(name) for row in rows] for name in names}
+    cpu_s: dict[str, float | None] = {"params": 0.0, "flops": 0.0, measured: measured_cpu_s}
+    for name in ZERO_COST:
+        spent = [score[name].cpu_s for score in zero_cost.values() if name in score]
+        cpu_s[name] = statistics.fmean(spent) if spent else None
+    if len(seeds) > 1:
+        mean_name = f"{measured}, mean of {len(seeds)} seeds"
+        columns[mean_name] = [row["proxy_mean"] for row in rows]
+        cpu_s[mean_name] = measured_cpu_s * len(seeds)
+    return evaluate_all(columns, [row["target"] for row in rows], [row["source"] for row in rows], cpu_s,
+                        measured=[measured], n_resamples=n_resamples)
 
 
 # --- reports ---------------------------------------------------------------------------------------
@@ -233,6 +289,11 @@ def audit_markdown(result: AuditResult) -> str:
                      f"{c.spearman:.2f} |")
     else:
         lines.append("| seed-to-seed ceiling | not measured (one seed) | |")
+    if result.signals:
+        lines += ["", "Every signal beside the free baselines (out of sample; the "
+                  f"{result.measured} with seed {result.seeds[0]}, what a search trains):", "",
+                  *signals_table(result.signals), "",
+                  describe_choice(result.signals, result.default_signal, result.measured) + "."]
     lines += ["", "Pairs of designs that differ along one axis only, ordered as the target orders them:", "",
               "| axis | pairs | ordered as the target | share |", "|---|---|---|---|"]
     for axis, entry in result.axes.items():
@@ -275,4 +336,5 @@ def _scatter(result: AuditResult, path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["AXES", "AuditResult", "ProxyScore", "audit_markdown", "pair_axis", "score_audit", "write_audit"]
+__all__ = ["AXES", "AuditResult", "ProxyScore", "audit_markdown", "pair_axis", "score_audit", "scores_from_rows",
+           "write_audit", "zero_cost_of"]

@@ -12,6 +12,15 @@ compute their figures the same way; the tests check every function against scipy
   degenerate resamples (all values tied, the statistic undefined) are left out.
 * ``pair_agreement`` / ``top_k_overlap``: the share of given pairs ordered alike, and how many
   of the target's k best the proxy also puts in its k best.
+
+Cost-aware figures, because a budgeted search decides among designs of about the same cost:
+
+* ``cost_buckets`` / ``bucket_tau_b``: designs grouped by FLOPs within a tolerance (3%), and
+  tau-b over the pairs inside the buckets only, pooled over them;
+* ``near_pairs``: pairs whose parameter counts lie within 1% of each other, where counting
+  parameters cannot decide (``pair_agreement`` on them);
+* ``regret_at``: under a FLOP budget, the target accuracy of the best design within it minus
+  that of the design the signal picks there.
 """
 from __future__ import annotations
 
@@ -20,8 +29,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-
-Statistic = Callable[[np.ndarray, np.ndarray], float]
 
 
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -34,13 +41,16 @@ def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b; NaN when either side has fewer than two distinct values."""
+def kendall_tau_b(x: Sequence[float], y: Sequence[float], pairs: Iterable[tuple[int, int]] | None = None) -> float:
+    """Kendall's tau-b over all pairs of designs, or over the given index `pairs` only (ties
+    corrected among those); NaN when either side ties every pair counted."""
     x, y = _pair(x, y)
-    dx = np.sign(x[:, None] - x[None, :])
-    dy = np.sign(y[:, None] - y[None, :])
-    upper = np.triu_indices(len(x), k=1)
-    dx, dy = dx[upper], dy[upper]
+    if pairs is None:
+        i, j = np.triu_indices(len(x), k=1)
+    else:
+        index = np.array(list(pairs), dtype=int).reshape(-1, 2)
+        i, j = index[:, 0], index[:, 1]
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
     untied_x, untied_y = np.count_nonzero(dx), np.count_nonzero(dy)
     if untied_x == 0 or untied_y == 0:
         return math.nan
@@ -69,17 +79,22 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.sum(rx * ry) / denominator) if denominator else math.nan
 
 
-def bootstrap_interval(statistic: Statistic, x: Sequence[float], y: Sequence[float], *,
-                       confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(x, y)``, designs resampled with replacement in pairs."""
+def bootstrap_interval(statistic: Callable[..., float], x: Sequence[float], y: Sequence[float],
+                       *more: Sequence[float], confidence: float = 0.95, n_resamples: int = 10_000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(x, y, *more)``, the designs resampled with
+    replacement, every column of a design together."""
     x, y = _pair(x, y)
+    columns = [x, y, *(np.asarray(c, dtype=float) for c in more)]
+    if any(c.shape != x.shape for c in columns):
+        raise ValueError(f"columns of shapes {[c.shape for c in columns]} are invalid; accepted: equal lengths")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence!r} is invalid; accepted: a number in (0, 1)")
     if len(x) < 2:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     resamples = rng.integers(0, len(x), size=(n_resamples, len(x)))
-    values = np.array([statistic(x[i], y[i]) for i in resamples])
+    values = np.array([statistic(*(c[i] for c in columns)) for i in resamples])
     values = values[np.isfinite(values)]
     if not len(values):
         return math.nan, math.nan
@@ -111,6 +126,49 @@ def top_k_overlap(x: Sequence[float], y: Sequence[float], k: int) -> float:
     best_x = set(np.argsort(-x, kind="stable")[:k].tolist())
     best_y = set(np.argsort(-y, kind="stable")[:k].tolist())
     return len(best_x & best_y) / k
+
+
+def cost_buckets(costs: Sequence[float], tolerance: float = 0.03) -> list[list[int]]:
+    """Indices grouped by cost: in increasing order, a bucket takes every design whose cost is
+    within `tolerance` (relative) of the bucket's cheapest; the next design opens a new one."""
+    order = sorted(range(len(costs)), key=lambda i: costs[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and costs[i] <= costs[buckets[-1][0]] * (1 + tolerance):
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
+
+
+def bucket_pairs(costs: Sequence[float], tolerance: float = 0.03) -> list[tuple[int, int]]:
+    """The pairs of designs that share a cost bucket (`cost_buckets`)."""
+    return [(a, b) for bucket in cost_buckets(costs, tolerance) for k, a in enumerate(bucket) for b in bucket[k + 1:]]
+
+
+def bucket_tau_b(x: Sequence[float], y: Sequence[float], costs: Sequence[float], tolerance: float = 0.03) -> float:
+    """Kendall tau-b over the pairs inside cost buckets, pooled: how well a signal orders designs
+    of about the same cost, which is what a budgeted search decides between."""
+    return kendall_tau_b(x, y, bucket_pairs(costs, tolerance))
+
+
+def near_pairs(values: Sequence[float], tolerance: float = 0.01) -> list[tuple[int, int]]:
+    """Pairs whose `values` (parameter counts) lie within `tolerance` of the smaller one."""
+    v = np.asarray(values, dtype=float)
+    return [(i, j) for i in range(len(v)) for j in range(i + 1, len(v))
+            if abs(v[i] - v[j]) <= tolerance * min(v[i], v[j])]
+
+
+def regret_at(budget: float, signal: Sequence[float], target: Sequence[float], costs: Sequence[float]
+              ) -> tuple[float, int]:
+    """(regret, designs within the budget): the target of the best design whose cost is within
+    `budget` minus the target of the one the signal ranks first there (ties: the cheaper, then
+    the first); (NaN, 0) when none fits."""
+    fit = [i for i in range(len(costs)) if costs[i] <= budget]
+    if not fit:
+        return math.nan, 0
+    pick = min(fit, key=lambda i: (-signal[i], costs[i], i))
+    return float(max(target[i] for i in fit) - target[pick]), len(fit)
 
 
 @dataclass(frozen=True)
@@ -145,5 +203,5 @@ def agreement(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.9
         confidence=confidence)
 
 
-__all__ = ["Agreement", "agreement", "average_ranks", "bootstrap_interval", "kendall_tau_b", "pair_agreement",
-           "spearman", "top_k_overlap"]
+__all__ = ["Agreement", "agreement", "average_ranks", "bootstrap_interval", "bucket_pairs", "bucket_tau_b",
+           "cost_buckets", "kendall_tau_b", "near_pairs", "pair_agreement", "regret_at", "spearman", "top_k_overlap"]

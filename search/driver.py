@@ -30,6 +30,8 @@ from space.space import ListSpace, make_space
 from .candidates import exhausted_message
 from .cluster import Cluster, ray_output, start_cluster
 from .optuna_adapter import storage_of
+from .rank_by import record as record_rank_by
+from .rank_by import resolve as resolve_rank_by
 from .settings import ONESHOT, SearchSettings
 from .storage import open_storage
 from .studies import (BASELINE_NAMES, Plan, close_interrupted, enqueue_baselines, enqueue_warm_starts, open_study,
@@ -176,7 +178,7 @@ def run_oneshot(settings: SearchSettings, plan: Plan, cluster: Cluster, deadline
 
 def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
     """Every check that bad input can fail, before Ray starts or anything in the study changes."""
-    space = make_space(settings.space, settings.backbone)
+    space = make_space(settings.space, settings.backbone, settings.include_unfinished)
     if settings.sampler == "grid" and not isinstance(space, ListSpace):
         raise ValueError(f"sampler='grid' is invalid with space={settings.space!r}; accepted: --space paper or a "
                          f"reference file (or a small space file with --sampler random)")
@@ -202,11 +204,14 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
                              f"the cheapest architecture of space {space.name!r} reaches ({measured:.1f} images/s "
                              f"at {format_count(cost.flops, 'FLOPs')}, spec {spec.id}, on this machine)")
     data = get_proxy_data(settings.protocol.data_config())  # a missing dataset fails here; workers reuse its cache
+    supernet = None
     if settings.strategy == ONESHOT:  # a space no supernet holds, another space's checkpoint
         from .oneshot import supernet_checkpoint
 
-        supernet_checkpoint(settings, space, (data.in_chans, data.num_classes))
-    return Plan(space, bounds, open_study(settings, space, storage), (data.in_chans, data.num_classes))
+        path, key = supernet_checkpoint(settings, space, (data.in_chans, data.num_classes))
+        supernet = {"path": str(path), "key": key["digest"]}
+    return Plan(space, bounds, open_study(settings, space, storage), (data.in_chans, data.num_classes),
+                resolve_rank_by(settings, supernet))
 
 
 def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> None:
@@ -216,6 +221,8 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
     started = time.time()
     space, study = plan.space, plan.study
     cost = plan.bounds.cheapest_flops[1]
+    record_rank_by(study, plan.rank_by)  # a resumed study may be ranked anew: nothing trained depends on it
+    log(f"ranking by {plan.rank_by.why}")
     log(f"space {space.name!r} on {settings.backbone}: {space.size():.3g} architectures; cheapest "
         f"{format_count(cost.flops, 'FLOPs')} / {format_count(plan.bounds.cheapest_params[1].params)} params, "
         f"costliest {format_count(plan.bounds.costliest_flops[1].flops, 'FLOPs')}; "

@@ -1,7 +1,7 @@
 """Export a search's best trials as ImageNet training jobs (`imagenet.export` writes each job).
 
-    python -m search.export --study NAME --top 3         # the best 3 by the study's ranking
-    python -m search.export --study NAME --pareto        # the accuracy / FLOPs Pareto front
+    python -m search.export --study NAME --top 3         # the best 3 by the study's ranking (--rank-by)
+    python -m search.export --study NAME --pareto        # the ranking / FLOPs Pareto front
     python -m search.export --study NAME --trial 17      # one trial
 
 Each job goes to `results/<study>/export/<spec id>/`. The search calls
@@ -20,6 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 from imagenet.export import export_spec
 from localvit.cli import run_cli
 from localvit.spec import as_spec
+
+from .rank_by import RankBy, of_study, ranked, values
 
 
 def load_study(study: str, storage: str | None = None, results_dir: str | Path = "results") -> optuna.Study:
@@ -46,9 +48,9 @@ def select_trials(study: optuna.Study, *, top: int | None = None, pareto: bool =
     """The trials to export: one of `trial=N`, `top=K` or `pareto=True`.
 
     Candidates for `top` and `pareto` are COMPLETE, feasible (constraints <= 0) trials trained
-    to the full proxy budget (`full_fidelity`) with a `spec`, baselines only when asked;
-    accuracy is the first objective (validation top-1 %), FLOPs the `flops` attribute (224x224).
-    One trial per architecture, the most accurate.
+    to the full proxy budget (`full_fidelity`) with a `spec`, baselines only when asked, one
+    per architecture (its most accurate trial), ranked as the study's search ranked them
+    (`search.rank_by`); FLOPs are the `flops` attribute (224x224).
     """
     if sum((top is not None, pareto, trial is not None)) != 1:
         raise ValueError("choose exactly one of --top K, --pareto, --trial N")
@@ -67,42 +69,36 @@ def select_trials(study: optuna.Study, *, top: int | None = None, pareto: bool =
         raise ValueError(f"study {study.study_name!r} has no trial to export: {len(trials)} trials, {complete} "
                          f"complete; accepted: complete, feasible, full-fidelity trials"
                          + ("" if include_baselines else " (baselines need --include-baselines)"))
-    return ranked[:top] if top is not None else pareto_front(ranked)
+    return ranked[:top] if top is not None else pareto_front(ranked, of_study(study))
 
 
-def ranked_candidates(study: optuna.Study, include_baselines: bool = False) -> list[FrozenTrial]:
-    """COMPLETE, feasible trials trained to the full proxy budget, one per architecture (its
-    most accurate trial), most accurate first; ties go to fewer FLOPs."""
+def ranked_candidates(study: optuna.Study, include_baselines: bool = False,
+                      rank_by: RankBy | None = None) -> list[FrozenTrial]:
+    """COMPLETE, feasible trials trained to the full proxy budget, one per architecture (its most
+    accurate trial), best first by the study's ranking (`search.rank_by`; ties: fewer FLOPs)."""
     candidates = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
                   and "spec" in t.user_attrs and all(c <= 0 for c in t.constraints.values())
                   and t.user_attrs.get("full_fidelity") is True
                   and (include_baselines or not t.user_attrs.get("baseline"))]
-    ranked, seen = [], set()
-    for t in sorted(candidates, key=lambda t: (-_accuracy(t), _flops(t), t.number)):
-        spec_id = as_spec(t.user_attrs["spec"]).id
-        if spec_id not in seen:
-            seen.add(spec_id)
-            ranked.append(t)
-    return ranked
+    designs: dict[str, FrozenTrial] = {}
+    for t in sorted(candidates, key=lambda t: (-t.values[0], _flops(t), t.number)):
+        designs.setdefault(as_spec(t.user_attrs["spec"]).id, t)
+    return ranked(list(designs.values()), rank_by or of_study(study))
 
 
-def pareto_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The accuracy (up) / FLOPs (down) front of `trials`, cheapest first."""
-    return sorted((t for t in trials if not any(_dominates(u, t) for u in trials)), key=_flops)
+def pareto_front(trials: Sequence[FrozenTrial], rank_by: RankBy) -> list[FrozenTrial]:
+    """The front of the ranking signal (up) and FLOPs (down) among `trials`, cheapest first."""
+    score = dict(zip((t.number for t in trials), values(trials, rank_by)))
 
+    def dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
+        better, cheaper = score[a.number] >= score[b.number], _flops(a) <= _flops(b)
+        return better and cheaper and (score[a.number] > score[b.number] or _flops(a) < _flops(b))
 
-def _accuracy(trial: FrozenTrial) -> float:
-    return trial.values[0]
+    return sorted((t for t in trials if not any(dominates(u, t) for u in trials)), key=_flops)
 
 
 def _flops(trial: FrozenTrial) -> float:
     return float(trial.user_attrs.get("flops", float("inf")))
-
-
-def _dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
-    """`a` is at least as accurate and as cheap as `b`, and better in one."""
-    return (_accuracy(a) >= _accuracy(b) and _flops(a) <= _flops(b)
-            and (_accuracy(a) > _accuracy(b) or _flops(a) < _flops(b)))
 
 
 # -- writing jobs ---------------------------------------------------------------------------------
@@ -172,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storage", help="Optuna storage URL of the study")
     parser.add_argument("--results", default="results", help="results folder (default: results)")
     pick = parser.add_mutually_exclusive_group(required=True)
-    pick.add_argument("--top", type=int, metavar="K", help="the K most accurate architectures")
-    pick.add_argument("--pareto", action="store_true", help="the accuracy / FLOPs Pareto front")
+    pick.add_argument("--top", type=int, metavar="K", help="the K best architectures by the study's ranking")
+    pick.add_argument("--pareto", action="store_true", help="the ranking / FLOPs Pareto front")
     pick.add_argument("--trial", type=int, metavar="N", help="trial number N")
     parser.add_argument("--include-baselines", action="store_true", help="let --top / --pareto pick baselines")
     args = parser.parse_args(argv)

@@ -32,6 +32,7 @@ from space.space import Space, make_space
 
 from .candidates import Skips, exhausted_message, tell_values
 from .optuna_adapter import fill_waiting, trial_id
+from .rank_by import of_study, ranked
 from .settings import DUPLICATE, INFEASIBLE, SUPERNET, SearchSettings
 from .studies import Plan
 from .tune import DefineByRun
@@ -253,23 +254,24 @@ def pick_finalists(ranked: list[ArchSpec], k: int, apart: int) -> list[int]:
 
 def enqueue_top_k(study: optuna.Study, settings: SearchSettings, exclude: set[str]
                   ) -> list[tuple[int, FrozenTrial]]:
-    """Queue the `top_k` best distinct supernet candidates for proxy training from scratch (once),
-    each `top_k_apart` layers from every better one (`pick_finalists`); specs in `exclude` (the
-    baselines, trained anyway) are passed over. Returns their ranks and supernet trials."""
+    """Queue the `top_k` best distinct supernet candidates, by the study's ranking (`--rank-by`),
+    for proxy training from scratch (once), each `top_k_apart` layers from every better one
+    (`pick_finalists`); specs in `exclude` (the baselines, trained anyway) are passed over.
+    Returns their ranks and supernet trials."""
     if "oneshot_top_k" in study.user_attrs:
         return []
     if not supernet_trials(study):
         log("no candidate was scored on the supernet (the time limit passed first?): run the same command with a "
             "longer --time-limit to score some; the supernet is kept")
         return []
-    ranked, seen = [], set(exclude)
-    for t in sorted(supernet_trials(study), key=lambda t: (-t.values[0], t.user_attrs["flops"], t.number)):
+    order, seen = [], set(exclude)
+    for t in ranked(supernet_trials(study), of_study(study)):
         if t.user_attrs["spec_id"] not in seen:
             seen.add(t.user_attrs["spec_id"])
-            ranked.append(t)
-    picks = pick_finalists([ArchSpec.from_json(t.user_attrs["spec"]) for t in ranked], settings.top_k,
+            order.append(t)
+    picks = pick_finalists([ArchSpec.from_json(t.user_attrs["spec"]) for t in order], settings.top_k,
                            settings.top_k_apart)
-    top = [(i + 1, ranked[i]) for i in picks]
+    top = [(i + 1, order[i]) for i in picks]
     for rank, t in top:
         study.enqueue_trial(t.params, user_attrs={"oneshot_rank": rank, "supernet_accuracy": t.values[0],
                                                   "supernet_trial": t.number})

@@ -19,6 +19,7 @@ import typing
 from typing import Any, Iterable, Union
 
 from localvit.backbones import PROXY_IMG_SIZE, VIT_BACKBONES
+from localvit.cli import option_flag
 from proxy.protocol import PROXY_GROUP, ProxyProtocol
 from space.budget import BUDGET_GROUP, Budget
 
@@ -33,10 +34,6 @@ _CLASSES = (SearchSettings, Budget, ProxyProtocol)
 def option_fields(cls: type) -> list[dataclasses.Field]:
     """The fields of `cls` that are command-line options."""
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
-
-
-def _flag(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
 def _switch(f: dataclasses.Field) -> str:
@@ -73,11 +70,11 @@ def add_options(parser: argparse.ArgumentParser, *, groups: Iterable[str] = GROU
         kind = _scalar_type(cls, f)
         group = made[f.metadata["group"]]
         if kind is bool:  # a switch that turns the default around: --no-asha, --no-augment
-            group.add_argument(_flag(f), dest=_switch(f), action="store_true", help=f.metadata["help"])
+            group.add_argument(option_flag(f), dest=_switch(f), action="store_true", help=f.metadata["help"])
             continue
         text = f"{f.metadata['help']} (default: {shown})"
         converter = str if "parse" in f.metadata or kind not in (int, float) else kind
-        group.add_argument(_flag(f), dest=f.name, type=converter, default=default, metavar=f.metadata.get("metavar"),
+        group.add_argument(option_flag(f), dest=f.name, type=converter, default=default, metavar=f.metadata.get("metavar"),
                            help=text.replace("%", "%%"))
     return made
 

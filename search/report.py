@@ -15,8 +15,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from localvit.spec import ArchSpec
 from ranking.audits import audit_for, describe_audit, ranking_audit, supernet_imagenet_audit
+from ranking.signals import combinations
 
 from .export import export_trials, pareto_front, ranked_candidates
+from .rank_by import RankBy, measured_value, of_study, ranked, values
 from .settings import ONESHOT, SUPERNET, TRAIN, SearchSettings
 
 
@@ -27,9 +29,10 @@ def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The most accurate searched trial (baselines excluded); ties go to fewer FLOPs."""
-    ranked = ranked_candidates(study)
-    return ranked[0] if ranked else None
+    """The best searched trial by the study's ranking (`--rank-by`; baselines excluded); ties go
+    to fewer FLOPs."""
+    candidates = ranked_candidates(study)
+    return candidates[0] if candidates else None
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -67,30 +70,42 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _shown(value: float, signal: str) -> float:
+    return value / 1e6 if signal == "params" else value / 1e9 if signal == "flops" else value
+
+
 def plot_pareto(study: optuna.Study, path: Path, budget_flops: int | None) -> None:
+    """Every candidate trained in full by FLOPs and the ranking signal (`--rank-by`), its front
+    and the baselines; trials ASHA stopped are shown where the signal needs no population."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rank_by = of_study(study)
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     full = ranked_candidates(study)
-    early = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
-             and t.user_attrs.get("status") == TRAIN and not t.user_attrs.get("full_fidelity")]
-    ax.scatter([t.user_attrs["flops"] / 1e9 for t in early], [t.values[0] for t in early], s=14, c="0.75",
-               label=f"stopped early ({len(early)})")
-    ax.scatter([t.user_attrs["flops"] / 1e9 for t in full], [t.values[0] for t in full], s=22, c="tab:blue",
+    baselines = baseline_trials(study)
+    population = full + [t for t in baselines.values() if t not in full]
+    score = {t.number: _shown(v, rank_by.signal) for t, v in zip(population, values(population, rank_by))}
+    if rank_by.signal in (rank_by.measured, "params", "flops"):
+        early = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+                 and t.user_attrs.get("status") == TRAIN and not t.user_attrs.get("full_fidelity")]
+        ax.scatter([t.user_attrs["flops"] / 1e9 for t in early],
+                   [_shown(v, rank_by.signal) for v in values(early, rank_by)], s=14, c="0.75",
+                   label=f"stopped early ({len(early)})")
+    ax.scatter([t.user_attrs["flops"] / 1e9 for t in full], [score[t.number] for t in full], s=22, c="tab:blue",
                label=f"searched ({len(full)})")
-    front = pareto_front(full)
-    ax.plot([t.user_attrs["flops"] / 1e9 for t in front], [t.values[0] for t in front], "-", c="tab:blue", lw=1)
-    for (name, t), marker, colour in zip(baseline_trials(study).items(), ("*", "D"), ("tab:orange", "tab:green")):
-        ax.scatter([t.user_attrs["flops"] / 1e9], [t.values[0]], marker=marker, s=140, c=colour, edgecolors="k",
+    front = pareto_front(full, rank_by)
+    ax.plot([t.user_attrs["flops"] / 1e9 for t in front], [score[t.number] for t in front], "-", c="tab:blue", lw=1)
+    for (name, t), marker, colour in zip(baselines.items(), ("*", "D"), ("tab:orange", "tab:green")):
+        ax.scatter([t.user_attrs["flops"] / 1e9], [score[t.number]], marker=marker, s=140, c=colour, edgecolors="k",
                    label=f"{name} baseline", zorder=3)
     if budget_flops:
         ax.axvline(budget_flops / 1e9, ls="--", c="tab:red", lw=1, label="FLOP budget")
     ax.set_xlabel("GFLOPs at 224x224 (multiply-adds)")
-    ax.set_ylabel("proxy validation top-1 (%)")
-    ax.set_title(f"{study.study_name}: accuracy vs FLOPs")
+    ax.set_ylabel({"params": "parameters (M)"}.get(rank_by.signal, rank_by.label))
+    ax.set_title(f"{study.study_name}: {rank_by.signal} vs FLOPs (the ranking, --rank-by)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
@@ -145,12 +160,12 @@ def write_reports(study: optuna.Study, settings: SearchSettings) -> Path:
     plot_pareto(study, out / "pareto.png", settings.budget.max_flops)
     best = best_trial(study)
     baselines = baseline_trials(study)
-    ranked = ranked_candidates(study)
-    top = ranked[:settings.export_top]
+    candidates = ranked_candidates(study)
+    top = candidates[:settings.export_top]
     layer_rows = [(f"best (#{t.number})" if t is best else f"#{t.number}", t) for t in top]
     layer_rows += [(f"{name} (#{t.number})", t) for name, t in baselines.items()]
     plot_layers(layer_rows, out / "layers.png")
-    exported = export_trials(study, top + [t for t in pareto_front(ranked) if t not in top],
+    exported = export_trials(study, top + [t for t in pareto_front(candidates, of_study(study)) if t not in top],
                              settings.study_dir.parent) if top else []
     summary = out / "summary.md"
     summary.write_text(summary_markdown(study, settings, frame, exported))
@@ -192,7 +207,8 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
              + (f", patch {settings.protocol.patch_size}, width x{settings.protocol.width_mult}"
                 if settings.backbone.startswith("deit") else "")
              + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}; {_precision(study)}",
-             f"- ranking signal: {describe_audit(audit_for(settings.protocol, settings.study_dir.parent))}",
+             f"- ranking signal: {of_study(study).why}",
+             f"- the proxy's audit: {describe_audit(audit_for(settings.protocol, settings.study_dir.parent))}",
              f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
              f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
              f"{counts.get('interrupted', 0)} interrupted and re-queued"
@@ -200,7 +216,8 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
              f"- infrastructure: {int((retries > 0).sum())} trial(s) retried after losing their node or worker "
              f"({int(retries.sum())} retries), {counts.get('lost', 0)} lost with every retry spent and queued again"
              + "".join(f"\n  - trial {row.trial}: {row.retry_reasons}" for row in frame.itertuples() if row.retries),
-             "- best and Pareto front: among feasible trials trained for all proxy epochs", "",
+             f"- best and Pareto front: among feasible trials trained for all proxy epochs, by "
+             f"{of_study(study).signal}", "",
              "| | trial | spec id | proxy top-1 (%) | GFLOPs (224) | params (M) | train s |",
              "|---|---|---|---|---|---|---|"]
     if best is not None:
@@ -209,8 +226,10 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
     for name, t in baselines.items():
         lines.append(_row(f"{name} baseline", t))
     if best is not None and baselines:
-        lines += [""] + [f"Best found vs {name}: {best.values[0] - t.values[0]:+.2f} points"
+        lines += [""] + [f"Best found vs {name} on the proxy: {best.values[0] - t.values[0]:+.2f} points"
                          for name, t in baselines.items()]
+    if best is not None:
+        lines += signals_markdown(study, best, baselines)
     confirmation = study.user_attrs.get("confirmation")
     if confirmation:
         lines += ["", "Re-trained with other seeds (same protocol):", "",
@@ -227,6 +246,29 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
               f"{path / 'train.yaml'} --data-dir /path/to/imagenet`" for path in exported]
     lines += ["", f"Inspect: `optuna-dashboard {settings.storage_url}`", ""]
     return "\n".join(lines)
+
+
+def signals_markdown(study: optuna.Study, best: FrozenTrial, baselines: dict[str, FrozenTrial]) -> list[str]:
+    """The best design and the baselines by every signal the search can rank by, side by side: the
+    measured value, the costs, and each combination's rank among the candidates."""
+    rank_by = of_study(study)
+    population = ranked_candidates(study, include_baselines=True)
+    shown = [("best", best)] + list(baselines.items())
+    combos = list(combinations(rank_by.measured))
+    lines = ["", f"Every signal the search can rank by (`--rank-by`; now: {rank_by.signal}), for the best and the "
+             f"baselines; a combination's rank is among the {len(population)} candidates trained in full:", "",
+             f"| | {rank_by.measured} | params (M) | GFLOPs | " + " | ".join(f"{c} (rank)" for c in combos) + " |",
+             "|---|---|---|---|" + "---|" * len(combos)]
+    ranks = {}
+    for combo in combos:
+        order = ranked(population, RankBy(combo, rank_by.measured, rank_by.weight))
+        ranks[combo] = {t.number: k + 1 for k, t in enumerate(order)}
+    for label, t in shown:
+        measured = measured_value(t, rank_by.measured)
+        cells = " | ".join(str(ranks[c].get(t.number, "-")) for c in combos)
+        lines.append(f"| {label} (trial {t.number}) | {'-' if measured is None else f'{measured:.2f}'} | "
+                     f"{t.user_attrs['params'] / 1e6:.2f} | {t.user_attrs['flops'] / 1e9:.3f} | {cells} |")
+    return lines
 
 
 def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]:

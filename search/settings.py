@@ -13,6 +13,7 @@ from typing import Any
 
 from proxy.protocol import ProxyProtocol
 from proxy.supernet import DEFAULT_SAMPLING, SAMPLINGS
+from ranking.signals import rank_by_choices
 from space.budget import Budget
 
 from .storage import has_password
@@ -108,11 +109,22 @@ class SearchSettings:
     warm_start: int = field(default=4, metadata=_option(
         "queue this many designs of the paper's tables that fit the budget, closest to it first", SEARCH))
     seed: int = field(default=0, metadata=_option("sampler and training seed", SEARCH))
+    references: str | None = field(default=None, metadata=_option(
+        "reference designs with their target accuracy, which rankings are audited on: a reference file, or a "
+        "folder of them and of result.yaml files (python -m imagenet.train writes one per run)", SEARCH,
+        default_text="the paper's ImageNet designs, space/references/paper_imagenet.yaml"))
+    include_unfinished: bool = field(default=False, metadata=_option(
+        "count the runs among --references that did not finish their epochs", SEARCH))
+    rank_by: str = field(default="auto", metadata=_option(
+        "what picks the best trial, the one-shot finalists, the order of the exports and the Pareto front's "
+        "accuracy axis: the proxy (supernet with --strategy oneshot), params, flops, or a combination with the "
+        "parameter count (proxy+params, proxy-params-rank, params-then-proxy); auto: the default of the audit "
+        "the protocol rests on (docs/audit.md)", SEARCH))
     # The default keeps the default search within 30 minutes on 2 CPU cores, the one-shot one within 35.
     time_limit_s: float | None = field(default=1200.0, metadata=_option(
         "stop launching and running search trials (oneshot: stop scoring candidates; the top-k training "
         "follows) this long after the start, e.g. 45m or 2h; 'none' for no limit; the seed confirmation runs "
-        "after it", TIME, flag="--time-limit", parse=parse_duration, cli_default="20m"))
+        "after it", TIME, flag="--time-limit", parse=parse_duration, cli_default="20m", metavar="DURATION"))
     confirm_seeds: int = field(default=2, metadata=_option(
         "re-train the best and LocalViT with this many other seeds", SEARCH))
     export_top: int = field(default=3, metadata=_option("export this many best trials as ImageNet jobs", WHERE))
@@ -157,6 +169,10 @@ class SearchSettings:
                              f"(at most 100, not starting with a symbol)")
         if self.sampler == "auto":
             object.__setattr__(self, "sampler", AUTO_SAMPLERS[self.strategy])
+        ranks = ("auto", *rank_by_choices("supernet" if self.strategy == ONESHOT else "proxy"))
+        if self.rank_by not in ranks:
+            raise ValueError(f"rank_by={self.rank_by!r} is invalid with strategy={self.strategy!r}; accepted: "
+                             f"{', '.join(ranks)}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler={self.sampler!r} is invalid; accepted: auto, {', '.join(SAMPLERS)}")
         objectives = tuple(self.objectives)

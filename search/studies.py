@@ -22,6 +22,7 @@ from space.cost import target_cost
 from space.space import ListSpace, Space
 
 from .optuna_adapter import fail_with
+from .rank_by import RankBy
 from .samplers import make_sampler
 from .settings import TRAIN, SearchSettings
 
@@ -34,7 +35,6 @@ BASELINE_NAMES: dict[str, tuple[str, str]] = {
 }
 
 
-
 @dataclass(frozen=True)
 class Plan:
     """What `prepare` checked and opened: the space, its cost bounds and the study."""
@@ -43,6 +43,7 @@ class Plan:
     bounds: Bounds
     study: optuna.Study
     data_shape: tuple[int, int]  # the proxy data's (channels, classes)
+    rank_by: RankBy = RankBy("proxy")  # what the candidates are ranked by (`search.rank_by`)
 
 
 

@@ -22,7 +22,7 @@ from localvit.spec import ACTIVATIONS, CHANNEL_ATTENTIONS, FFN_TYPES, ArchSpec, 
 
 from .bases import base_spec, read_data_file
 from .paper import PAPER_NAMED_SPECS
-from .references import is_reference_file, references_from_dict
+from .references import ReferenceSet, is_reference_file, load_references, references_from_dict
 
 
 class TrialLike(Protocol):
@@ -354,8 +354,9 @@ _SPACE_KEYS = {"base", "layers", "heads", "embed_dim", "depth", "shared"}
 _BASE_KEYS = {"embed_dim", "num_heads", "depth", "img_size", "patch_size", "in_chans", "num_classes", "backbone"}
 
 
-def make_space(preset: str = "default", backbone: str = "deit_tiny") -> Space:
-    """A named space: `paper` (the paper's table rows) or `default` (per-layer freedom)."""
+def make_space(preset: str = "default", backbone: str = "deit_tiny", include_unfinished: bool = False) -> Space:
+    """A named space: `paper` (the paper's table rows) or `default` (per-layer freedom); or a
+    space file, a reference file or a folder of reference files (`load_space`)."""
     if preset == "paper":
         if backbone != "deit_tiny":
             raise ValueError(f"backbone={backbone!r} is invalid with space 'paper'; accepted: deit_tiny")
@@ -366,23 +367,28 @@ def make_space(preset: str = "default", backbone: str = "deit_tiny") -> Space:
         return SearchSpace("default", base, LayerChoices(kernel=(3, 5)), heads=heads)
     path = Path(preset)
     if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
-        return load_space(path, backbone)
+        return load_space(path, backbone, include_unfinished)
     raise ValueError(f"space={preset!r} is invalid; accepted: paper, default, or a .yaml/.json space or "
-                     f"reference file")
+                     f"reference file, or a folder of reference files")
 
 
-def load_space(path: str | Path, backbone: str = "deit_tiny") -> Space:
-    """A space from a YAML or JSON file (see README, "Design space files"), or the designs of a
-    reference file (`space.references`: a file with `rows`), which a grid sampler trains in turn."""
+def load_space(path: str | Path, backbone: str = "deit_tiny", include_unfinished: bool = False) -> Space:
+    """A space from a YAML or JSON file (docs/models.md), or the designs of a reference file or
+    folder (`space.references`), which a grid sampler trains in turn."""
+    if Path(path).is_dir():
+        return _references_space(load_references(path, backbone, include_unfinished))
     data = read_data_file(path, "space file")
     if is_reference_file(data):
-        references = references_from_dict(data, path=path, backbone=backbone)
-        return ListSpace(name=references.name, points={row.name: row.spec for row in references.rows},
-                         param="reference")
+        return _references_space(references_from_dict(data, path=path, backbone=backbone,
+                                                      include_unfinished=include_unfinished))
     if not isinstance(data, dict):
         raise ValueError(f"space file {str(path)!r} is invalid; accepted: a mapping with keys "
                          f"{', '.join(sorted(_SPACE_KEYS))}")
     return space_from_dict(data, name=Path(path).stem, backbone=backbone)
+
+
+def _references_space(references: ReferenceSet) -> ListSpace:
+    return ListSpace(name=references.name, points={row.name: row.spec for row in references.rows}, param="reference")
 
 
 def space_from_dict(data: Mapping[str, Any], name: str = "custom", backbone: str = "deit_tiny") -> SearchSpace:

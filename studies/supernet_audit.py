@@ -144,7 +144,7 @@ def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoi
     """The supernet's scores of the paper's ImageNet designs (those it holds), audited against
     their ImageNet top-1 by `ranking.evaluation`, as a proxy-trained protocol is; written to
     `<checkpoint stem>.paper-audit/` beside the checkpoint."""
-    from ranking.evaluation import ProxyScore, score_audit, write_audit
+    from ranking.evaluation import ProxyScore, score_audit, write_audit, zero_cost_of
     from proxy.protocol import proxy_of
     from proxy.supernet import score
     from space.references import load_references
@@ -160,7 +160,7 @@ def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoi
         scores[row.spec.id] = ProxyScore(accuracy, time.process_time() - started[0],
                                          time.perf_counter() - started[1], protocol.precision)
     result = score_audit(references, {str(protocol.seed): scores}, study=f"supernet {checkpoint.stem}",
-                         protocol=protocol)
+                         protocol=protocol, measured="supernet", zero_cost=zero_cost_of(references, protocol))
     report = write_audit(result, supernet_audit_files(checkpoint)["imagenet"])
     print(report.read_text(), flush=True)
     return result.to_dict()

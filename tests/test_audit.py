@@ -17,10 +17,12 @@ import yaml
 from scipy import stats
 
 from localvit.spec import ArchSpec
+from proxy.protocol import ProxyProtocol
+from proxy.zero_cost import ZERO_COST
 from ranking.audits import protocol_key
 from ranking.evaluation import AXES, ProxyScore, pair_axis, score_audit
-from proxy.protocol import ProxyProtocol
 from ranking.statistics import bootstrap_interval, kendall_tau_b, pair_agreement, spearman, top_k_overlap
+from space.cost import target_cost
 from space.paper import PAPER_NAMED_SPECS
 from space.references import PAPER_IMAGENET, load_references, references_from_dict
 from space.space import make_space
@@ -230,6 +232,28 @@ def test_tiny_audit_end_to_end_killed_and_resumed_trains_nothing_twice(tmp_path)
     markdown = (tmp_path / "a" / "audit.md").read_text()
     assert "Kendall tau-b" in markdown and "seed 0 vs seed 1 (the ceiling)" in markdown
     assert "Traceback" not in result.stdout + result.stderr
+    # every row holds every signal's value, and the audit names the default ranking
+    for row in report["rows"]:
+        assert row["signals"]["params"] == target_cost(PAPER_NAMED_SPECS[row["name"]]).params
+        assert set(row["signals"]) == {"params", "flops", "proxy", *ZERO_COST}
+        assert row["signals"]["proxy"] == row["proxy"]["0"]
+    assert report["default_signal"] in ("params", "proxy", "proxy+params", "proxy-params-rank", "params-then-proxy")
+    assert {"params", "flops", "proxy", "proxy, mean of 2 seeds", "proxy+params"} <= set(report["signals"])
+    assert report["signals"]["proxy+params"]["fitting"] == "leave-one-out"  # the rows name no table
+
+    # scored again from the saved studies: nothing is trained, the same proxy figures come out
+    trials_before = {name: len(study.trials) for name, study in studies.items()}
+    rescored = subprocess.run([sys.executable, "-m", "audit", "--references", str(refs), "--study", "b",
+                               "--results-dir", str(tmp_path), "--from-study", "a-s0", "--from-study", "a-s1",
+                               "--storage", storage, "--resamples", "300"],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert {s.study_name: len(optuna.load_study(study_name=s.study_name, storage=storage).trials)
+            for s in optuna.get_all_study_summaries(storage)} == trials_before
+    again = json.loads((tmp_path / "b" / "audit.json").read_text())
+    assert [r["proxy"] for r in again["rows"]] == [r["proxy"] for r in report["rows"]]
+    assert again["signals"]["params"] == report["signals"]["params"]
+    assert not (tmp_path / "b" / "study.db").exists() and "Ray" not in rescored.stdout
 
 
 def test_audit_bad_input_is_one_line_exit_2(tmp_path) -> None:

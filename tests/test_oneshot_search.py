@@ -37,7 +37,8 @@ layers: {ffn: [mlp, conv, local], act: [relu6, hswish], attn: [none, se, eca], s
 # At 224x224 this space costs 30-42 MFLOPs: a 35M floor rules out about half of it, and the
 # LocalViT-T and DeiT-T baselines (1.26-1.28G) fit under the ceiling.
 ONESHOT = ["--strategy", "oneshot", "--min-flops", "35M", "--budget-flops", "1.3G", "--supernet-epochs", "3",
-           "--candidates", "24", "--top-k", "2", "--recalibration-images", "100", "--confirm-seeds", "1"]
+           "--candidates", "24", "--top-k", "2", "--recalibration-images", "100", "--confirm-seeds", "1",
+           "--rank-by", "supernet"]
 
 
 def _count(db: Path, status: str) -> int:
@@ -127,6 +128,34 @@ def test_finalists_are_the_best_candidates_apart_from_every_better_one() -> None
     assert pick_finalists(ranked, 3, apart=0) == [0, 1, 2]  # the plain top-k
     assert pick_finalists(ranked, 5, apart=3) == [0, 1, 2, 3, 4]  # too few apart: the best of the rest fill up
     assert pick_finalists(ranked, 4, apart=13) == [0, 1, 2, 3]
+
+
+def test_finalists_follow_the_ranking_of_the_study() -> None:
+    """Supernet candidates of made-up scores: by the supernet score the best scores are the
+    finalists, by parameter count the largest designs, whatever their score."""
+    from search.oneshot import enqueue_top_k
+    from search.rank_by import RankBy, record
+    from space.cost import target_cost
+
+    space = space_from_dict({"base": {"embed_dim": 64, "num_heads": 2, "depth": 2},
+                             "layers": {"ffn": ["mlp", "local"], "gamma": [1, 2, 4], "act": ["relu6"]}}, name="g")
+    specs = list(space.grid())[:6]
+    for signal, expected in (("supernet", lambda s: -scores[s.id]), ("params", lambda s: -target_cost(s).params)):
+        study = optuna.create_study(direction="maximize")
+        scores = {}
+        for k, spec in enumerate(specs):
+            scores[spec.id] = float((7 * k) % 6)  # unrelated to the size
+            cost = target_cost(spec)
+            study.add_trial(optuna.trial.create_trial(
+                params=space.to_params(spec), distributions={n: optuna.distributions.CategoricalDistribution(c)
+                                                            for n, c in space.distributions().items()
+                                                            if n in space.to_params(spec)},
+                value=scores[spec.id], user_attrs={"status": "supernet", "spec": spec.to_json(), "spec_id": spec.id,
+                                                   "params": cost.params, "flops": cost.flops}))
+        record(study, RankBy(signal, "supernet"))
+        top = enqueue_top_k(study, SearchSettings(strategy="oneshot", top_k=2, top_k_apart=0), exclude=set())
+        want = sorted(specs, key=lambda s: (expected(s), target_cost(s).flops))[:2]
+        assert [t.user_attrs["spec_id"] for _, t in top] == [s.id for s in want], signal
 
 
 def test_scoring_ends_when_the_sampler_has_nothing_new_to_propose() -> None:

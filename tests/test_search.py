@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -149,6 +150,67 @@ def test_killed_search_resumes_with_no_trial_lost_or_repeated(tmp_path) -> None:
             assert trained_specs.count(t.user_attrs["spec_id"]) == 1
 
 
+# --- --rank-by: what picks the best, the exports and the front --------------------------------------
+
+def _expected_best(candidates: list, rank_by: str, weight: float | None) -> int:
+    """The trial a ranking picks, computed here from the trials' values and costs."""
+    from scipy.stats import rankdata
+
+    acc = np.array([t.values[0] for t in candidates])
+    params = np.array([t.user_attrs["params"] for t in candidates], dtype=float)
+    flops = np.array([t.user_attrs["flops"] for t in candidates], dtype=float)
+    z = lambda v: (v - v.mean()) / v.std() if v.std() > 0 else np.zeros_like(v)
+    if rank_by == "proxy+params":
+        score = z(acc) + weight * z(np.log(params))
+    elif rank_by == "proxy-params-rank":
+        score = (rankdata(acc) + rankdata(params)) / 2
+    elif rank_by == "params-then-proxy":  # counts within 1% are one group, ordered by the proxy
+        order = np.argsort(params)
+        group, g = np.zeros(len(params)), 0
+        for k in range(1, len(order)):
+            g += params[order[k]] > params[order[k - 1]] * 1.01
+            group[order[k]] = g
+        score = group * 1000 + acc
+    else:
+        score = {"proxy": acc, "params": params, "flops": flops}[rank_by]
+    best = max(range(len(candidates)), key=lambda i: (score[i], -flops[i], -candidates[i].number))
+    return candidates[best].number
+
+
+@pytest.mark.parametrize("rank_by", ["proxy", "params", "flops", "proxy+params", "proxy-params-rank",
+                                     "params-then-proxy"])
+def test_rank_by_picks_the_best_and_the_exports_as_stated(finished, capsys, rank_by) -> None:
+    tmp, _ = finished
+    run_search.main(["--study", "s", "--results-dir", str(tmp), *TINY, "--budget-flops", "1.3G", "--trials", "4",
+                     "--confirm-seeds", "1", "--rank-by", rank_by])
+    study = load(tmp)
+    recorded = study.user_attrs["rank_by"]
+    assert recorded["signal"] == rank_by and "as asked" in recorded["why"]
+    assert len(trained(study)) == 4  # ranking again trains nothing
+    candidates = {}
+    for t in sorted((t for t in trained(study) if t.state == optuna.trial.TrialState.COMPLETE
+                     and t.user_attrs["full_fidelity"] and not t.user_attrs.get("baseline")),
+                    key=lambda t: -t.values[0]):
+        candidates.setdefault(t.user_attrs["spec_id"], t)
+    best = _expected_best(list(candidates.values()), rank_by, recorded["weight"])
+    summary = (tmp / "s" / "summary.md").read_text()
+    best_row = next(line for line in summary.splitlines() if line.startswith("| **best found**"))
+    assert f"| {best} |" in best_row
+    spec_id = next(t.user_attrs["spec_id"] for t in study.trials if t.number == best)
+    first_export = next(line for line in summary.splitlines() if line.startswith("- `export/"))
+    assert spec_id in first_export and f"by {rank_by}" in summary
+    assert f"- ranking signal: {rank_by}, as asked" in summary
+
+
+def test_the_default_ranking_is_named_with_the_audit_it_rests_on(finished) -> None:
+    tmp, _ = finished
+    run_search.main(["--study", "s", "--results-dir", str(tmp), *TINY, "--budget-flops", "1.3G", "--trials", "4",
+                     "--confirm-seeds", "1"])
+    recorded = load(tmp).user_attrs["rank_by"]
+    # this tiny protocol has no audit: parameter count, with its figure on the paper's designs
+    assert recorded["signal"] == "params" and "no audit" in recorded["why"] and "tau-b 0.78" in recorded["why"]
+
+
 # --- bad input: one line, exit 2, no traceback, the study untouched --------------------------------
 
 def _digest(path: Path) -> str:
@@ -171,6 +233,7 @@ def _digest(path: Path) -> str:
     (["--space", "paper", "--sampler", "grid", "--backbone", "swin_tiny"], "'swin_tiny'"),
     (["--time-limit", "soon"], "'soon'"),
     (["--objectives", "flops"], "'flops'"),
+    (["--rank-by", "luck"], "rank_by='luck' is invalid"),
     (["--resume", "--study", "never-made"], "does not exist"),
     (["--epochs", "3"], "differs from what study"),  # the study exists with another protocol
 ])

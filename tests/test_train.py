@@ -183,12 +183,12 @@ def _bad_config(tmp_path: Path, section: str, key: str, value) -> Path:
     ("wrong_type", "schedule.epochs='many' is invalid; accepted: an integer"),
     ("bad_spec", "model.spec: act='tanh' is invalid; accepted: relu6, hswish, gelu"),
     ("no_val", "has no val/ folder; accepted: an ImageNet layout folder"),
-    ("classes", "has 10 classes; accepted: 1000 (model.spec.num_classes)"),
+    ("classes", "--num-classes 5 is invalid: the data dir has 10 classes; accepted: at least 10"),
     ("missing", "config='nothing.yaml' is invalid; accepted: an existing YAML file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(imagenet, tmp_path, capsys, monkeypatch, case, message):
     monkeypatch.chdir(tmp_path)
-    config, data = export_spec(TINY, tmp_path / "ok") / "train.yaml", imagenet
+    config, data, more = export_spec(TINY, tmp_path / "ok") / "train.yaml", imagenet, []
     if case == "unknown_key":
         config = _bad_config(tmp_path, "optim", "wd", 0.05)
     elif case == "wrong_type":
@@ -198,12 +198,12 @@ def test_bad_input_is_one_line_and_exit_2(imagenet, tmp_path, capsys, monkeypatc
     elif case == "no_val":
         data = tmp_path / "flat"
         (data / "train" / "a").mkdir(parents=True)
-    elif case == "classes":
-        config = export_spec(TINY.replace(num_classes=1000), tmp_path / "big") / "train.yaml"
+    elif case == "classes":  # a head smaller than the data's classes (a larger one, or none given, is fine)
+        config, more = export_spec(TINY.replace(num_classes=1000), tmp_path / "big") / "train.yaml", ["--num-classes", "5"]
     elif case == "missing":
         config = Path("nothing.yaml")
     with pytest.raises(SystemExit) as exit_:
-        main(["--config", str(config), "--data-dir", str(data), "--device", "cpu", "--workers", "0"])
+        main(["--config", str(config), "--data-dir", str(data), "--device", "cpu", "--workers", "0", *more])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err

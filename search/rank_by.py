@@ -1,0 +1,171 @@
+"""What a search ranks its candidates by (`--rank-by`): the best trial, the one-shot finalists,
+the order of the exports and the accuracy axis of the Pareto front.
+
+The default (`auto`) is the signal the audit of the search's protocol names
+(`ranking.signals.choose_default`: parameter count, unless a signal that costs more matches it
+out of sample on every figure and beats it where counting cannot decide); with no audit of the
+protocol, parameter count, since nothing says the proxy ranks better than counting.
+
+What Optuna's sampler optimises stays the measured signal (the proxy's top-1, or the supernet's
+score): it is the only one the sampler must learn, since the cost model prices every other
+before a candidate is trained, and the budget already pushes the sampler to the cost edge.
+The ranking is applied to what was measured, so a study can be ranked again by another signal
+without training (run the same command with another `--rank-by`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from ranking.audits import audit_for, supernet_audit
+from ranking.signals import FREE, combinations, combine, describe_choice, evaluate
+from space.cost import target_cost
+from space.references import PAPER_IMAGENET, ReferenceSet, load_references
+
+from .settings import ONESHOT, SUPERNET, SearchSettings
+
+AUTO = "auto"
+#: The study attribute that records the ranking a search resolved, read by its reports and exports.
+STUDY_ATTR = "rank_by"
+
+
+@dataclass(frozen=True)
+class RankBy:
+    """The signal trials are ranked by; `measured` is what the study's values measure."""
+
+    signal: str
+    measured: str = "proxy"
+    weight: float | None = None  # `M+params`'s weight, fitted on every row of the audit
+    why: str = ""  # which audit the choice rests on, in plain words
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def label(self) -> str:
+        """How the signal reads on a plot's axis."""
+        return {"proxy": "proxy validation top-1 (%)", "supernet": "supernet score (%)", "params": "parameters",
+                "flops": "GFLOPs (224x224)"}.get(self.signal, f"{self.signal} (higher ranks first)")
+
+
+def measured_of(settings: SearchSettings) -> str:
+    return "supernet" if settings.strategy == ONESHOT else "proxy"
+
+
+def reference_set(settings: SearchSettings) -> ReferenceSet | None:
+    """The designs the search's ranking is audited on: `--references`, else the paper's designs
+    (of the DeiT-T base; None for the other backbones)."""
+    if settings.references:
+        return load_references(settings.references, settings.backbone, settings.include_unfinished)
+    return load_references(PAPER_IMAGENET) if settings.backbone == "deit_tiny" else None
+
+
+def resolve(settings: SearchSettings, supernet: Mapping[str, Any] | None = None) -> RankBy:
+    """The ranking of a search: `settings.rank_by`, or the default of the audit its protocol (or
+    supernet) rests on, on its reference set. `supernet` is the one-shot search's {"path", "key"}.
+    A bad reference set is a ValueError in one line."""
+    measured = measured_of(settings)
+    references = reference_set(settings)
+    key = references.key if references is not None else None
+    if measured == "supernet":
+        audit, source = supernet_audit(supernet, "imagenet")
+        audit = audit if audit is not None and key in (None, audit["references"].get("key")) else None
+        where = f"the ImageNet audit of supernet {supernet.get('key') if supernet else '?'}{source}"
+    else:
+        audit = audit_for(settings.protocol, settings.study_dir.parent, key) if references is not None else None
+        where = f"the audit `{audit['study']}` of this proxy protocol ({audit['created']})" if audit else ""
+    signals = (audit or {}).get("signals") or {}
+    on = (f" on {references.name} ({len(references.rows)} designs, {references.target or 'target not stated'})"
+          if references is not None else "")
+    if settings.rank_by != AUTO:
+        signal = settings.rank_by
+        why = f"{signal}, as asked (--rank-by)"
+    elif signals:
+        signal = audit["default_signal"]
+        why = f"{signal}, the default of {where}{on}: {describe_choice(signals, signal, measured)}"
+    elif references is not None:
+        signal = "params"
+        why = (f"params: the {measured} of this search has no audit{on} (`python -m audit` with the same proxy "
+               f"options and --references makes one), and parameter count costs nothing: "
+               f"{free_baseline(references)}")
+    else:
+        signal = "params"
+        why = (f"params: there are no reference designs of backbone {settings.backbone} to audit a ranking on "
+               f"(--references), and parameter count costs nothing")
+    weight = signals.get(signal, {}).get("weights", {}).get("all") if signal.endswith("+params") else None
+    if signal.endswith("+params") and weight is None:
+        weight = 1.0
+        why += "; no audit fitted its weight, so z-scores count equally (weight 1)"
+    return RankBy(signal, measured, weight, why)
+
+
+def record(study: optuna.Study, rank_by: RankBy) -> None:
+    study.set_user_attr(STUDY_ATTR, rank_by.to_dict())
+
+
+def of_study(study: optuna.Study) -> RankBy:
+    """The ranking a study's search resolved; the measured values for a study made before rankings."""
+    recorded = study.user_attrs.get(STUDY_ATTR)
+    if recorded:
+        return RankBy(**recorded)
+    measured = "supernet" if (study.user_attrs.get("settings") or {}).get("strategy") == ONESHOT else "proxy"
+    return RankBy(measured, measured, None, "the measured values (the study predates rankings)")
+
+
+def measured_value(trial: FrozenTrial, measured: str) -> float | None:
+    """A trial's proxy top-1 (its value when trained) or supernet score (its value when scored,
+    the `supernet_accuracy` of a finalist trained from scratch)."""
+    if measured == "supernet":
+        if trial.user_attrs.get("status") == SUPERNET:
+            return trial.values[0]
+        return trial.user_attrs.get("supernet_accuracy")
+    return trial.values[0] if trial.values else None
+
+
+def values(trials: Sequence[FrozenTrial], rank_by: RankBy) -> list[float]:
+    """The ranking signal of each trial (higher ranks first). Combined signals are computed over
+    the trials given, which are the candidates being ranked against each other; a trial without
+    the measured value gets -inf."""
+    if rank_by.signal in FREE:
+        return [float(t.user_attrs[rank_by.signal]) for t in trials]
+    measured = [measured_value(t, rank_by.measured) for t in trials]
+    if rank_by.signal == rank_by.measured:
+        return [-math.inf if m is None else float(m) for m in measured]
+    known = [i for i, m in enumerate(measured) if m is not None]
+    out = [-math.inf] * len(trials)
+    if known:
+        combined = combine(rank_by.signal, {rank_by.measured: [measured[i] for i in known],
+                                            "params": [trials[i].user_attrs["params"] for i in known]}, rank_by.weight)
+        for k, i in enumerate(known):
+            out[i] = float(combined[k])
+    return out
+
+
+def ranked(trials: Sequence[FrozenTrial], rank_by: RankBy) -> list[FrozenTrial]:
+    """`trials` best first by the ranking; ties go to fewer FLOPs, then to the earlier trial."""
+    scores = values(trials, rank_by)
+    order = sorted(range(len(trials)), key=lambda i: (-scores[i], trials[i].user_attrs.get("flops", math.inf),
+                                                       trials[i].number))
+    return [trials[i] for i in order]
+
+
+def choices(settings: SearchSettings) -> tuple[str, ...]:
+    measured = measured_of(settings)
+    return (AUTO, measured, *FREE, *combinations(measured))
+
+
+def free_baseline(references: ReferenceSet) -> str:
+    """Parameter count's agreement with a reference set, in words (it needs no training)."""
+    costs = [target_cost(row.spec) for row in references.rows]
+    e = evaluate("params", [c.params for c in costs], [row.accuracy for row in references.rows],
+                 [c.params for c in costs], [c.flops for c in costs], n_resamples=1000)
+    return (f"parameter count ranks the {e.n} designs of {references.name} as the target does at tau-b "
+            f"{e.tau_b:.2f} [{e.tau_b_interval[0]:.2f}, {e.tau_b_interval[1]:.2f}]")
+
+
+__all__ = ["AUTO", "RankBy", "choices", "free_baseline", "measured_of", "measured_value", "of_study", "ranked",
+           "record", "resolve", "values"]
