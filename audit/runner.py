@@ -19,7 +19,6 @@ audited names the audit in its summary (`ranking.audits.audit_for`).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,15 +26,17 @@ import optuna
 from optuna.trial import TrialState
 
 from localvit.cli import OneLineErrors, log, usage_errors
-from proxy.protocol import ProxyProtocol
+from proxy.protocol import PROXY_GROUP, ProxyProtocol
 from proxy.runtime import precision_record
 from ranking.audits import protocol_key
 from ranking.evaluation import ProxyScore, score_audit, write_audit, zero_cost_of
+from search import stop
 from search.driver import connect, prepare, quiet_libraries, train_trials
-from proxy.protocol import PROXY_GROUP
 from search.options import add_options, compute_from_args, protocol_from_args
 from search.settings import COMPUTE, TRAIN, SearchSettings
-from search.storage import open_storage, without_password
+from search.stop import STOP, say, stopped_line
+from search.storage import open_storage, storage_faults, without_password
+from search.studies import close_interrupted
 from space.references import PAPER_IMAGENET, ReferenceSet, load_references
 
 
@@ -80,12 +81,18 @@ def plan_references(references: ReferenceSet, protocol: ProxyProtocol, seeds: Se
     return plans
 
 
-def train_references(plans: Sequence[tuple[SearchSettings, Any, Any]]) -> dict[str, dict[str, ProxyScore]]:
-    """Proxy-train every reference design with each seed (resuming what a study holds already)."""
+def train_references(plans: Sequence[tuple[SearchSettings, Any, Any]]) -> dict[str, dict[str, ProxyScore]] | None:
+    """Proxy-train every reference design with each seed (resuming what a study holds already);
+    None when a signal stopped it (`search.stop`: what ran is closed and queued again)."""
     scores = {}
     for settings, plan, cluster in plans:
         log(f"audit: study {settings.study!r}, {plan.space.size()} reference designs, seed {settings.seed}")
         train_trials(settings, plan, cluster)
+        if STOP.requested:
+            interrupted = close_interrupted(plan.study)
+            say(stopped_line(f"{len(read_scores(plan.study))} of {plan.space.size()} designs trained with seed "
+                             f"{settings.seed}, {interrupted} interrupted and queued again; no audit was written"))
+            return None
         scores[str(settings.seed)] = read_scores(plan.study)
     return scores
 
@@ -135,8 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """0 when the audit is written; 2 for bad input, 74 for a storage fault, 128 + the signal when
+    SIGTERM or SIGINT stopped it (the same command resumes)."""
     args = build_parser().parse_args(argv)
     quiet_libraries()
+    with stop.handling(), storage_faults(Path(args.results_dir).resolve()):
+        return _audit(args)
+
+
+def _audit(args: argparse.Namespace) -> int:
     with usage_errors():  # bad input: one line, exit 2, before any training
         references = load_references(args.references or PAPER_IMAGENET, args.backbone, args.include_unfinished)
         storage = args.storage and without_password(args.storage)  # a password never reaches the disk
@@ -146,14 +160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             protocol = protocol_from_args(args, args.backbone, args.seeds[0])
             precision = precision_record(protocol.precision)
-        study = args.study or f"audit-{references.name}-{protocol_key(protocol)}"
+        grows = args.references is not None and Path(args.references).is_dir()  # a folder of runs: keyed by its rows
+        study = args.study or "-".join([f"audit-{references.name}", protocol_key(protocol)]
+                                       + ([references.key] if grows else []))
         SearchSettings(study=study)  # the name is checked like a search's
         if not args.from_study:
             plans = plan_references(references, protocol, args.seeds, study, args.results_dir, storage,
                                     args.backbone, compute_from_args(args), args.include_unfinished)
             storage = plans[0][0].storage_url
     if not args.from_study:
+        stop.install()  # again: ray.init installs handlers of its own
         scores = train_references(plans)
+        if scores is None:
+            return STOP.exit_status
     log(f"audit: zero-cost scores of {len(references.rows)} reference designs at the proxy (seconds each)")
     zero_cost = zero_cost_of(references, protocol)
     with usage_errors():
@@ -163,4 +182,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + report.read_text(), flush=True)
     log(f"audit written to {report.parent}; open the studies: optuna-dashboard {storage}")
     return 0
-

@@ -29,7 +29,8 @@ from space.space import ListSpace, SearchSpace, Space
 from .data import ProxyData
 from .protocol import ProxyProtocol, project_layer, proxy_of
 from .runtime import autocast, resolve_precision, torch_threads
-from .training import NonFiniteLossError, evaluate, make_optimizer, scheduled_batches, seed_everything
+from .training import (NonFiniteLossError, TrainingStopped, evaluate, make_optimizer, scheduled_batches,
+                       seed_everything)
 
 __all__ = ["DEFAULT_SAMPLING", "SAMPLINGS", "check_checkpoint", "describe", "fair_specs", "load_supernet",
            "recalibration_batches", "sandwich_specs", "score", "space_supernet", "train_supernet", "training_key"]
@@ -211,7 +212,8 @@ def _check_sampling(sampling: str) -> None:
 
 def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, epochs: int,
                    sampling: str = DEFAULT_SAMPLING, checkpoint: str | Path | None = None,
-                   report: EpochReport | None = None) -> tuple[Supernet, list[dict[str, Any]]]:
+                   report: EpochReport | None = None, stop: Callable[[], bool] | None = None
+                   ) -> tuple[Supernet, list[dict[str, Any]]]:
     """Train the supernet of `space` on the proxy data; return it (in eval mode) and its figures per epoch.
 
     Every step trains a few subnets on one batch, their gradients accumulated (each loss
@@ -224,7 +226,9 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
     With `checkpoint`, the state is saved there after every epoch and training resumes from
     it (an epoch cut short is trained again from its start, with the same batches and
     subnets, since both are seeded by the protocol's seed and the epoch); a finished
-    checkpoint is returned without training. `report(epoch, figures)` is called per epoch.
+    checkpoint is returned without training. `report(epoch, figures)` is called per epoch;
+    `stop()`, asked before every step, ends training with `TrainingStopped` (the checkpoint
+    holds the last finished epoch).
     """
     precision = resolve_precision(protocol.precision)
     with torch_threads(protocol.threads):
@@ -248,7 +252,7 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
         supernet.train()
         for epoch in range(len(history) + 1, epochs + 1):
             figures = _train_epoch(supernet, subnets, sampling == "sandwich", optimizer, criterion, data, protocol,
-                                   precision, epoch, epochs)
+                                   precision, epoch, epochs, stop)
             history.append(figures)
             if path is not None:
                 _save_checkpoint(path, {"key": key, "model": supernet.state_dict(),
@@ -289,12 +293,14 @@ def accumulate_gradients(supernet: Supernet, specs: list[ArchSpec], x: torch.Ten
 
 def _train_epoch(supernet: Supernet, subnets: Callable[[random.Random], list[ArchSpec]], distill: bool,
                  optimizer: torch.optim.Optimizer, criterion: nn.Module, data: ProxyData, protocol: ProxyProtocol,
-                 precision: str, epoch: int, epochs: int) -> dict[str, Any]:
+                 precision: str, epoch: int, epochs: int, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     data_shape = (data.in_chans, data.num_classes)
     rng = random.Random(f"supernet-{protocol.seed}-{epoch}")
     started = time.perf_counter()
     loss_sum, seen, trained = 0.0, 0, 0
     for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, epochs):
+        if stop is not None and stop():
+            raise TrainingStopped(f"supernet training stopped in epoch {epoch}, step {i}")
         targets = subnets(rng)
         specs = [proxy_of(spec, protocol, data_shape) for spec in targets]
         optimizer.zero_grad(set_to_none=True)

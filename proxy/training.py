@@ -38,6 +38,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 
+class TrainingStopped(RuntimeError):
+    """Training was asked to stop (a signal reached the process) before it finished."""
+
+
 @dataclass
 class ProxyResult:
     """What one proxy training gives; ``to_dict()`` is JSON-able."""
@@ -226,5 +230,5 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
     return result
 
 
-__all__ = ["NonFiniteLossError", "ProxyResult", "evaluate", "lr_at", "make_optimizer", "param_groups",
+__all__ = ["NonFiniteLossError", "ProxyResult", "TrainingStopped", "evaluate", "lr_at", "make_optimizer", "param_groups",
            "scheduled_batches", "seed_everything", "train_proxy"]

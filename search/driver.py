@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from localvit.cli import log
 from localvit.spec import ArchSpec
 from proxy.data import get_proxy_data
+from proxy.training import TrainingStopped
 from space.budget import format_count, require_feasible
 from space.cost import target_cost
 from space.space import ListSpace, make_space
@@ -33,6 +34,7 @@ from .optuna_adapter import storage_of
 from .rank_by import record as record_rank_by
 from .rank_by import resolve as resolve_rank_by
 from .settings import ONESHOT, SearchSettings
+from .stop import STOP, say, stopped_line
 from .storage import open_storage
 from .studies import (BASELINE_NAMES, Plan, close_interrupted, enqueue_baselines, enqueue_warm_starts, open_study,
                       paper_baselines, trained_count)
@@ -146,6 +148,8 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: Cluster) -> 
                                   failure_config=tune.FailureConfig(max_failures=settings.max_retries)))
     with ray_output(cluster.log):
         results = tuner.fit()
+    if STOP.requested:  # not every seed ran: the confirmation runs again when the search resumes
+        return {}
     outcome: dict[str, Any] = {name: {"trial": t.number, "seeds": {str(settings.protocol.seed): t.values[0]}}
                                for name, t in subjects.items()}
     for result in results:
@@ -164,7 +168,10 @@ def run_oneshot(settings: SearchSettings, plan: Plan, cluster: Cluster, deadline
     from .oneshot import ensure_supernet, evaluate_candidates
 
     threads = max(1, min(os.cpu_count() or 1, int(sum(n.cpus for n in cluster.nodes))))  # before any actor starts
-    checkpoint = ensure_supernet(settings, plan, threads)
+    try:
+        checkpoint = ensure_supernet(settings, plan, threads)
+    except TrainingStopped:  # a signal: the checkpoint holds the last finished epoch
+        return
     resources = cluster.resources
     protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
     throughput = _throughput_measurer(settings) if settings.budget.min_throughput else None
@@ -191,7 +198,7 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
     except OSError as err:
         raise ValueError(f"results dir {settings.results_dir!r} is not writable ({err.strerror}); "
                          f"accepted: a folder you can write to (--results-dir)") from None
-    storage = open_storage(settings.storage_url)
+    storage = open_storage(settings.storage_url, settings.storage_retry_s)
     exists = any(s.study_name == settings.study for s in storage.get_all_studies())
     if resume and not exists:
         raise ValueError(f"study {settings.study!r} does not exist in {settings.storage_url}; accepted: an "
@@ -245,6 +252,8 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
             log(f"warm start from the paper's tables (scored on the supernet): {', '.join(warm)}")
         if "oneshot_top_k" not in study.user_attrs and cluster is not None:  # else scored already
             run_oneshot(settings, plan, cluster, started + settings.time_limit_s if settings.time_limit_s else None)
+        if STOP.requested:  # the scoring was cut short: the finalists are picked when it resumes
+            return
         queued = enqueue_baselines(study, settings, space, baselines)
         from .oneshot import enqueue_top_k
 
@@ -267,23 +276,31 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
         if done:
             log(f"study {settings.study!r} holds {done} trained trial(s); {remaining} to go")
         trial_settings = settings
-    if remaining > 0 and cluster is not None:
+    if remaining > 0 and cluster is not None and not STOP.requested:
         if queued:
             log(f"baselines first: {', '.join(queued)}")
         run_trials(trial_settings, plan, baselines, remaining, cluster)
 
 
-def run(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> Path:
-    """Run (or resume) the search `prepare` checked on the Ray `connect` gave; returns the study folder."""
+def run(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> int:
+    """Run (or resume) the search `prepare` checked on the Ray `connect` gave, write its reports;
+    returns the exit status: 0, or 128 + the signal that stopped it (`search.stop`)."""
     train_trials(settings, plan, cluster)
-    if settings.confirm_seeds and "confirmation" not in plan.study.user_attrs and cluster is not None:
+    if settings.confirm_seeds and "confirmation" not in plan.study.user_attrs and cluster is not None \
+            and not STOP.requested:
         confirm(settings, plan.study, cluster)
+    interrupted = close_interrupted(plan.study) if STOP.requested else 0
+    partial = STOP.requested and needs_ray(settings, plan)  # else the signal came when all was done
     from .report import write_reports
 
-    summary = write_reports(plan.study, settings)
+    summary = write_reports(plan.study, settings, stopped=STOP.name if partial else None)
     print("\n" + summary.read_text(), flush=True)
     log(f"open the study: optuna-dashboard {settings.storage_url}")
-    return settings.study_dir
+    if not STOP.requested:
+        return 0
+    say(stopped_line(f"{trained_count(plan.study)} trial(s) trained, {interrupted} interrupted and queued again; "
+                     f"the reports are in {settings.study_dir}" + (" (marked partial)" if partial else "")))
+    return STOP.exit_status
 
 
 def quiet_libraries() -> None:

@@ -33,6 +33,7 @@ from space.space import Space, make_space
 from .candidates import Skips, exhausted_message, tell_values
 from .optuna_adapter import fill_waiting, trial_id
 from .rank_by import of_study, ranked
+from .stop import STOP
 from .settings import DUPLICATE, INFEASIBLE, SUPERNET, SearchSettings
 from .studies import Plan
 from .tune import DefineByRun
@@ -68,7 +69,7 @@ def ensure_supernet(settings: SearchSettings, plan: Plan, threads: int) -> Path:
     log(f"supernet {key['digest']} ({key['supernet']['params'] / 1e6:.2f}M shared params): {path}")
     _, history = train_supernet(plan.space, settings.protocol.replace(threads=threads), data,
                                 epochs=settings.supernet_epochs, sampling=settings.supernet_sampling,
-                                checkpoint=path, report=report)
+                                checkpoint=path, report=report, stop=lambda: STOP.requested)
     plan.study.set_user_attr("supernet", {"key": key["digest"], "path": str(path), "epochs": len(history),
                                           "train_s": round(sum(h["seconds"] for h in history), 1),
                                           "trained_now_s": round(time.perf_counter() - started, 1)})
@@ -197,9 +198,10 @@ def evaluate_candidates(settings: SearchSettings, plan: Plan, checkpoint: Path, 
     busy: dict[Any, tuple[int, list]] = {}
     started, last_log, scored = time.time(), time.time(), 0
     try:
-        while True:
+        while not STOP.requested:  # a signal: what was scored is stored, what is in flight was never stored
             for index, worker in enumerate(actors):  # a call queued behind the running one
-                while calls[index] < CALLS_AHEAD and (deadline is None or time.time() < deadline):
+                while calls[index] < CALLS_AHEAD and (deadline is None or time.time() < deadline) \
+                        and not STOP.requested:
                     room = settings.candidates - len(proposer.scored) - sum(len(c) for _, c in busy.values())
                     chunk = []
                     while len(chunk) < min(CHUNK, room) and not proposer.exhausted:

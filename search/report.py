@@ -6,6 +6,7 @@ stopped early by ASHA carry their low-epoch accuracy and are counted apart.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +152,9 @@ def plot_layers(trials: list[tuple[str, FrozenTrial]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(study: optuna.Study, settings: SearchSettings) -> Path:
-    """trials.csv, pareto.png, layers.png, summary.md and the exports; returns summary.md."""
+def write_reports(study: optuna.Study, settings: SearchSettings, stopped: str | None = None) -> Path:
+    """trials.csv, pareto.png, layers.png, summary.md and the exports; returns summary.md.
+    `stopped` names the signal that cut the search short: the summary is then marked partial."""
     out = settings.study_dir
     out.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(study)
@@ -168,7 +170,12 @@ def write_reports(study: optuna.Study, settings: SearchSettings) -> Path:
     exported = export_trials(study, top + [t for t in pareto_front(candidates, of_study(study)) if t not in top],
                              settings.study_dir.parent) if top else []
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(study, settings, frame, exported))
+    text = summary_markdown(study, settings, frame, exported)
+    if stopped:
+        title, _, rest = text.partition("\n")
+        text = (f"{title}\n\n**Partial:** the search was stopped by {stopped} at {time.strftime('%Y-%m-%d %H:%M')}; "
+                f"what follows is what had finished. Run the same command to resume it.\n{rest}")
+    summary.write_text(text)
     return summary
 
 

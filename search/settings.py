@@ -128,6 +128,10 @@ class SearchSettings:
     confirm_seeds: int = field(default=2, metadata=_option(
         "re-train the best and LocalViT with this many other seeds", SEARCH))
     export_top: int = field(default=3, metadata=_option("export this many best trials as ImageNet jobs", WHERE))
+    storage_retry_s: float = field(default=60.0, metadata=_option(
+        "how long to retry a lost or refused database connection (a server restarting, a network blip) before "
+        "the search stops, resumable, e.g. 30s or 5m", WHERE, flag="--storage-retry", parse=parse_duration,
+        cli_default="1m", metavar="DURATION"))
     throughput_batch: int = 64
     throughput_threads: int = 1
     strategy: str = field(default="train", metadata=_option(
@@ -198,6 +202,8 @@ class SearchSettings:
                              f"invalid; accepted: gpus >= 0 (fractions allowed), cpus > 0")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ValueError(f"time_limit_s={self.time_limit_s!r} is invalid; accepted: a positive number")
+        if self.storage_retry_s is None or self.storage_retry_s < 0:
+            raise ValueError(f"storage_retry_s={self.storage_retry_s!r} is invalid; accepted: a duration >= 0")
 
     @property
     def study_dir(self) -> Path:

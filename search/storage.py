@@ -1,4 +1,11 @@
-"""Opening the Optuna storage, and storage URLs that hold no secret.
+"""Opening the Optuna storage, riding out a database that goes away for a while, and storage URLs
+that hold no secret.
+
+A PostgreSQL server that restarts, or a network blip, closes the storage's connections: every
+storage call is retried with back-off for `retry_s` (`--storage-retry`, a minute by default)
+before it fails as a `StorageFault`, one line that names the URL without its password. A full
+disk is no blip: it fails at once, naming the folder and its free space. Either way the study
+holds every trial stored before, and the same command resumes.
 
 A password in a storage URL would travel into everything that records the URL: the study's
 settings attribute, the summary, each export's provenance.json and Ray Tune's pickled searcher
@@ -7,14 +14,24 @@ search moves it there (this process only) and records the URL without it.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import os
-from typing import Any
+import shutil
+import sqlite3
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import optuna
 import sqlalchemy
 import sqlalchemy.event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from .stop import say
 
 #: SQLAlchemy dialects whose driver is libpq (it reads PGPASSWORD and ~/.pgpass by itself).
 _LIBPQ_DIALECTS = ("postgresql",)
@@ -48,18 +65,161 @@ def has_password(url: str | None) -> bool:
         return False
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+class StorageFault(RuntimeError):
+    """The storage failed in a way the user must act on; the message is the one line to print."""
+
+
+def _sqlite_full(err: BaseException) -> bool:
+    return isinstance(err, sqlite3.OperationalError) and "disk is full" in str(err)
+
+
+def causes(err: BaseException) -> list[BaseException]:
+    """`err` and every exception it was raised from or during."""
+    chain: list[BaseException] = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err` comes from a full disk (SQLite's or any file's)."""
+    return any(_sqlite_full(e) or (isinstance(e, OSError) and e.errno == errno.ENOSPC) for e in causes(err))
+
+
+def _transient(err: BaseException) -> bool:
+    """A lost or refused database connection, or a locked SQLite file: worth waiting for."""
+    if disk_full(err):
+        return False
+    chain = causes(err)
+    if any(isinstance(e, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.InterfaceError)) for e in chain):
+        return True
+    return any(isinstance(e, sqlalchemy.exc.OperationalError) and not isinstance(e.orig, sqlite3.OperationalError)
+               or (isinstance(e, sqlite3.OperationalError) and "locked" in str(e)) for e in chain)
+
+
+def shown_url(url: str) -> str:
     try:
-        storage = optuna.storages.RDBStorage(url)
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+class RetryingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose every call is retried with back-off for `retry_s` seconds when
+    the database connection is lost or refused, then fails as a `StorageFault`. It stays an
+    `RDBStorage`, so Optuna still caches its finished trials in front of it."""
+
+    def __init__(self, url: str, retry_s: float = 60.0, **kwargs: Any) -> None:
+        self.retry_s = retry_s
+        super().__init__(url, **kwargs)
+
+    def _retry(self, call: Callable[[], Any]) -> Any:
+        waited, delay = 0.0, 0.5
+        while True:
+            try:
+                result = call()
+            except Exception as err:
+                if not _transient(err):
+                    raise
+                reason = _first_line(err)
+                if waited == 0:
+                    say(f"the study's database at {shown_url(self.url)} stopped answering ({reason}); retrying for "
+                        f"up to {self.retry_s:g} s")
+                if waited >= self.retry_s:
+                    raise StorageFault(
+                        f"the study's database at {shown_url(self.url)} has not answered for {waited:.0f} s "
+                        f"({reason}); every trial stored before is kept: when it is back, run the same command "
+                        f"to resume (or allow longer with --storage-retry)") from None
+                time.sleep(delay)
+                waited += delay
+                delay = min(2 * delay, 10.0)
+                continue
+            if waited:
+                say(f"the study's database is back after {waited:.0f} s; the search goes on")
+            return result
+
+
+def _first_line(err: BaseException) -> str:
+    """The innermost cause's message, first line (the driver's own words)."""
+    for e in reversed(causes(err)):
+        text = str(e).strip()
+        if text:
+            return text.splitlines()[0]
+    return type(err).__name__
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(lambda: method(self, *args, **kwargs))
+    return call
+
+
+for _name in (*optuna.storages.BaseStorage.__abstractmethods__, "get_trial_id_from_study_id_trial_number",
+              "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs", "get_best_trial", "get_n_trials",
+              "get_trial_number_from_id", "get_trial_params", "check_trial_is_updatable"):
+    setattr(RetryingRDBStorage, _name, _retried(_name))
+
+
+def open_storage(url: str, retry_s: float = 60.0) -> RetryingRDBStorage:
+    """The storage at `url`; a URL that cannot be opened is a ValueError in one line. PostgreSQL
+    connections are checked before use, so that a restarted server costs no failed call."""
+    kwargs = {"engine_kwargs": {"pool_pre_ping": True}} if url.startswith("postgresql") else {}
+    try:
+        storage = RetryingRDBStorage(url, retry_s, **kwargs)
     except ImportError:
         raise ValueError(f"storage {url!r} cannot be opened: its database driver is not installed; accepted: "
                          f"SQLite, or PostgreSQL with pip install -e '.[postgres]' (psycopg 3)") from None
     except Exception as err:  # SQLAlchemy's many error types: report the URL, not a trace
+        if disk_full(err):
+            raise StorageFault(full_disk_message(_sqlite_folder(url))) from None
         raise ValueError(f"storage {url!r} cannot be opened: {str(err).splitlines()[0]}; accepted: an "
                          f"SQLAlchemy database URL such as sqlite:///path/study.db") from None
     if storage.engine.dialect.name == "sqlite":
         _commit_without_fsync_each(storage.engine)
     return storage
+
+
+def _sqlite_folder(url: str) -> Path | None:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    return Path(parsed.database).resolve().parent if parsed.get_backend_name() == "sqlite" and parsed.database \
+        else None
+
+
+def full_disk_message(folder: Path | None) -> str:
+    """One line for a full disk: which folder, how much is free, how to go on."""
+    where = folder or Path.cwd()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    return (f"the disk holding {where} is full ({free / 2**20:.1f} MiB free): the study keeps every trial stored "
+            f"before; free some space and run the same command to resume")
+
+
+#: The exit status of a storage fault (sysexits' EX_IOERR): the study is intact and resumable.
+STORAGE_FAULT = 74
+
+
+@contextmanager
+def storage_faults(folder: Path) -> Iterator[None]:
+    """Inside, a storage that stayed away (`StorageFault`) or a full disk under `folder` ends the
+    command with one line and exit status `STORAGE_FAULT`, never a traceback."""
+    try:
+        yield
+    except StorageFault as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(STORAGE_FAULT)
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        print(f"error: {full_disk_message(folder)}", file=sys.stderr, flush=True)
+        sys.exit(STORAGE_FAULT)
 
 
 def _commit_without_fsync_each(engine: sqlalchemy.engine.Engine) -> None:

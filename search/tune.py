@@ -29,6 +29,7 @@ from space.space import Space
 from .candidates import Skips, tell_values
 from .optuna_adapter import record_constraints
 from .settings import INFEASIBLE, LOST, TRAIN
+from .stop import STOP
 
 
 def train_candidate(config: dict[str, Any]) -> None:
@@ -202,6 +203,9 @@ class ConstrainedOptunaSearch(OptunaSearch):
         failure arrives as a result with `failure`): it waits for `close_lost` and its reason."""
         self._active.discard(trial_id)
         last = {**self._last_results.pop(trial_id, {}), **(result or {})}
+        if STOP.requested and not error and not last.get("failure") \
+                and int(last.get("epoch") or 0) < self.full_epochs:
+            return  # stopped by a signal, not trained: left running, closed and queued again (`search.stop`)
         self._report_curve(trial_id, last)
         self._reported.pop(trial_id, None)
         ot_trial = self._ot_trials.get(trial_id)

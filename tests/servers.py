@@ -68,29 +68,37 @@ class Postgres:
         secret = f":{self.password}" if with_password else ""
         return f"postgresql://nas{secret}@127.0.0.1:{self.port}/nas"
 
+    bin_dir: Path = Path()
+
+    @staticmethod
+    def _as_postgres(*cmd: object) -> subprocess.CompletedProcess:
+        as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
+        return subprocess.run(as_pg + [str(c) for c in cmd], check=True, capture_output=True, text=True)
+
     @classmethod
     def start(cls, bin_dir: Path) -> "Postgres":
         folder = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
-        server = cls(folder, free_port())
-        as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
-        if as_pg:
+        server = cls(folder, free_port(), bin_dir=bin_dir)
+        if os.geteuid() == 0:
             shutil.chown(folder, "postgres")
-        data = folder / "data"
-        run = lambda *cmd: subprocess.run(as_pg + [str(c) for c in cmd], check=True, capture_output=True, text=True)
-        run(bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
-            "-E", "UTF8", "--no-sync")
-        run(bin_dir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-w", "-t", "60", "-o",
-            f"-c listen_addresses=127.0.0.1 -p {server.port} -k {folder} -c fsync=off -c max_connections=200",
-            "start")
-        server.pid = int((data / "postmaster.pid").read_text().split()[0])
+        cls._as_postgres(bin_dir / "initdb", "-D", folder / "data", "-U", "postgres", "--auth-local=trust",
+                         "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
+        server._launch()
         sql = f"CREATE ROLE nas LOGIN PASSWORD '{server.password}'; CREATE DATABASE nas OWNER nas;"
         for statement in sql.split("; "):
-            run(bin_dir / "psql", "-h", folder, "-p", server.port, "-U", "postgres", "-v", "ON_ERROR_STOP=1",
-                "-c", statement)
+            cls._as_postgres(bin_dir / "psql", "-h", folder, "-p", server.port, "-U", "postgres", "-v",
+                             "ON_ERROR_STOP=1", "-c", statement)
         return server
 
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT to the postmaster, by its id), then remove the folder."""
+    def _launch(self) -> None:
+        data = self.folder / "data"
+        self._as_postgres(self.bin_dir / "pg_ctl", "-D", data, "-l", self.folder / "server.log", "-w", "-t", "60",
+                          "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off "
+                                f"-c max_connections=200", "start")
+        self.pid = int((data / "postmaster.pid").read_text().split()[0])
+
+    def _shut_down(self) -> None:
+        """Fast shutdown: SIGINT to the postmaster, by its id (its connections are cut)."""
         if self.pid:
             try:
                 os.kill(self.pid, signal.SIGINT)
@@ -98,6 +106,18 @@ class Postgres:
             except (ProcessLookupError, psutil.NoSuchProcess):
                 pass
             end_processes([self.pid])
+
+    def restart(self, down_s: float) -> None:
+        """Shut the server down, leave it down for `down_s` seconds, start it again (same data)."""
+        import time
+
+        self._shut_down()
+        time.sleep(down_s)
+        self._launch()
+
+    def stop(self) -> None:
+        """Shut the server down and remove its folder."""
+        self._shut_down()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

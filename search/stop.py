@@ -1,0 +1,129 @@
+"""A graceful stop on SIGTERM or SIGINT, what schedulers (Slurm, Kubernetes, systemd) and Ctrl+C send.
+
+The first signal asks the search to stop: no new trial starts, the running ones are stopped and
+closed as interrupted (queued again for a resume), and the reports of what finished are written
+and marked partial; the command then ends with one line that says why and how to go on, and
+exit status 128 + the signal (143 for SIGTERM, 130 for SIGINT). A second signal stops at once:
+the study stays resumable (a resume closes what was left running). While Ray Tune runs trials,
+the request reaches it through Tune's own interrupt (its SIGUSR1 handler), so that it stops its
+trials and saves its state before it returns.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from types import FrameType
+from typing import Iterator
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stop:
+    """Whether, when and by which signal a stop was asked, for the whole process."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.at: float | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal, the shell's convention for a command ended by one."""
+        return 128 + (self.signum or 0)
+
+    def ask(self, signum: int) -> None:
+        self.signum, self.at = signum, time.time()
+
+
+STOP = Stop()
+#: The console as it was when the handlers were installed: Ray's output is sent elsewhere while
+#: trials run (`search.cluster.ray_output`), and what a signal says must reach the user.
+_console: list = []
+
+
+def resume_command() -> str:
+    """The command that continues what this process was doing: the same command."""
+    return shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "the same command"
+
+
+def say(line: str) -> None:
+    """A line on the console, whatever the standard streams point at now."""
+    out = _console[0] if _console else sys.stderr
+    print(line, file=out, flush=True)
+
+
+def _handle(signum: int, frame: FrameType | None) -> None:
+    if STOP.requested:  # the second signal: at once, with the processes this one started (a local Ray)
+        say(f"stopped at once by a second {signal.Signals(signum).name}: trials left running are closed and queued "
+            f"again when the search resumes; resume with: {resume_command()}")
+        _end_children()
+        os._exit(128 + signum)
+    STOP.ask(signum)
+    say(f"{STOP.name} received: stopping once what finished is recorded (send it again to stop at once)")
+    tune_interrupt = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+    if callable(tune_interrupt) and tune_interrupt is not _handle:
+        tune_interrupt(signum, frame)  # Ray Tune's: ends its loop after stopping the trials and saving its state
+
+
+def _end_children(grace_s: float = 5.0) -> None:
+    """SIGTERM every process this one started (by id), SIGKILL those left after `grace_s`."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def install() -> None:
+    """Take SIGTERM and SIGINT in the main thread (again after `ray.init`, which installs handlers
+    of its own); Ray Tune is told not to take SIGINT, and is reached through SIGUSR1."""
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if not _console:
+        _console.append(os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1))
+    if threading.current_thread() is threading.main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, _handle)
+
+
+@contextmanager
+def handling() -> Iterator[None]:
+    """SIGTERM and SIGINT handled as graceful stops inside (`install`), as before after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    install()
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def stopped_line(what: str) -> str:
+    """The one line a stopped command ends with."""
+    return f"stopped by {STOP.name}: {what}; resume with: {resume_command()}"
+
+
+__all__ = ["STOP", "Stop", "handling", "install", "resume_command", "say", "stopped_line"]
