@@ -100,7 +100,7 @@ def install() -> None:
     of its own); Ray Tune is told not to take SIGINT, and is reached through SIGUSR1."""
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if not _console:
-        _console.append(os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1))
+        _console.append(os.fdopen(os.dup(2), "w", buffering=1))  # fd 2 even where sys.stderr is replaced
     if threading.current_thread() is threading.main_thread():
         for signum in SIGNALS:
             signal.signal(signum, _handle)
