@@ -192,14 +192,16 @@ def evaluate(signal: str, values: Sequence[float | None], target: Sequence[float
 def meets_goal(candidate: Mapping[str, Any], baseline: Mapping[str, Any]) -> bool:
     """Whether an evaluation is at least as good as `baseline`'s (parameter count) on every
     figure (tau-b, Spearman, tau-b in cost buckets, regret at every budget) and better on the
-    pairs of equal parameter counts."""
+    pairs of equal parameter counts; where the designs hold no such pair, better on tau-b."""
     def share(e: Mapping[str, Any]) -> float:
         return e["equal_params_agreed"] / e["equal_params_pairs"] if e["equal_params_pairs"] else math.nan
 
     at_least = all(_ge(candidate[k], baseline[k]) for k in ("tau_b", "spearman", "bucket_tau_b"))
     regrets = all(_ge(-candidate["regret"][b][0], -baseline["regret"][b][0]) for b in baseline["regret"]
                   if b in candidate["regret"])
-    return at_least and regrets and share(candidate) > share(baseline)
+    better = share(candidate) > share(baseline) if baseline["equal_params_pairs"] else \
+        candidate["tau_b"] > baseline["tau_b"]
+    return at_least and regrets and better
 
 
 def _ge(a: float, b: float) -> bool:
@@ -305,9 +307,11 @@ def describe_choice(signals: Mapping[str, Mapping[str, Any]], default: str, meas
                      f"of {b['equal_params_pairs']} pairs of equal counts against {base['equal_params_agreed']:g})")
         return text + ", so the default ranking is parameter count"
     chosen = signals[default]
+    where = (f"better on pairs of equal counts ({chosen['equal_params_agreed']:g} of {chosen['equal_params_pairs']} "
+             f"against {base['equal_params_agreed']:g})" if base["equal_params_pairs"]
+             else "better overall (the designs hold no pair of equal counts)")
     return (text + f"; the default ranking is {default} ({_fmt(chosen['tau_b'])} out of sample), as good as parameter "
-            f"count on every figure and better on pairs of equal counts ({chosen['equal_params_agreed']:g} of "
-            f"{chosen['equal_params_pairs']} against {base['equal_params_agreed']:g})")
+            f"count on every figure and {where}")
 
 
 __all__ = ["COMBINATIONS", "FREE", "MEASURED", "REGRET_BUDGETS", "Evaluation", "choose_default", "combinations",

@@ -190,6 +190,8 @@ def test_the_default_is_parameter_count_unless_a_signal_beats_it_where_counting_
     assert not meets_goal(worse_regret, base) and not meets_goal(base, base)
     assert meets_goal(better, base) and not meets_goal(worse, base)
     assert choose_default({"params": base, "proxy": better}, choices) == "proxy"
+    no_pairs = {**base, "equal_params_agreed": 0.0, "equal_params_pairs": 0}  # then better on tau-b decides
+    assert meets_goal({**no_pairs, "tau_b": 0.8}, no_pairs) and not meets_goal(no_pairs, no_pairs)
     assert choose_default({"params": base, "proxy": worse}, choices) == "params"
 
 
