@@ -92,7 +92,8 @@ def scores_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, P
     scores: dict[str, dict[str, ProxyScore]] = {}
     for row in rows:
         for seed, accuracy in row["proxy"].items():
-            scores.setdefault(seed, {})[row["spec_id"]] = ProxyScore(accuracy, row.get("cpu_s"), row.get("cpu_s") or 0.0)
+            cpu_s = row.get("cpu_s")
+            scores.setdefault(seed, {})[row["spec_id"]] = ProxyScore(accuracy, cpu_s, cpu_s or 0.0)
     return scores
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -291,7 +291,8 @@ def describe_choice(signals: Mapping[str, Mapping[str, Any]], default: str, meas
     base = signals.get("params")
     if base is None or default not in signals:
         return f"the default ranking is {default}"
-    text = f"parameter count ranks the designs as the target does at tau-b {_cell_interval(base['tau_b'], base['tau_b_interval'])}"
+    text = ("parameter count ranks the designs as the target does at tau-b "
+            + _cell_interval(base["tau_b"], base["tau_b_interval"]))
     if measured in signals:
         m = signals[measured]
         text += f", the {measured} at {_cell_interval(m['tau_b'], m['tau_b_interval'])}"

@@ -164,7 +164,8 @@ def _baselines(study: optuna.Study) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", required=True, help="study name (SQLite at <results>/<study>/study.db unless --storage)")
+    parser.add_argument("--study", required=True,
+                        help="study name (SQLite at <results>/<study>/study.db unless --storage)")
     parser.add_argument("--storage", help="Optuna storage URL of the study")
     parser.add_argument("--results", default="results", help="results folder (default: results)")
     pick = parser.add_mutually_exclusive_group(required=True)

@@ -74,8 +74,8 @@ def add_options(parser: argparse.ArgumentParser, *, groups: Iterable[str] = GROU
             continue
         text = f"{f.metadata['help']} (default: {shown})"
         converter = str if "parse" in f.metadata or kind not in (int, float) else kind
-        group.add_argument(option_flag(f), dest=f.name, type=converter, default=default, metavar=f.metadata.get("metavar"),
-                           help=text.replace("%", "%%"))
+        group.add_argument(option_flag(f), dest=f.name, type=converter, default=default,
+                           metavar=f.metadata.get("metavar"), help=text.replace("%", "%%"))
     return made
 
 

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from ranking.audits import audit_for, supernet_audit
-from ranking.signals import FREE, combinations, combine, describe_choice, evaluate
+from ranking.signals import FREE, combine, describe_choice, evaluate
 from space.cost import target_cost
 from space.references import PAPER_IMAGENET, ReferenceSet, load_references
 
@@ -153,11 +153,6 @@ def ranked(trials: Sequence[FrozenTrial], rank_by: RankBy) -> list[FrozenTrial]:
     return [trials[i] for i in order]
 
 
-def choices(settings: SearchSettings) -> tuple[str, ...]:
-    measured = measured_of(settings)
-    return (AUTO, measured, *FREE, *combinations(measured))
-
-
 def free_baseline(references: ReferenceSet) -> str:
     """Parameter count's agreement with a reference set, in words (it needs no training)."""
     costs = [target_cost(row.spec) for row in references.rows]
@@ -167,5 +162,5 @@ def free_baseline(references: ReferenceSet) -> str:
             f"{e.tau_b:.2f} [{e.tau_b_interval[0]:.2f}, {e.tau_b_interval[1]:.2f}]")
 
 
-__all__ = ["AUTO", "RankBy", "choices", "free_baseline", "measured_of", "measured_value", "of_study", "ranked",
+__all__ = ["AUTO", "RankBy", "free_baseline", "measured_of", "measured_value", "of_study", "ranked",
            "record", "resolve", "values"]

@@ -77,22 +77,32 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         tune_interrupt(signum, frame)  # Ray Tune's: ends its loop after stopping the trials and saving its state
 
 
-def _end_children(grace_s: float = 5.0) -> None:
-    """SIGTERM every process this one started (by id), SIGKILL those left after `grace_s`."""
+def end_processes(pids: list[int], grace_s: float = 5.0) -> None:
+    """SIGTERM each process (by id), then SIGKILL what is left after `grace_s`."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
-    for child in children:
+    procs = []
+    for pid in pids:
         try:
-            child.terminate()
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(children, timeout=grace_s)
-    for child in alive:
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
         try:
-            child.kill()
+            proc.kill()
         except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def _end_children() -> None:
+    """End every process this one started (a local Ray's), by id."""
+    import psutil
+
+    end_processes([child.pid for child in psutil.Process().children(recursive=True)])
 
 
 def install() -> None:
@@ -126,4 +136,4 @@ def stopped_line(what: str) -> str:
     return f"stopped by {STOP.name}: {what}; resume with: {resume_command()}"
 
 
-__all__ = ["STOP", "Stop", "handling", "install", "resume_command", "say", "stopped_line"]
+__all__ = ["STOP", "Stop", "end_processes", "handling", "install", "resume_command", "say", "stopped_line"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -50,3 +51,15 @@ def kill_family(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     proc.wait()
+
+
+def count_trials(db: Path, status: str) -> int:
+    """COMPLETE trials of a status (`train`, `supernet`, ...) in an SQLite study file so far; 0 while
+    Optuna is still creating its tables. Read with sqlite3, so that a running search is not slowed."""
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute(
+                "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+                f"where t.state = 'COMPLETE' and a.key = 'status' and a.value_json = '\"{status}\"'").fetchone()[0]
+    except sqlite3.OperationalError:  # the file exists before its schema does
+        return 0

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from search.stop import end_processes
+
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -26,25 +28,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def end_processes(pids: list[int], grace_s: float = 10.0) -> None:
-    """SIGTERM each process (by id), then SIGKILL what is left after `grace_s`."""
-    procs = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            proc.terminate()
-            procs.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------
@@ -105,7 +88,7 @@ class Postgres:
                 psutil.wait_procs([psutil.Process(self.pid)], timeout=30)
             except (ProcessLookupError, psutil.NoSuchProcess):
                 pass
-            end_processes([self.pid])
+            end_processes([self.pid], grace_s=10.0)
 
     def restart(self, down_s: float) -> None:
         """Shut the server down, leave it down for `down_s` seconds, start it again (same data)."""
@@ -215,5 +198,5 @@ class RayCluster:
         for proc in psutil.process_iter(["cmdline"]):
             if str(self.root) in " ".join(proc.info["cmdline"] or []):
                 pids.add(proc.pid)
-        end_processes(sorted(pids))
+        end_processes(sorted(pids), grace_s=10.0)
         shutil.rmtree(self.root, ignore_errors=True)

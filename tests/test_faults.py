@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import kill_family
+from tests.conftest import count_trials, kill_family
 from tests.servers import Postgres, postgres_bin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,17 +36,6 @@ ONESHOT = ["--space", "tiny.yaml", "--strategy", "oneshot", "--min-flops", "35M"
 
 def _command(study: str, *args: str) -> list[str]:
     return [sys.executable, str(REPO / "run_search.py"), "--study", study, "--results-dir", ".", *TINY, *args]
-
-
-def _count(db: Path, status: str) -> int:
-    """COMPLETE trials of a status so far; 0 while Optuna is still creating the study's tables."""
-    try:
-        with sqlite3.connect(db) as con:
-            return con.execute(
-                "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
-                f"where t.state = 'COMPLETE' and a.key = 'status' and a.value_json = '\"{status}\"'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def _signal_when(cmd: list[str], cwd: Path, ready, signums: tuple[int, ...] = (signal.SIGTERM,),
@@ -102,7 +90,7 @@ def _record(fault: str, status: int, lost: int, resume_s: float) -> None:
 def test_sigterm_during_proxy_training_stops_gracefully_and_the_same_command_completes(tmp_path) -> None:
     cmd = _command("t", "--trials", "5")
     db = tmp_path / "t" / "study.db"
-    status, out, err = _signal_when(cmd, tmp_path, lambda: _count(db, "train") >= 2)
+    status, out, err = _signal_when(cmd, tmp_path, lambda: count_trials(db, "train") >= 2)
     assert status == 128 + signal.SIGTERM and "Traceback" not in out + err
     line = _last_line(err)
     assert line.startswith("stopped by SIGTERM: ") and "resume with: python" in line and "interrupted" in line
@@ -126,7 +114,8 @@ def test_sigterm_during_proxy_training_stops_gracefully_and_the_same_command_com
 def test_a_second_signal_stops_at_once_and_the_study_stays_resumable(tmp_path) -> None:
     cmd = _command("t", "--trials", "4")
     db = tmp_path / "t" / "study.db"
-    status, out, err = _signal_when(cmd, tmp_path, lambda: _count(db, "train") >= 1, (signal.SIGINT, signal.SIGINT))
+    status, out, err = _signal_when(cmd, tmp_path, lambda: count_trials(db, "train") >= 1,
+                                    (signal.SIGINT, signal.SIGINT))
     assert status == 128 + signal.SIGINT and "Traceback" not in out + err
     assert _last_line(err).startswith("stopped at once by a second SIGINT") and "resume with:" in _last_line(err)
     result, seconds = _resume(cmd, tmp_path)
@@ -141,7 +130,7 @@ def test_sigterm_in_the_one_shot_search(tmp_path, phase) -> None:
     cmd = _command("o", *ONESHOT, "--trials", "4")
     db, supernets = tmp_path / "o" / "study.db", tmp_path / ".supernets"
     ready = (lambda: any(supernets.glob("*.pt"))) if phase == "supernet training" else \
-        (lambda: _count(db, "supernet") >= 6)
+        (lambda: count_trials(db, "supernet") >= 6)
     status, out, err = _signal_when(cmd, tmp_path, ready)
     assert status == 128 + signal.SIGTERM and "Traceback" not in out + err
     assert _last_line(err).startswith("stopped by SIGTERM: ")
@@ -194,7 +183,7 @@ def test_sigterm_during_an_audit_stops_it_resumable(tmp_path) -> None:
            "--resamples", "200"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     db = tmp_path / "a" / "study.db"
-    status, out, err = _signal_when(cmd, tmp_path, lambda: _count(db, "train") >= 1, env=env)
+    status, out, err = _signal_when(cmd, tmp_path, lambda: count_trials(db, "train") >= 1, env=env)
     assert status == 128 + signal.SIGTERM and "Traceback" not in out + err
     assert _last_line(err).startswith("stopped by SIGTERM: ") and "no audit was written" in _last_line(err)
     assert not (tmp_path / "a" / "audit.json").exists()

@@ -60,7 +60,8 @@ def test_a_run_of_a_1000_class_export_on_a_10_class_folder_writes_a_reference_ro
     references = load_references(path)
     (ref,) = references.rows
     assert ref.spec == design and ref.accuracy == pytest.approx(best, abs=1e-3)  # the same design, its accuracy
-    assert len(source["recipe_hash"]) == 10 and "imagenet-or-a-subset" in (results / design.id / "README.md").read_text()
+    assert len(source["recipe_hash"]) == 10
+    assert "imagenet-or-a-subset" in (results / design.id / "README.md").read_text()  # the loop's command
 
 
 def _saved_study(storage: str, designs: list[ArchSpec], accuracies: list[float]) -> None:

@@ -2,7 +2,6 @@
 and recorded in Optuna with their fidelity, the top-k trained and confirmed; kills resumed."""
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from space.budget import Budget
 from space.cost import target_cost
 from space.space import make_space, space_from_dict
 from localvit.spec import LayerSpec
-from tests.conftest import kill_family
+from tests.conftest import count_trials, kill_family
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--train-size", "200", "--val-size", "100", "--epochs", "2", "--batch-size", "50", "--export-top", "1"]
@@ -39,17 +38,6 @@ layers: {ffn: [mlp, conv, local], act: [relu6, hswish], attn: [none, se, eca], s
 ONESHOT = ["--strategy", "oneshot", "--min-flops", "35M", "--budget-flops", "1.3G", "--supernet-epochs", "3",
            "--candidates", "24", "--top-k", "2", "--recalibration-images", "100", "--confirm-seeds", "1",
            "--rank-by", "supernet"]
-
-
-def _count(db: Path, status: str) -> int:
-    """COMPLETE trials of a status so far; 0 while Optuna is still creating the study's tables."""
-    try:
-        with sqlite3.connect(db) as con:
-            return con.execute(
-                "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
-                f"where t.state = 'COMPLETE' and a.key = 'status' and a.value_json = '\"{status}\"'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def _run_until(cmd: list[str], cwd: Path, ready, timeout: float = 600) -> None:
@@ -71,7 +59,7 @@ def test_oneshot_search_end_to_end_killed_in_training_and_in_scoring(tmp_path) -
     db, supernets = tmp_path / "o" / "study.db", tmp_path / ".supernets"
     # killed after the first supernet epoch's checkpoint, then again after some candidates were scored
     _run_until(cmd, tmp_path, lambda: any(supernets.glob("*.pt")))
-    _run_until(cmd, tmp_path, lambda: db.exists() and _count(db, "supernet") >= 6)
+    _run_until(cmd, tmp_path, lambda: db.exists() and count_trials(db, "supernet") >= 6)
     scored_before = {t.number: t.values for t in optuna.load_study(study_name="o", storage=f"sqlite:///{db}").trials
                      if t.user_attrs.get("status") == "supernet" and t.state.is_finished()}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)

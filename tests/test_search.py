@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import run_search
 from localvit.spec import ArchSpec
 from space.cost import target_cost
 from space.paper import PAPER_NAMED_SPECS
-from tests.conftest import kill_family
+from tests.conftest import count_trials, kill_family
 
 REPO = Path(__file__).resolve().parents[1]
 # Plain Fashion-MNIST: on 200 images the default's 40 classes stay at chance, and these tests need
@@ -111,17 +110,6 @@ def test_infeasible_are_never_trained_and_failing_trials_do_not_stop_the_search(
     assert "3 failed" in (tmp_path / "s" / "summary.md").read_text()
 
 
-def _running_trained(db: Path) -> int:
-    """Trained trials completed so far; 0 while Optuna is still creating the study's tables."""
-    try:
-        with sqlite3.connect(db) as con:
-            return con.execute(
-                "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
-                "where t.state = 'COMPLETE' and a.key = 'status' and a.value_json = '\"train\"'").fetchone()[0]
-    except sqlite3.OperationalError:  # the file exists before its schema does
-        return 0
-
-
 def test_killed_search_resumes_with_no_trial_lost_or_repeated(tmp_path) -> None:
     cmd = [sys.executable, str(REPO / "run_search.py"), "--study", "k", "--results-dir", str(tmp_path), *TINY,
            "--budget-flops", "1.3G", "--trials", "5", "--confirm-seeds", "0", "--no-asha"]
@@ -129,9 +117,9 @@ def test_killed_search_resumes_with_no_trial_lost_or_repeated(tmp_path) -> None:
                             start_new_session=True)
     db = tmp_path / "k" / "study.db"
     deadline = time.time() + 300
-    while time.time() < deadline and not (db.exists() and _running_trained(db) >= 2):
+    while time.time() < deadline and not (db.exists() and count_trials(db, "train") >= 2):
         time.sleep(1)
-    assert _running_trained(db) >= 2, "the search did not get going"
+    assert count_trials(db, "train") >= 2, "the search did not get going"
     kill_family(proc)  # the driver and the Ray processes it started
     before = {t.number: t.values for t in trained(load(tmp_path, "k")) if t.state.is_finished()}
 

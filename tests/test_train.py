@@ -199,7 +199,8 @@ def test_bad_input_is_one_line_and_exit_2(imagenet, tmp_path, capsys, monkeypatc
         data = tmp_path / "flat"
         (data / "train" / "a").mkdir(parents=True)
     elif case == "classes":  # a head smaller than the data's classes (a larger one, or none given, is fine)
-        config, more = export_spec(TINY.replace(num_classes=1000), tmp_path / "big") / "train.yaml", ["--num-classes", "5"]
+        config = export_spec(TINY.replace(num_classes=1000), tmp_path / "big") / "train.yaml"
+        more = ["--num-classes", "5"]
     elif case == "missing":
         config = Path("nothing.yaml")
     with pytest.raises(SystemExit) as exit_:
