@@ -1,5 +1,5 @@
-"""How proxy training runs on this machine: the precision (`auto` resolves by CPU), torch's
-thread count for one training, and jemalloc for the processes that train.
+"""How proxy training runs on this machine: the precision (`auto` resolves by CPU)
+and jemalloc for the processes that train.
 
 bf16 autocast pays only where the CPU computes bf16 natively (AVX512-BF16 or AMX: about 1.4x
 fp32 for a LocalViT-T proxy); on AVX2-only CPUs oneDNN falls back to slow kernels, 10-60x
@@ -9,12 +9,12 @@ means fp32 there. Every study records what `auto` resolved to and on which proce
 from __future__ import annotations
 
 import os
-import platform
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
+
+from space.throughput import device_name
 
 PRECISIONS = ("auto", "fp32", "bf16")
 JEMALLOC_PATH = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
@@ -43,33 +43,13 @@ def precision_record(precision: str) -> dict[str, Any]:
 
 def cpu_name() -> str:
     """The processor's model name and whether oneDNN computes bf16 natively on it."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = device_name("cpu").removeprefix("cpu: ")
     return f"{name}, {'native' if resolve_precision('auto') == 'bf16' else 'no native'} bf16"
 
 
 def autocast(precision: str, device: str = "cpu") -> torch.autocast:
     """bf16 autocast on `device` when `precision` (resolved) is bf16, a no-op otherwise."""
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` inside (None: left as they are), restored after:
-    two 1-thread trainings side by side beat one 2-thread training on 2 cores."""
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def jemalloc_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -83,4 +63,4 @@ def jemalloc_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 __all__ = ["JEMALLOC_CONF", "JEMALLOC_PATH", "PRECISIONS", "autocast", "cpu_name", "jemalloc_env",
-           "precision_record", "resolve_precision", "torch_threads"]
+           "precision_record", "resolve_precision"]

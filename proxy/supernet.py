@@ -25,10 +25,11 @@ from localvit.spec import ArchSpec, LayerSpec
 from localvit.supernet import Supernet, recalibrate_bn
 from space.budget import bounds
 from space.space import ListSpace, SearchSpace, Space
+from space.throughput import cpu_threads
 
 from .data import ProxyData
 from .protocol import ProxyProtocol, project_layer, proxy_of
-from .runtime import autocast, resolve_precision, torch_threads
+from .runtime import autocast, resolve_precision
 from .training import (NonFiniteLossError, TrainingStopped, evaluate, make_optimizer, scheduled_batches,
                        seed_everything)
 
@@ -231,7 +232,7 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
     holds the last finished epoch).
     """
     precision = resolve_precision(protocol.precision)
-    with torch_threads(protocol.threads):
+    with cpu_threads(protocol.threads):
         seed_everything(protocol.seed)
         supernet = space_supernet(space, protocol, (data.in_chans, data.num_classes))
         key = training_key(space, supernet, protocol, epochs, sampling)

@@ -21,10 +21,11 @@ from torch import nn
 from localvit.builder import build_model
 from localvit.spec import ArchSpec, as_spec
 from space.cost import model_cost
+from space.throughput import cpu_threads
 
 from .data import ProxyData, get_proxy_data
 from .protocol import ProxyProtocol, project_to_proxy
-from .runtime import autocast, resolve_precision, torch_threads
+from .runtime import autocast, resolve_precision
 
 
 class NonFiniteLossError(RuntimeError):
@@ -174,7 +175,7 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
     result = ProxyResult(spec_id=target.id, proxy_spec=proxy_spec.to_dict(), protocol=protocol.to_dict(),
                          precision=precision, proxy_flops=cost.flops, proxy_params=cost.params)
 
-    with torch_threads(protocol.threads):
+    with cpu_threads(protocol.threads):
         seed_everything(protocol.seed)
         model = build_model(proxy_spec).to(device)
         model.train()

@@ -14,7 +14,9 @@ design, on one batch of the proxy's training images, as its paper defines it:
   unit's input is positive) for a batch of images, the kernel K = C C^T + (1 - C)(1 - C)^T
   (the number of units minus the Hamming distance of two codes) and the score log|det K|.
   It is defined only for designs with ReLU-family units (ReLU, ReLU6): h-swish and GELU have
-  none, and the score says so instead of a value;
+  none, and the score says so instead of a value; and only where K has full rank: with fewer
+  units than images (an h-swish design whose only ReLUs are its SE bottlenecks) K is singular
+  and its log-determinant rounding noise, so the score is undefined there too;
 * ``dss`` (Zhou et al., TF-TAS, CVPR 2022), the one made for transformers: the synaptic
   diversity of the attention weights, sum of ||dR/dW||_nuc * ||W||_nuc over each attention
   module's qkv and projection, plus the synaptic saliency of the feed-forward weights, sum of
@@ -42,10 +44,10 @@ from torch.nn import functional as F
 
 from localvit.builder import build_model
 from localvit.spec import ArchSpec
+from space.throughput import cpu_threads
 
 from .data import ProxyData
 from .protocol import ProxyProtocol, proxy_of
-from .runtime import torch_threads
 from .training import seed_everything
 
 #: The zero-cost scores, in the order reports list them.
@@ -137,23 +139,25 @@ def naswot(model: nn.Module, x: torch.Tensor) -> float | None:
             hook.remove()
     c = torch.cat(codes, dim=1)
     kernel = c @ c.T + (1 - c) @ (1 - c).T
-    sign, logdet = torch.linalg.slogdet(kernel)
-    if sign == 0 or not math.isfinite(float(logdet)):
-        raise ValueError("the activation-pattern kernel is singular (two images share every code)")
-    return float(logdet)
+    rank = int(torch.linalg.matrix_rank(kernel))
+    if rank < len(kernel):  # slogdet of a singular K is rounding noise, rarely an exact 0
+        raise ValueError(f"the activation-pattern kernel is singular (rank {rank} of {len(kernel)}: "
+                         f"{c.shape[1]} ReLU units)")
+    return float(torch.linalg.slogdet(kernel)[1])
 
 
 def _ffn_and_attention(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     """The weighted layers inside attention modules, and those inside feed-forward modules (a
-    DeiT MLP, a locality FFN, a stage backbone's feed-forward block)."""
+    timm MLP, a locality FFN with its SE or ECA: the feed-forward side decides first, since ECA's
+    class is named an attention)."""
     attention, ffn = [], []
     owners = {name: type(m).__name__ for name, m in model.named_modules()}
     for name, m in _weighted(model):
         parents = [owners[".".join(name.split(".")[:k])] for k in range(1, name.count(".") + 1)]
-        if any("Attention" in p for p in parents):
-            attention.append(m)
-        elif any(p in ("Mlp", "LocalityFeedForward", "FeedForwardBlock") for p in parents):
+        if any(p in ("Mlp", "LocalityFeedForward") for p in parents):
             ffn.append(m)
+        elif any("Attention" in p for p in parents):
+            attention.append(m)
     return attention, ffn
 
 
@@ -186,24 +190,15 @@ def zero_cost_scores(spec: ArchSpec, protocol: ProxyProtocol, data: ProxyData, i
     proxy = proxy_of(spec, protocol, (data.in_chans, data.num_classes))
     x, y = next(iter(data.batches("train", images, epoch=0, seed=protocol.seed)))
     shape = tuple(x.shape[1:])
-    with torch_threads(protocol.threads):
+    with cpu_threads(protocol.threads):
         seed_everything(protocol.seed)
-        model = build_model(proxy)
-        fresh = copy.deepcopy(model.state_dict())
-
-        def on_fresh(score: Callable[[], float | None]) -> Callable[[], float | None]:
-            def run() -> float | None:
-                model.load_state_dict(fresh)  # BatchNorm statistics and gradients start over each time
-                return score()
-            return run
-
+        model = build_model(proxy)  # no score changes its weights; each clears the gradients it reads
         return {
-            "grad_norm": _timed(on_fresh(lambda: grad_norm(model, x, y)), ""),
-            "snip": _timed(on_fresh(lambda: snip(model, x, y)), ""),
-            "synflow": _timed(on_fresh(lambda: synflow(model, shape)), ""),
-            "naswot": _timed(on_fresh(lambda: naswot(model, x)),
-                             "no ReLU-family activation (NASWOT's codes come from ReLU units)"),
-            "dss": _timed(on_fresh(lambda: dss(model, shape)), ""),
+            "grad_norm": _timed(lambda: grad_norm(model, x, y), ""),
+            "snip": _timed(lambda: snip(model, x, y), ""),
+            "synflow": _timed(lambda: synflow(model, shape), ""),
+            "naswot": _timed(lambda: naswot(model, x), "no ReLU-family activation (NASWOT's codes come from ReLU units)"),
+            "dss": _timed(lambda: dss(model, shape), ""),
         }
 
 

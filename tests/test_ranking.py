@@ -61,6 +61,11 @@ def test_naswot_is_the_log_determinant_of_the_relu_code_kernel() -> None:
     sign, logdet = np.linalg.slogdet(kernel)
     assert sign != 0 and naswot(net, x) == pytest.approx(logdet)
     assert naswot(nn.Sequential(nn.Linear(2, 3), nn.Hardswish()), x) is None  # no ReLU-family unit
+    one_unit = nn.Sequential(nn.Linear(2, 1), nn.ReLU())
+    code = (one_unit[0](x).detach().numpy() > 0).astype(float)
+    assert np.linalg.matrix_rank(1 - np.abs(code[:, None, :] - code[None, :, :]).sum(-1)) < len(x)
+    with pytest.raises(ValueError, match="singular"):  # its slogdet is rounding noise, not a score
+        naswot(one_unit, x)
 
 
 class Attention(nn.Module):
