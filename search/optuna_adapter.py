@@ -17,6 +17,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 TrialRef = optuna.Trial | FrozenTrial
 
+#: RDBStorage's private methods that Optuna's cache in front of it (`_CachedStorage`: asking,
+#: suggesting, listing trials) calls: a wrapper of the storage covers them as it covers the public.
+PRIVATE_STORAGE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+                         "_get_stale_trial_ids")
+
 
 def storage_of(study: optuna.Study) -> BaseStorage:
     """The storage a study reads and writes (what Ray Tune's OptunaSearch takes as `storage`)."""
@@ -68,4 +73,4 @@ def fill_waiting(study: optuna.Study, waiting_id: int, finished: FrozenTrial) ->
     return True
 
 
-__all__ = ["fail_with", "fill_waiting", "record_constraints", "set_system_attr", "storage_of", "trial_id"]
+__all__ = ["PRIVATE_STORAGE_CALLS", "fail_with", "fill_waiting", "record_constraints", "set_system_attr", "storage_of", "trial_id"]

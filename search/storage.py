@@ -20,6 +20,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ import sqlalchemy.event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .optuna_adapter import PRIVATE_STORAGE_CALLS
 from .stop import say
 
 #: SQLAlchemy dialects whose driver is libpq (it reads PGPASSWORD and ~/.pgpass by itself).
@@ -89,7 +91,7 @@ def disk_full(err: BaseException) -> bool:
 
 def _transient(err: BaseException) -> bool:
     """A lost or refused database connection, or a locked SQLite file: worth waiting for."""
-    if disk_full(err):
+    if isinstance(err, StorageFault) or disk_full(err):
         return False
     chain = causes(err)
     if any(isinstance(e, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.InterfaceError)) for e in chain):
@@ -105,6 +107,11 @@ def shown_url(url: str) -> str:
         return url
 
 
+#: Set while a storage call of this thread is being retried: the calls it makes itself (Optuna's
+#: `create_new_trial` calls `_create_new_trial`) run once each, so one window covers them all.
+_retrying = threading.local()
+
+
 class RetryingRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage whose every call is retried with back-off for `retry_s` seconds when
     the database connection is lost or refused, then fails as a `StorageFault`. It stays an
@@ -115,7 +122,17 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
         super().__init__(url, **kwargs)
 
     def _retry(self, call: Callable[[], Any]) -> Any:
-        waited, delay = 0.0, 0.5
+        if getattr(_retrying, "active", False):
+            return call()
+        _retrying.active = True
+        try:
+            return self._retry_outermost(call)
+        finally:
+            _retrying.active = False
+
+    def _retry_outermost(self, call: Callable[[], Any]) -> Any:
+        started, delay = time.monotonic(), 0.5
+        failed = False
         while True:
             try:
                 result = call()
@@ -123,20 +140,21 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
                 if not _transient(err):
                     raise
                 reason = _first_line(err)
-                if waited == 0:
+                waited = time.monotonic() - started  # the failing calls' own time counts too
+                if not failed:
                     say(f"the study's database at {shown_url(self.url)} stopped answering ({reason}); retrying for "
                         f"up to {self.retry_s:g} s")
+                    failed = True
                 if waited >= self.retry_s:
                     raise StorageFault(
                         f"the study's database at {shown_url(self.url)} has not answered for {waited:.0f} s "
                         f"({reason}); every trial stored before is kept: when it is back, run the same command "
                         f"to resume (or allow longer with --storage-retry)") from None
-                time.sleep(delay)
-                waited += delay
+                time.sleep(min(delay, max(self.retry_s - waited, 0.0)))
                 delay = min(2 * delay, 10.0)
                 continue
-            if waited:
-                say(f"the study's database is back after {waited:.0f} s; the search goes on")
+            if failed:
+                say(f"the study's database is back after {time.monotonic() - started:.0f} s; the search goes on")
             return result
 
 
@@ -160,7 +178,8 @@ def _retried(name: str) -> Callable[..., Any]:
 
 for _name in (*optuna.storages.BaseStorage.__abstractmethods__, "get_trial_id_from_study_id_trial_number",
               "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs", "get_best_trial", "get_n_trials",
-              "get_trial_number_from_id", "get_trial_params", "check_trial_is_updatable"):
+              "get_trial_number_from_id", "get_trial_params", "check_trial_is_updatable", "record_heartbeat",
+              *PRIVATE_STORAGE_CALLS):
     setattr(RetryingRDBStorage, _name, _retried(_name))
 
 

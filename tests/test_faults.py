@@ -19,7 +19,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
+import sqlalchemy.event
 
+from search.storage import StorageFault, open_storage
 from tests.conftest import count_trials, kill_family
 from tests.servers import Postgres, postgres_bin
 
@@ -266,3 +269,39 @@ def test_a_corrupt_supernet_checkpoint_is_one_line_and_exit_2(tmp_path) -> None:
     assert done.stderr.strip().startswith("error: supernet checkpoint ") and "cannot be read" in done.stderr
     assert done.stderr.strip().count("\n") == 0
     _record("corrupt supernet checkpoint", done.returncode, 0, 0.0)
+
+
+def _outage(storage, failures: int | None) -> list[int]:
+    """Every statement on `storage` fails as a lost server connection would, the next `failures`
+    times (None: always); returns the count of statements refused so far."""
+    refused = [0]
+
+    def refuse(*_) -> None:
+        if failures is None or refused[0] < failures:
+            refused[0] += 1
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, ConnectionError("server closed the connection"))
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", refuse)
+    return refused
+
+
+def test_a_lost_connection_is_retried_under_every_storage_call_optuna_makes(tmp_path, capfd) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", retry_s=30)
+    study = optuna.create_study(study_name="s", storage=storage)  # behind Optuna's cache, as a search has it
+    refused = _outage(storage, 2)
+    trial = study.ask()  # the cache creates it with RDBStorage's private _create_new_trial
+    refused[0] = 0
+    trial.suggest_int("x", 0, 9)  # the cache stores it with _set_trial_param
+    study.tell(trial, 1.0)
+    assert refused[0] == 2 and len(study.get_trials()) == 1 and study.trials[0].value == 1.0
+    err = capfd.readouterr().err
+    assert err.count("stopped answering") == 2 and err.count("is back after") == 2
+
+
+def test_a_database_that_stays_away_is_one_storage_fault_after_one_window(tmp_path, capfd) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", retry_s=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    _outage(storage, None)
+    with pytest.raises(StorageFault, match="has not answered for 1 s"):
+        study.ask()  # RDBStorage.create_new_trial calls _create_new_trial: one window, not one inside another
+    assert capfd.readouterr().err.count("stopped answering") == 1
