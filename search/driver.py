@@ -123,11 +123,12 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: Cluster) -> 
     """Re-train the best found spec and the LocalViT baseline with other seeds (same protocol)."""
     from ray import tune
 
-    from .report import best_trial, baseline_trials
+    from .report import Standing
 
-    best = best_trial(study)
+    standing = Standing.of(study)
+    best = standing.best
     name = BASELINE_NAMES[settings.backbone][0]
-    localvit = baseline_trials(study).get(name)
+    localvit = standing.baselines.get(name)
     if best is None or localvit is None or settings.confirm_seeds == 0:
         return {}
     seeds = [settings.protocol.seed + k for k in range(1, settings.confirm_seeds + 1)]

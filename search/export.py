@@ -87,7 +87,10 @@ def ranked_candidates(study: optuna.Study, include_baselines: bool = False,
 
 
 def pareto_front(trials: Sequence[FrozenTrial], rank_by: RankBy) -> list[FrozenTrial]:
-    """The front of the ranking signal (up) and FLOPs (down) among `trials`, cheapest first."""
+    """The front of the ranking signal (up) and FLOPs (down) among `trials`, cheapest first. Ranked
+    by FLOPs themselves, no design trades one for the other: the front is the best alone."""
+    if rank_by.signal == "flops":
+        return ranked(trials, rank_by)[:1]
     score = dict(zip((t.number for t in trials), values(trials, rank_by)))
 
     def dominates(a: FrozenTrial, b: FrozenTrial) -> bool:

@@ -262,12 +262,13 @@ def enqueue_top_k(study: optuna.Study, settings: SearchSettings, exclude: set[st
     Returns their ranks and supernet trials."""
     if "oneshot_top_k" in study.user_attrs:
         return []
-    if not supernet_trials(study):
+    scored = supernet_trials(study)
+    if not scored:
         log("no candidate was scored on the supernet (the time limit passed first?): run the same command with a "
             "longer --time-limit to score some; the supernet is kept")
         return []
     order, seen = [], set(exclude)
-    for t in ranked(supernet_trials(study), of_study(study)):
+    for t in ranked(scored, of_study(study)):
         if t.user_attrs["spec_id"] not in seen:
             seen.add(t.user_attrs["spec_id"])
             order.append(t)

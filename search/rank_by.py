@@ -15,7 +15,7 @@ without training (run the same command with another `--rank-by`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import optuna
@@ -26,7 +26,7 @@ from ranking.signals import FREE, combine, describe_choice, evaluate
 from space.cost import target_cost
 from space.references import PAPER_IMAGENET, ReferenceSet, load_references
 
-from .settings import ONESHOT, SUPERNET, SearchSettings
+from .settings import SUPERNET, SearchSettings, measured_by
 
 AUTO = "auto"
 #: The study attribute that records the ranking a search resolved, read by its reports and exports.
@@ -41,19 +41,21 @@ class RankBy:
     measured: str = "proxy"
     weight: float | None = None  # `M+params`'s weight, fitted on every row of the audit
     why: str = ""  # which audit the choice rests on, in plain words
+    weights: Mapping[str, float] = field(default_factory=dict)  # the audit's fitted weight of each `M+params`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def by(self, signal: str) -> RankBy:
+        """The same search ranked by `signal` instead, with the weight its audit fitted (1 if none)."""
+        return RankBy(signal, self.measured, self.weights.get(signal, 1.0) if signal.endswith("+params") else None,
+                      self.why, self.weights)
 
     @property
     def label(self) -> str:
         """How the signal reads on a plot's axis."""
         return {"proxy": "proxy validation top-1 (%)", "supernet": "supernet score (%)", "params": "parameters",
                 "flops": "GFLOPs (224x224)"}.get(self.signal, f"{self.signal} (higher ranks first)")
-
-
-def measured_of(settings: SearchSettings) -> str:
-    return "supernet" if settings.strategy == ONESHOT else "proxy"
 
 
 def reference_set(settings: SearchSettings) -> ReferenceSet | None:
@@ -68,7 +70,7 @@ def resolve(settings: SearchSettings, supernet: Mapping[str, Any] | None = None)
     """The ranking of a search: `settings.rank_by`, or the default of the audit its protocol (or
     supernet) rests on, on its reference set. `supernet` is the one-shot search's {"path", "key"}.
     A bad reference set is a ValueError in one line."""
-    measured = measured_of(settings)
+    measured = measured_by(settings.strategy)
     references = reference_set(settings)
     key = references.key if references is not None else None
     if measured == "supernet":
@@ -96,11 +98,11 @@ def resolve(settings: SearchSettings, supernet: Mapping[str, Any] | None = None)
         signal = "params"
         why = (f"params: there are no reference designs of backbone {settings.backbone} to audit a ranking on "
                f"(--references), and parameter count costs nothing")
-    weight = signals.get(signal, {}).get("weights", {}).get("all") if signal.endswith("+params") else None
-    if signal.endswith("+params") and weight is None:
-        weight = 1.0
+    weights = {name: float(s["weights"]["all"]) for name, s in signals.items()
+               if name.endswith("+params") and (s.get("weights") or {}).get("all") is not None}
+    if signal.endswith("+params") and signal not in weights:
         why += "; no audit fitted its weight, so z-scores count equally (weight 1)"
-    return RankBy(signal, measured, weight, why)
+    return RankBy(signal, measured, why=why, weights=weights).by(signal)
 
 
 def record(study: optuna.Study, rank_by: RankBy) -> None:
@@ -112,7 +114,7 @@ def of_study(study: optuna.Study) -> RankBy:
     recorded = study.user_attrs.get(STUDY_ATTR)
     if recorded:
         return RankBy(**recorded)
-    measured = "supernet" if (study.user_attrs.get("settings") or {}).get("strategy") == ONESHOT else "proxy"
+    measured = measured_by((study.user_attrs.get("settings") or {}).get("strategy", ""))
     return RankBy(measured, measured, None, "the measured values (the study predates rankings)")
 
 
@@ -162,5 +164,5 @@ def free_baseline(references: ReferenceSet) -> str:
             f"{e.tau_b:.2f} [{e.tau_b_interval[0]:.2f}, {e.tau_b_interval[1]:.2f}]")
 
 
-__all__ = ["AUTO", "RankBy", "free_baseline", "measured_of", "measured_value", "of_study", "ranked",
+__all__ = ["AUTO", "RankBy", "free_baseline", "measured_value", "of_study", "ranked",
            "record", "resolve", "values"]

@@ -7,6 +7,7 @@ stopped early by ASHA carry their low-epoch accuracy and are counted apart.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +20,34 @@ from ranking.audits import audit_for, describe_audit, ranking_audit, supernet_im
 from ranking.signals import combinations
 
 from .export import export_trials, pareto_front, ranked_candidates
-from .rank_by import RankBy, measured_value, of_study, ranked, values
+from .rank_by import RankBy, measured_value, of_study, ranked, reference_set, values
 from .settings import ONESHOT, SUPERNET, TRAIN, SearchSettings
 
 
-def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
-    """The baselines trained to the full proxy budget, by name."""
-    return {t.user_attrs["baseline"]: t for t in ranked_candidates(study, include_baselines=True)
-            if t.user_attrs.get("baseline")}
+@dataclass(frozen=True)
+class Standing:
+    """A study's designs trained to the full proxy budget as its ranking (`--rank-by`) orders
+    them, read once for all of its reports."""
 
+    rank_by: RankBy
+    candidates: list[FrozenTrial]  # the searched designs, best first (ties: fewer FLOPs)
+    population: list[FrozenTrial]  # the same with the baselines
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best searched trial by the study's ranking (`--rank-by`; baselines excluded); ties go
-    to fewer FLOPs."""
-    candidates = ranked_candidates(study)
-    return candidates[0] if candidates else None
+    @classmethod
+    def of(cls, study: optuna.Study) -> Standing:
+        rank_by = of_study(study)
+        return cls(rank_by, ranked_candidates(study, rank_by=rank_by),
+                   ranked_candidates(study, include_baselines=True, rank_by=rank_by))
+
+    @property
+    def best(self) -> FrozenTrial | None:
+        """The best searched trial (baselines excluded)."""
+        return self.candidates[0] if self.candidates else None
+
+    @property
+    def baselines(self) -> dict[str, FrozenTrial]:
+        """The baselines, by name."""
+        return {t.user_attrs["baseline"]: t for t in self.population if t.user_attrs.get("baseline")}
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -75,7 +89,7 @@ def _shown(value: float, signal: str) -> float:
     return value / 1e6 if signal == "params" else value / 1e9 if signal == "flops" else value
 
 
-def plot_pareto(study: optuna.Study, path: Path, budget_flops: int | None) -> None:
+def plot_pareto(study: optuna.Study, standing: Standing, path: Path, budget_flops: int | None) -> None:
     """Every candidate trained in full by FLOPs and the ranking signal (`--rank-by`), its front
     and the baselines; trials ASHA stopped are shown where the signal needs no population."""
     import matplotlib
@@ -83,10 +97,8 @@ def plot_pareto(study: optuna.Study, path: Path, budget_flops: int | None) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rank_by = of_study(study)
+    rank_by, full, baselines = standing.rank_by, standing.candidates, standing.baselines
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    full = ranked_candidates(study)
-    baselines = baseline_trials(study)
     population = full + [t for t in baselines.values() if t not in full]
     score = {t.number: _shown(v, rank_by.signal) for t, v in zip(population, values(population, rank_by))}
     if rank_by.signal in (rank_by.measured, "params", "flops"):
@@ -159,18 +171,16 @@ def write_reports(study: optuna.Study, settings: SearchSettings, stopped: str | 
     out.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(study)
     frame.to_csv(out / "trials.csv", index=False)
-    plot_pareto(study, out / "pareto.png", settings.budget.max_flops)
-    best = best_trial(study)
-    baselines = baseline_trials(study)
-    candidates = ranked_candidates(study)
-    top = candidates[:settings.export_top]
-    layer_rows = [(f"best (#{t.number})" if t is best else f"#{t.number}", t) for t in top]
-    layer_rows += [(f"{name} (#{t.number})", t) for name, t in baselines.items()]
+    standing = Standing.of(study)
+    plot_pareto(study, standing, out / "pareto.png", settings.budget.max_flops)
+    top = standing.candidates[:settings.export_top]
+    layer_rows = [(f"best (#{t.number})" if t is standing.best else f"#{t.number}", t) for t in top]
+    layer_rows += [(f"{name} (#{t.number})", t) for name, t in standing.baselines.items()]
     plot_layers(layer_rows, out / "layers.png")
-    exported = export_trials(study, top + [t for t in pareto_front(candidates, of_study(study)) if t not in top],
-                             settings.study_dir.parent) if top else []
+    front = pareto_front(standing.candidates, standing.rank_by)
+    exported = export_trials(study, top + [t for t in front if t not in top], settings.study_dir.parent) if top else []
     summary = out / "summary.md"
-    text = summary_markdown(study, settings, frame, exported)
+    text = summary_markdown(study, standing, settings, frame, exported)
     if stopped:
         title, _, rest = text.partition("\n")
         text = (f"{title}\n\n**Partial:** the search was stopped by {stopped} at {time.strftime('%Y-%m-%d %H:%M')}; "
@@ -196,10 +206,10 @@ def _precision(study: optuna.Study) -> str:
     return text
 
 
-def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.DataFrame,
+def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSettings, frame: pd.DataFrame,
                      exported: list[Path]) -> str:
-    best = best_trial(study)
-    baselines = baseline_trials(study)
+    best, baselines, rank_by = standing.best, standing.baselines, standing.rank_by
+    references = reference_set(settings)
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     trained = frame[frame["status"] == TRAIN] if len(frame) else frame
     stopped = int(((trained["state"] == "COMPLETE") & ~trained["full_fidelity"].astype(bool)).sum()) if len(frame) \
@@ -214,8 +224,9 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
              + (f", patch {settings.protocol.patch_size}, width x{settings.protocol.width_mult}"
                 if settings.backbone.startswith("deit") else "")
              + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}; {_precision(study)}",
-             f"- ranking signal: {of_study(study).why}",
-             f"- the proxy's audit: {describe_audit(audit_for(settings.protocol, settings.study_dir.parent))}",
+             f"- ranking signal: {rank_by.why}",
+             f"- the proxy's audit: "
+             f"{describe_audit(audit_for(settings.protocol, settings.study_dir.parent, references and references.key))}",
              f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
              f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
              f"{counts.get('interrupted', 0)} interrupted and re-queued"
@@ -224,7 +235,7 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
              f"({int(retries.sum())} retries), {counts.get('lost', 0)} lost with every retry spent and queued again"
              + "".join(f"\n  - trial {row.trial}: {row.retry_reasons}" for row in frame.itertuples() if row.retries),
              f"- best and Pareto front: among feasible trials trained for all proxy epochs, by "
-             f"{of_study(study).signal}", "",
+             f"{rank_by.signal}", "",
              "| | trial | spec id | proxy top-1 (%) | GFLOPs (224) | params (M) | train s |",
              "|---|---|---|---|---|---|---|"]
     if best is not None:
@@ -236,7 +247,7 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
         lines += [""] + [f"Best found vs {name} on the proxy: {best.values[0] - t.values[0]:+.2f} points"
                          for name, t in baselines.items()]
     if best is not None:
-        lines += signals_markdown(study, best, baselines)
+        lines += signals_markdown(standing)
     confirmation = study.user_attrs.get("confirmation")
     if confirmation:
         lines += ["", "Re-trained with other seeds (same protocol):", "",
@@ -255,12 +266,12 @@ def summary_markdown(study: optuna.Study, settings: SearchSettings, frame: pd.Da
     return "\n".join(lines)
 
 
-def signals_markdown(study: optuna.Study, best: FrozenTrial, baselines: dict[str, FrozenTrial]) -> list[str]:
+def signals_markdown(standing: Standing) -> list[str]:
     """The best design and the baselines by every signal the search can rank by, side by side: the
-    measured value, the costs, and each combination's rank among the candidates."""
-    rank_by = of_study(study)
-    population = ranked_candidates(study, include_baselines=True)
-    shown = [("best", best)] + list(baselines.items())
+    measured value, the costs, and each combination's rank among the candidates (each with the
+    weight its audit fitted, as `--rank-by` would rank)."""
+    rank_by, population = standing.rank_by, standing.population
+    shown = [("best", standing.best)] + list(standing.baselines.items())
     combos = list(combinations(rank_by.measured))
     lines = ["", f"Every signal the search can rank by (`--rank-by`; now: {rank_by.signal}), for the best and the "
              f"baselines; a combination's rank is among the {len(population)} candidates trained in full:", "",
@@ -268,7 +279,7 @@ def signals_markdown(study: optuna.Study, best: FrozenTrial, baselines: dict[str
              "|---|---|---|---|" + "---|" * len(combos)]
     ranks = {}
     for combo in combos:
-        order = ranked(population, RankBy(combo, rank_by.measured, rank_by.weight))
+        order = ranked(population, rank_by.by(combo))
         ranks[combo] = {t.number: k + 1 for k, t in enumerate(order)}
     for label, t in shown:
         measured = measured_value(t, rank_by.measured)
@@ -304,4 +315,4 @@ def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]
     return lines
 
 
-__all__ = ["best_trial", "baseline_trials", "trials_frame", "write_reports"]
+__all__ = ["Standing", "trials_frame", "write_reports"]

@@ -29,6 +29,12 @@ ONESHOT = "oneshot"
 #: What became of a proposed candidate (the trial's `status` attribute); SUPERNET: scored with
 #: inherited weights (the trial's `fidelity` attribute says `supernet`, trained trials `trained`).
 TRAIN, INFEASIBLE, DUPLICATE, SUPERNET = "train", "infeasible", "duplicate", "supernet"
+
+
+def measured_by(strategy: str) -> str:
+    """What a strategy's trial values measure: the supernet's score (one-shot) or the proxy's top-1."""
+    return "supernet" if strategy == ONESHOT else "proxy"
+
 #: A trial whose node or worker was lost with every retry spent: its candidate is queued again.
 LOST = "lost"
 OBJECTIVES = ("accuracy", "flops")
@@ -173,7 +179,7 @@ class SearchSettings:
                              f"(at most 100, not starting with a symbol)")
         if self.sampler == "auto":
             object.__setattr__(self, "sampler", AUTO_SAMPLERS[self.strategy])
-        ranks = ("auto", *rank_by_choices("supernet" if self.strategy == ONESHOT else "proxy"))
+        ranks = ("auto", *rank_by_choices(measured_by(self.strategy)))
         if self.rank_by not in ranks:
             raise ValueError(f"rank_by={self.rank_by!r} is invalid with strategy={self.strategy!r}; accepted: "
                              f"{', '.join(ranks)}")

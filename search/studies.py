@@ -43,7 +43,7 @@ class Plan:
     bounds: Bounds
     study: optuna.Study
     data_shape: tuple[int, int]  # the proxy data's (channels, classes)
-    rank_by: RankBy = RankBy("proxy")  # what the candidates are ranked by (`search.rank_by`)
+    rank_by: RankBy  # what the candidates are ranked by (`search.rank_by`)
 
 
 

@@ -140,8 +140,9 @@ def test_killed_search_resumes_with_no_trial_lost_or_repeated(tmp_path) -> None:
 
 # --- --rank-by: what picks the best, the exports and the front --------------------------------------
 
-def _expected_best(candidates: list, rank_by: str, weight: float | None) -> int:
-    """The trial a ranking picks, computed here from the trials' values and costs."""
+def _expected(candidates: list, rank_by: str, weight: float | None) -> tuple[int, set[int]]:
+    """The trial a ranking picks and its Pareto front against FLOPs, computed here from the
+    trials' values and costs (ranked by FLOPs, the front is the best alone: nothing trades)."""
     from scipy.stats import rankdata
 
     acc = np.array([t.values[0] for t in candidates])
@@ -162,7 +163,11 @@ def _expected_best(candidates: list, rank_by: str, weight: float | None) -> int:
     else:
         score = {"proxy": acc, "params": params, "flops": flops}[rank_by]
     best = max(range(len(candidates)), key=lambda i: (score[i], -flops[i], -candidates[i].number))
-    return candidates[best].number
+    front = {best} if rank_by == "flops" else {
+        i for i in range(len(candidates)) if not any(score[j] >= score[i] and flops[j] <= flops[i] and
+                                                     (score[j] > score[i] or flops[j] < flops[i])
+                                                     for j in range(len(candidates)))}
+    return candidates[best].number, {candidates[i].number for i in front}
 
 
 @pytest.mark.parametrize("rank_by", ["proxy", "params", "flops", "proxy+params", "proxy-params-rank",
@@ -180,23 +185,47 @@ def test_rank_by_picks_the_best_and_the_exports_as_stated(finished, capsys, rank
                      and t.user_attrs["full_fidelity"] and not t.user_attrs.get("baseline")),
                     key=lambda t: -t.values[0]):
         candidates.setdefault(t.user_attrs["spec_id"], t)
-    best = _expected_best(list(candidates.values()), rank_by, recorded["weight"])
+    best, front = _expected(list(candidates.values()), rank_by, recorded["weight"])
     summary = (tmp / "s" / "summary.md").read_text()
     best_row = next(line for line in summary.splitlines() if line.startswith("| **best found**"))
     assert f"| {best} |" in best_row
     spec_id = next(t.user_attrs["spec_id"] for t in study.trials if t.number == best)
     first_export = next(line for line in summary.splitlines() if line.startswith("- `export/"))
     assert spec_id in first_export and f"by {rank_by}" in summary
+    exports = {line.split("`")[1].split("/")[1] for line in summary.splitlines() if line.startswith("- `export/")}
+    assert exports == {t.user_attrs["spec_id"] for t in study.trials if t.number in front | {best}}  # --export-top 1
     assert f"- ranking signal: {rank_by}, as asked" in summary
+
+
+def test_each_combination_ranks_with_the_weight_its_audit_fitted(tmp_path) -> None:
+    import json
+
+    from ranking.audits import SHIPPED_AUDITS, protocol_key
+    from search.rank_by import resolve
+    from search.settings import SearchSettings
+
+    settings = SearchSettings(results_dir=str(tmp_path))  # the default protocol, audited on the paper's designs
+    audit = json.loads(SHIPPED_AUDITS.read_text())[protocol_key(settings.protocol)]
+    rank_by = resolve(settings)
+    assert rank_by.signal == audit["default_signal"]
+    for name in ("proxy+params", "proxy-params-rank"):  # what the summary's table ranks each by
+        fitted = audit["signals"][name]["weights"].get("all")
+        assert rank_by.by(name).weight == fitted and (fitted is None) == (not name.endswith("+params"))
 
 
 def test_the_default_ranking_is_named_with_the_audit_it_rests_on(finished) -> None:
     tmp, _ = finished
     run_search.main(["--study", "s", "--results-dir", str(tmp), *TINY, "--budget-flops", "1.3G", "--trials", "4",
                      "--confirm-seeds", "1"])
+    from scipy.stats import kendalltau
+
+    from space.references import PAPER_IMAGENET, load_references
+
     recorded = load(tmp).user_attrs["rank_by"]
+    rows = load_references(PAPER_IMAGENET).rows
+    tau = kendalltau([target_cost(r.spec).params for r in rows], [r.accuracy for r in rows]).statistic  # tau-b
     # this tiny protocol has no audit: parameter count, with its figure on the paper's designs
-    assert recorded["signal"] == "params" and "no audit" in recorded["why"] and "tau-b 0.78" in recorded["why"]
+    assert recorded["signal"] == "params" and "no audit" in recorded["why"] and f"tau-b {tau:.2f}" in recorded["why"]
 
 
 # --- bad input: one line, exit 2, no traceback, the study untouched --------------------------------
