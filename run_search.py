@@ -46,7 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             with usage_errors():
                 plan = prepare(settings, resume=args.resume)
                 cluster = connect(settings, plan)
-            stop.install()  # again: ray.init installs handlers of its own
             return run(settings, plan, cluster)
 
 

@@ -169,7 +169,6 @@ def _audit(args: argparse.Namespace) -> int:
                                     args.backbone, compute_from_args(args), args.include_unfinished)
             storage = plans[0][0].storage_url
     if not args.from_study:
-        stop.install()  # again: ray.init installs handlers of its own
         scores = train_references(plans)
         if scores is None:
             return STOP.exit_status

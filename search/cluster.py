@@ -21,6 +21,7 @@ from typing import Iterator, TextIO
 
 from proxy.runtime import jemalloc_env
 
+from . import stop
 from .settings import SearchSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +113,7 @@ def start_cluster(settings: SearchSettings) -> Cluster:
             raise ValueError(f"--ray-address {settings.ray_address!r} cannot be joined: {str(err).splitlines()[0]}; "
                              f"accepted: the address of a running cluster ('ray start --head' prints it; 'auto' on "
                              f"one of its nodes), or none for a local Ray") from None
+        stop.reclaim()
         nodes = alive_nodes()
         resources = trial_resources(settings, nodes)
         if settings.ray_address:

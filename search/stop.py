@@ -15,7 +15,6 @@ import shlex
 import signal
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from types import FrameType
 from typing import Iterator
@@ -24,11 +23,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Stop:
-    """Whether, when and by which signal a stop was asked, for the whole process."""
+    """Whether, and by which signal, a stop was asked, for the whole process."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.at: float | None = None
 
     @property
     def requested(self) -> bool:
@@ -44,13 +42,15 @@ class Stop:
         return 128 + (self.signum or 0)
 
     def ask(self, signum: int) -> None:
-        self.signum, self.at = signum, time.time()
+        self.signum = signum
 
 
 STOP = Stop()
 #: The console as it was when the handlers were installed: Ray's output is sent elsewhere while
 #: trials run (`search.cluster.ray_output`), and what a signal says must reach the user.
 _console: list = []
+#: How many `handling` blocks are open (in the main thread): `reclaim` acts only inside one.
+_handling = [0]
 
 
 def resume_command() -> str:
@@ -106,8 +106,8 @@ def _end_children() -> None:
 
 
 def install() -> None:
-    """Take SIGTERM and SIGINT in the main thread (again after `ray.init`, which installs handlers
-    of its own); Ray Tune is told not to take SIGINT, and is reached through SIGUSR1."""
+    """Take SIGTERM and SIGINT in the main thread; Ray Tune is told not to take SIGINT, and is
+    reached through SIGUSR1."""
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if not _console:
         _console.append(os.fdopen(os.dup(2), "w", buffering=1))  # fd 2 even where sys.stderr is replaced
@@ -124,11 +124,20 @@ def handling() -> Iterator[None]:
         return
     before = {signum: signal.getsignal(signum) for signum in SIGNALS}
     install()
+    _handling[0] += 1
     try:
         yield
     finally:
+        _handling[0] -= 1
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def reclaim() -> None:
+    """Take the signals back after `ray.init`, which installs handlers of its own, where a
+    `handling` block is in force (elsewhere Ray's stay)."""
+    if _handling[0] and threading.current_thread() is threading.main_thread():
+        install()
 
 
 def stopped_line(what: str) -> str:
@@ -136,4 +145,4 @@ def stopped_line(what: str) -> str:
     return f"stopped by {STOP.name}: {what}; resume with: {resume_command()}"
 
 
-__all__ = ["STOP", "Stop", "end_processes", "handling", "install", "resume_command", "say", "stopped_line"]
+__all__ = ["STOP", "Stop", "end_processes", "handling", "install", "reclaim", "resume_command", "say", "stopped_line"]

@@ -141,7 +141,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self._scheduled: set[int] = set()  # Optuna trial numbers this searcher sent to Ray
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.finished >= self.target or self.lost > self.target or self.skips.exhausted:
+        if STOP.requested or self.finished >= self.target or self.lost > self.target or self.skips.exhausted:
             return Searcher.FINISHED if not self._active else None
         if self.finished + len(self._active) >= self.target:
             return None  # wait: a running trial may yet be lost and need a replacement
