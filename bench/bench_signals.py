@@ -18,17 +18,26 @@ import argparse
 import json
 from typing import Any
 
-from bench.common import environment, save
-from proxy.protocol import ProxyProtocol
+from bench.common import save
+from proxy.data import get_proxy_data
+from proxy.supernet import space_supernet, training_key
+from proxy.zero_cost import ZERO_COST
 from ranking.audits import SHIPPED_AUDITS, SHIPPED_SUPERNET_AUDITS, describe_precision, protocol_key
 from ranking.evaluation import evaluate_signals, zero_cost_of
-from proxy.zero_cost import ZERO_COST
-from ranking.signals import (choose_default, combinations, describe_choice, meets_goal, rank_by_choices, signals_table,
-                             tau_standard_error)
+from ranking.signals import (choose_default, combinations, describe_choice, evaluate, meets_goal, rank_by_choices,
+                             signals_table, tau_standard_error)
+from search.settings import SearchSettings
 from space.references import PAPER_IMAGENET, load_references
+from space.space import make_space
 
-#: The shipped supernet audit of the default one-shot search (its training key).
-DEFAULT_SUPERNET = "87bb2c669c04"
+
+def default_supernet_key(settings: SearchSettings) -> str:
+    """The training key of the supernet a default one-shot search trains (its audit ships)."""
+    data = get_proxy_data(settings.protocol.data_config())
+    space = make_space(settings.space)
+    supernet = space_supernet(space, settings.protocol, (data.in_chans, data.num_classes))
+    return training_key(space, supernet, settings.protocol, settings.supernet_epochs,
+                        settings.supernet_sampling)["digest"]
 
 
 def _rows_with(audit: dict[str, Any], seed: str) -> list[dict[str, Any]]:
@@ -46,9 +55,11 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     args = parser.parse_args()
     references = load_references(PAPER_IMAGENET)
-    protocol = ProxyProtocol()
+    settings = SearchSettings()
+    protocol = settings.protocol
     audit = json.loads(SHIPPED_AUDITS.read_text())[protocol_key(protocol)]
-    supernet = json.loads(SHIPPED_SUPERNET_AUDITS.read_text())[DEFAULT_SUPERNET]["imagenet"]
+    supernet_key = default_supernet_key(settings)
+    supernet = json.loads(SHIPPED_SUPERNET_AUDITS.read_text())[supernet_key]["imagenet"]
     zero_cost = zero_cost_of(references, protocol)  # measured here, for its cost on this machine
     seeds = audit["seeds"]
 
@@ -57,8 +68,11 @@ def main() -> None:
                                                             args.resamples).items()}
 
     first = on(_rows_with(audit, seeds[0]), "proxy", [seeds[0]], audit["cpu_s_per_candidate"])
-    others = {s: on(_rows_with(audit, s), "proxy", [s], audit["cpu_s_per_candidate"])["proxy"] for s in seeds[1:]}
     mean = on(audit["rows"], "proxy", seeds, audit["cpu_s_per_candidate"])[f"proxy, mean of {len(seeds)} seeds"]
+    target, params, flops = ([row[k] if k == "target" else row["signals"][k] for row in audit["rows"]]
+                             for k in ("target", "params", "flops"))
+    others = {s: evaluate("proxy", [row["proxy"].get(s) for row in audit["rows"]], target, params, flops,
+                          cpu_s=audit["cpu_s_per_candidate"], n_resamples=args.resamples).to_dict() for s in seeds[1:]}
     on_supernet = on(supernet["rows"], "supernet", supernet["seeds"], supernet["cpu_s_per_candidate"])
     table = {name: first[name] for name in ("params", "flops", *ZERO_COST)}
     table[f"proxy, seed {seeds[0]}"] = first["proxy"]
@@ -76,13 +90,13 @@ def main() -> None:
         f"{tau_standard_error(18):.2f}).", "",
         *signals_table(table), "",
         f"Proxy: audit `{audit['study']}` ({audit['created']}, precision {describe_precision(audit['precision'])}); "
-        f"supernet: audit of supernet {DEFAULT_SUPERNET} ({supernet['created']}, precision "
+        f"supernet: audit of supernet {supernet_key} ({supernet['created']}, precision "
         f"{describe_precision(supernet['precision'])}); zero-cost scores computed here.", "",
         describe_choice(as_searched, default, "proxy") + ".",
         "Signals that meet the goal (as good as parameter count on every figure, better on pairs of equal "
         f"counts): {', '.join(r['signal'] for r in rows if r['meets_goal']) or 'none'}."])
     print(text)
-    save("signals", rows, {"resamples": args.resamples, "default": default, "environment": environment()}, text)
+    save("signals", rows, {"resamples": args.resamples, "default": default}, text)
 
 
 if __name__ == "__main__":

@@ -41,17 +41,10 @@ def cpu_flags() -> list[str]:
 
 def commit() -> str | None:
     """The checkout's commit, with `+dirty` when tracked files differ from it."""
-    import subprocess
+    from imagenet.export import git_state
 
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
+    state = git_state()
+    return None if state is None else state["commit"][:7] + ("+dirty" if state["dirty"] else "")
 
 
 def allocator() -> str:
