@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -157,7 +158,7 @@ def setup_process(device: str | None) -> Process:
 
 def imagenet_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     """Train and validation ImageDatasets, after checking the folder is an ImageNet layout whose
-    classes match the model (timm would fall back to the root folder for a missing split, and
+    two splits hold the same classes (timm would fall back to the root folder for a missing split, and
     drop validation images of classes the training split lacks, without a word)."""
     root, data = Path(cfg.data.dir), cfg.data
     layout = f"an ImageNet layout folder: {data.train_split}/<class>/<images> and {data.val_split}/<class>/<images>"
@@ -470,6 +471,11 @@ class RunResult:
     train_images: int
     val_images: int
 
+    @cached_property
+    def made_by(self) -> dict[str, Any]:
+        """The recipe's hash and the code's commit, fixed for the run (read once, not each epoch)."""
+        return {"recipe_hash": recipe_hash(self.cfg), "commit": (git_state() or {}).get("commit")}
+
     def row(self, out: Path, best: float, best_epoch: int, epochs_done: int) -> dict[str, Any]:
         """One reference row (`space.references`): the spec as the path of its arch.json (relative
         to `out`, where the file is written) or inline."""
@@ -480,8 +486,7 @@ class RunResult:
                   "img_size": self.cfg.model.spec.img_size, "epochs": epochs, "epochs_done": epochs_done,
                   "finished": epochs_done >= epochs, "best_epoch": best_epoch,
                   "trained_spec_id": self.cfg.model.spec.id, "trained_num_classes": self.cfg.model.spec.num_classes,
-                  "recipe_hash": recipe_hash(self.cfg), "commit": (git_state() or {}).get("commit"),
-                  "run": str(out.resolve())}
+                  **self.made_by, "run": str(out.resolve())}
         return {"name": self.design.id, "accuracy": round(best, 4), "spec": spec, "source": source}
 
     def write(self, out: Path, best: float, best_epoch: int, epochs_done: int) -> None:

@@ -53,6 +53,18 @@ def kill_family(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def trained_in(url: str, study: str) -> int:
+    """COMPLETE trained trials of `study` at a storage URL so far (0 before the study exists)."""
+    import optuna
+
+    try:
+        found = optuna.load_study(study_name=study, storage=url)
+    except Exception:  # not created yet, or its tables not yet
+        return 0
+    return sum(1 for t in found.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+               if t.user_attrs.get("status") == "train")
+
+
 def count_trials(db: Path, status: str) -> int:
     """COMPLETE trials of a status (`train`, `supernet`, ...) in an SQLite study file so far; 0 while
     Optuna is still creating its tables. Read with sqlite3, so that a running search is not slowed."""

@@ -23,7 +23,7 @@ import sqlalchemy
 import sqlalchemy.event
 
 from search.storage import StorageFault, open_storage
-from tests.conftest import count_trials, kill_family
+from tests.conftest import count_trials, kill_family, trained_in
 from tests.servers import Postgres, postgres_bin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,26 +238,18 @@ def test_a_postgres_restart_in_the_middle_of_a_search_is_ridden_out(tmp_path) ->
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
                                 start_new_session=True)
         deadline = time.time() + 300
-        while time.time() < deadline and not _trained_on(server.url(), env) and proc.poll() is None:
+        while time.time() < deadline and not trained_in(server.url(with_password=True), "p") and proc.poll() is None:
             time.sleep(1)
         server.restart(down_s=8)  # every connection cut, the server away for 8 s
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
         assert "stopped answering" in err and "is back after" in err  # the outage was met, and ridden out
-        study = optuna.load_study(study_name="p", storage=server.url().replace("nas@", f"nas:{server.password}@"))
+        study = optuna.load_study(study_name="p", storage=server.url(with_password=True))
         _assert_complete(study, 6)
         assert not [t for t in study.trials if t.user_attrs.get("status") == "interrupted"]  # nothing lost
         _record("PostgreSQL restarted for 8 s mid-search", proc.returncode, 0, 0.0)
     finally:
         server.stop()
-
-
-def _trained_on(url: str, env: dict) -> bool:
-    try:
-        study = optuna.load_study(study_name="p", storage=url.replace("nas@", f"nas:{env['PGPASSWORD']}@"))
-    except Exception:  # the study is not made yet
-        return False
-    return sum(t.user_attrs.get("status") == "train" and t.state.is_finished() for t in study.trials) >= 1
 
 
 def test_a_corrupt_supernet_checkpoint_is_one_line_and_exit_2(tmp_path) -> None:

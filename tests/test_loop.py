@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: Three of the paper's designs at 32x32 with patch 8 (16 tokens), exported as for ImageNet (1000 classes).
 DESIGNS = [PAPER_NAMED_SPECS[name].replace(img_size=32, patch_size=8)
            for name in ("II/hswish-eca", "IV/gamma2", "I/conv1x1-relu6-g4")]
+#: Where the runs written by hand say they trained (a path only: nothing reads it).
+SUBSET = Path("/data/imagenet-subset")
 PROTOCOL = ProxyProtocol(dataset="fashion-mnist", train_size=200, val_size=100, epochs=1, batch_size=50)
 
 
@@ -109,11 +111,11 @@ def test_a_folder_of_results_audits_from_saved_studies_and_the_search_ranks_by_i
     assert other.signal == "params" and "no audit on" in other.why and "3 designs of" in other.why
 
 
-def test_a_stopped_run_is_flagged_and_left_out(results, tmp_path) -> None:
+def test_a_stopped_run_is_flagged_and_left_out(tmp_path) -> None:
     cfg = TrainConfig.for_spec(DESIGNS[1]).override({"schedule.epochs": 3})
     out = tmp_path / "folder" / "stopped"
     out.mkdir(parents=True)
-    RunResult(DESIGNS[1].replace(num_heads=3), None, cfg, Path(results), 10, 120, 35).write(out, 41.0, 1, 1)
+    RunResult(DESIGNS[1].replace(num_heads=3), None, cfg, SUBSET, 10, 120, 35).write(out, 41.0, 1, 1)
     row = yaml.safe_load((out / "result.yaml").read_text())["rows"][0]
     assert row["source"]["finished"] is False and row["source"]["epochs_done"] == 1
     with pytest.raises(ValueError, match="no finished result"):
@@ -121,13 +123,13 @@ def test_a_stopped_run_is_flagged_and_left_out(results, tmp_path) -> None:
     assert len(load_references(tmp_path / "folder", include_unfinished=True).rows) == 1
 
 
-def test_repeated_runs_of_a_design_are_one_row_with_their_mean(results, tmp_path) -> None:
+def test_repeated_runs_of_a_design_are_one_row_with_their_mean(tmp_path) -> None:
     folder = tmp_path / "runs"
     for k, accuracy in enumerate((50.0, 54.0)):
         out = folder / f"seed{k}"
         out.mkdir(parents=True)
         cfg = TrainConfig.for_spec(DESIGNS[0]).override({"schedule.epochs": 1})
-        RunResult(DESIGNS[0], None, cfg, Path(results), 10, 120, 35).write(out, accuracy, 1, 1)
+        RunResult(DESIGNS[0], None, cfg, SUBSET, 10, 120, 35).write(out, accuracy, 1, 1)
     (row,) = load_references(folder).rows
     assert row.accuracy == 52.0 and row.source["runs"] == 2 and row.source["accuracies"] == [50.0, 54.0]
 
@@ -135,13 +137,13 @@ def test_repeated_runs_of_a_design_are_one_row_with_their_mean(results, tmp_path
 @pytest.mark.parametrize("problem, words", [
     ("target", "mixes targets"), ("malformed", "accuracy='high' is invalid"),
 ])
-def test_mixed_targets_and_a_malformed_row_are_one_line_naming_the_file(results, tmp_path, problem, words) -> None:
+def test_mixed_targets_and_a_malformed_row_are_one_line_naming_the_file(tmp_path, problem, words) -> None:
     folder = tmp_path / "mixed"
     for design in DESIGNS:
         out = folder / design.id
         out.mkdir(parents=True)
         cfg = TrainConfig.for_spec(design).override({"schedule.epochs": 1})
-        RunResult(design, None, cfg, Path(results), 10, 120, 35).write(out, 50.0, 1, 1)
+        RunResult(design, None, cfg, SUBSET, 10, 120, 35).write(out, 50.0, 1, 1)
     odd = folder / DESIGNS[2].id / "result.yaml"
     data = yaml.safe_load(odd.read_text())
     if problem == "target":

@@ -21,7 +21,7 @@ from search.settings import SearchSettings
 from search.storage import without_password
 from tests.servers import Postgres, RayCluster, postgres_bin
 from tests.test_search import REPO, TINY, trained
-from tests.conftest import kill_family
+from tests.conftest import kill_family, trained_in
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -171,15 +171,6 @@ def test_a_password_in_a_postgres_url_opens_the_study_and_is_recorded_nowhere(po
 
 # --- slow: a search on PostgreSQL, killed and resumed; no password on disk ----------------------------
 
-def _trained_so_far(url: str) -> int:
-    try:
-        study = optuna.load_study(study_name="s", storage=url)
-    except (KeyError, Exception):  # not created yet
-        return 0
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-               if t.user_attrs.get("status") == "train")
-
-
 @pytest.mark.slow
 def test_postgres_search_killed_and_resumed_loses_nothing_and_writes_no_password(postgres, tmp_path) -> None:
     secret_url = postgres.url(with_password=True)
@@ -191,9 +182,9 @@ def test_postgres_search_killed_and_resumed_loses_nothing_and_writes_no_password
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env,
                             start_new_session=True)
     deadline = time.time() + 400
-    while time.time() < deadline and _trained_so_far(secret_url) < 2:
+    while time.time() < deadline and trained_in(secret_url, "s") < 2:
         time.sleep(2)
-    assert _trained_so_far(secret_url) >= 2, "the search did not get going"
+    assert trained_in(secret_url, "s") >= 2, "the search did not get going"
     kill_family(proc)  # the driver and the Ray processes it started
     study = optuna.load_study(study_name="s", storage=secret_url)
     before = {t.number: t.values for t in trained(study) if t.state.is_finished()}
