@@ -217,7 +217,9 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
                      if (proxy[i] - proxy[j]) * (target[i] - target[j]) <= 0 and target[i] != target[j]]
             axes[axis] = {"pairs": counted, "agreed": agreed, "share": agreed / counted, "disagreed": wrong}
     everything = [p for scores in scores_by_seed.values() for p in scores.values()]
-    evaluations = evaluate_signals(rows, measured, seeds, zero_cost or {}, _cost(everything), n_resamples)
+    cost = _cost(everything)
+    signals = {k: e.to_dict() for k, e in evaluate_signals(rows, measured, seeds, zero_cost or {}, cost,
+                                                           n_resamples).items()}
     return AuditResult(
         study=study, references={"name": references.name, "target": references.target,
                                  "path": _portable(references.path), "n": len(references.rows), "key": references.key},
@@ -225,9 +227,9 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
         precision=dict(precision or precision_record(protocol.precision)), seeds=seeds, rows=rows,
         agreement=agreement(proxy, target, **kwargs), per_seed=per_seed_agreement, seed_to_seed=seed_to_seed,
         axes=axes, top_k={k: top_k_overlap(proxy, target, k) for k in TOP_K if k <= len(rows)},
-        cpu_s_per_candidate=_cost(everything), cpu_s_total=_cost(everything) * len(everything),
-        missing=missing, measured=measured, signals={k: e.to_dict() for k, e in evaluations.items()},
-        default_signal=choose_default({k: e.to_dict() for k, e in evaluations.items()}, rank_by_choices(measured)))
+        cpu_s_per_candidate=cost, cpu_s_total=cost * len(everything),
+        missing=missing, measured=measured, signals=signals,
+        default_signal=choose_default(signals, rank_by_choices(measured)))
 
 
 def evaluate_signals(rows: Sequence[Mapping[str, Any]], measured: str, seeds: Sequence[str],
