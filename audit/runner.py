@@ -4,6 +4,7 @@
     python -m audit --epochs 6 --train-size 8000      # any proxy option of run_search.py
     python -m audit --references mine.yaml --dataset imagefolder --data-dir /data/imagenet-100
     python -m audit --from-study A --from-study B     # score studies that trained the designs already
+    python -m audit --rungs 1,3,10 --seeds 0          # the fidelity ladder: one audit a rung, and ladder.md
 
 The reference designs (`space.references`: a file of specs with their target accuracy) are
 proxy-trained with the protocol through the search's own machinery (a grid over the designs,
@@ -15,6 +16,12 @@ how many of the target's best it keeps on top, how well the proxy agrees with it
 seeds (the ceiling of any agreement with the target) and what a candidate costs. It writes
 `audit.md`, `audit.json` and `audit.png` under `results/<study>/`; a search whose protocol was
 audited names the audit in its summary (`ranking.audits.audit_for`).
+
+With `--rungs`, the protocol is audited at each rung (`proxy.protocol.at_rung`: r times its
+optimizer steps), cheapest first, each rung an audit of its own (resumable, cited by a search
+at that rung), and `results/ladder-<references>-<protocol key>/ladder.{md,json,png}` puts every
+audited rung of the protocol (this run's and earlier ones', `ranking.ladder`) beside the free
+baselines.
 """
 from __future__ import annotations
 
@@ -26,10 +33,11 @@ import optuna
 from optuna.trial import TrialState
 
 from localvit.cli import OneLineErrors, log, usage_errors
-from proxy.protocol import PROXY_GROUP, ProxyProtocol
+from proxy.protocol import PROXY_GROUP, ProxyProtocol, parse_rungs, protocol_at_rung
 from proxy.runtime import precision_record
 from ranking.audits import protocol_key
 from ranking.evaluation import ProxyScore, score_audit, write_audit, zero_cost_of
+from ranking.ladder import ladder_for, write_ladder
 from search import stop
 from search.driver import connect, prepare, quiet_libraries, train_trials
 from search.options import add_options, compute_from_args, protocol_from_args
@@ -136,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "training; with --storage (default: sqlite:///<results-dir>/<first study>/study.db)")
     g.add_argument("--study", help="audit name (default: audit-<references>-<protocol key>)")
     g.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: 10000)")
+    g.add_argument("--rungs", metavar="R,R,...",
+                   help="audit the protocol at these rungs, e.g. 1,3,10: rung r trains r times its optimizer "
+                        "steps, on more distinct images first, then epochs; one audit a rung and a ladder page "
+                        "(default: the protocol as given, rung 1)")
     add_options(parser, groups=(COMPUTE, PROXY_GROUP),
                 names=("references", "include_unfinished", "backbone", "results_dir", "storage"))
     return parser
@@ -154,29 +166,62 @@ def _audit(args: argparse.Namespace) -> int:
     with usage_errors():  # bad input: one line, exit 2, before any training
         references = load_references(args.references or PAPER_IMAGENET, args.backbone, args.include_unfinished)
         storage = args.storage and without_password(args.storage)  # a password never reaches the disk
-        if args.from_study:
-            storage = storage or f"sqlite:///{Path(args.results_dir).resolve() / args.from_study[0] / 'study.db'}"
-            protocol, precision, scores = read_studies(args.from_study, storage)
-        else:
-            protocol = protocol_from_args(args, args.backbone, args.seeds[0])
-            precision = precision_record(protocol.precision)
+        rungs = parse_rungs(args.rungs) if args.rungs else (1,)
         grows = args.references is not None and Path(args.references).is_dir()  # a folder of runs: keyed by its rows
-        study = args.study or "-".join([f"audit-{references.name}", protocol_key(protocol)]
-                                       + ([references.key] if grows else []))
-        SearchSettings(study=study)  # the name is checked like a search's
-        if not args.from_study:
+        if args.from_study:
+            if args.rungs:
+                raise ValueError(f"--rungs {args.rungs} with --from-study is invalid; accepted: one of them (a "
+                                 f"study holds one protocol, so one rung)")
+            storage = storage or f"sqlite:///{Path(args.results_dir).resolve() / args.from_study[0] / 'study.db'}"
+            base, precision, scores = read_studies(args.from_study, storage)
+            study = args.study or _audit_name(references, base, grows)
+            SearchSettings(study=study)  # the name is checked like a search's
+        else:
+            base = protocol_from_args(args, args.backbone, args.seeds[0])
+            precision = precision_record(base.precision)
+        planned = []
+        for rung in () if args.from_study else rungs:
+            protocol = protocol_at_rung(base, rung)
+            study = (f"{args.study}-r{rung}" if len(rungs) > 1 else args.study) if args.study else \
+                _audit_name(references, protocol, grows)
+            SearchSettings(study=study)  # the name is checked like a search's
             plans = plan_references(references, protocol, args.seeds, study, args.results_dir, storage,
                                     args.backbone, compute_from_args(args), args.include_unfinished)
-            storage = plans[0][0].storage_url
-    if not args.from_study:
+            planned.append((rung, protocol, study, plans))
+    if args.from_study:
+        return _write(args, references, scores, study, base, base, 1, precision, storage)
+    for rung, protocol, study, plans in planned:
+        if len(rungs) > 1:
+            log(f"audit: rung {rung} of {', '.join(map(str, rungs))}: {protocol.train_size} images x "
+                f"{protocol.epochs} epochs")
         scores = train_references(plans)
         if scores is None:
             return STOP.exit_status
+        _write(args, references, scores, study, protocol, base, rung, precision, plans[0][0].storage_url)
+    if args.rungs:
+        key = protocol_key(base)
+        folder = Path(args.results_dir).resolve() / f"ladder-{references.name}-{key}"
+        page = write_ladder(ladder_for(key, args.results_dir, references.key), folder,
+                            f"Fidelity ladder of the proxy protocol `{key}` on {references.name}")
+        print("\n" + page.read_text(), flush=True)
+        log(f"ladder written to {folder}")
+    return 0
+
+
+def _audit_name(references: ReferenceSet, protocol: ProxyProtocol, grows: bool) -> str:
+    """An audit's default name: the references' and the protocol's (and a grown folder's rows')."""
+    return "-".join([f"audit-{references.name}", protocol_key(protocol)] + ([references.key] if grows else []))
+
+
+def _write(args: argparse.Namespace, references: ReferenceSet, scores: Mapping[str, Mapping[str, ProxyScore]],
+           study: str, protocol: ProxyProtocol, base: ProxyProtocol, rung: int, precision: Mapping[str, Any],
+           storage: str) -> int:
+    """Score one audit (zero-cost scores included) and write its files."""
     log(f"audit: zero-cost scores of {len(references.rows)} reference designs at the proxy (seconds each)")
     zero_cost = zero_cost_of(references, protocol)
     with usage_errors():
         result = score_audit(references, scores, study=study, protocol=protocol, precision=precision,
-                             zero_cost=zero_cost, n_resamples=args.resamples)
+                             zero_cost=zero_cost, n_resamples=args.resamples, rung=rung, base_protocol=base)
     report = write_audit(result, Path(args.results_dir).resolve() / study)
     print("\n" + report.read_text(), flush=True)
     log(f"audit written to {report.parent}; open the studies: optuna-dashboard {storage}")

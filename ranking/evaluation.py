@@ -25,7 +25,9 @@ from space.cost import target_cost
 from space.references import ReferenceSet
 
 from .audits import describe_precision, protocol_key
+from .ladder import headline_gap
 from .signals import Evaluation, choose_default, describe_choice, evaluate_all, rank_by_choices, signals_table
+from .signals import combinations as combined_signals
 from .statistics import Agreement, agreement, pair_agreement, top_k_overlap
 
 AXES = ("ffn type", "placement", "activation", "channel attention", "gamma", "kernel", "heads")
@@ -132,6 +134,9 @@ class AuditResult:
     signals: dict[str, dict[str, Any]] = field(default_factory=dict)  # signal -> `Evaluation.to_dict()`
     default_signal: str = ""
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M"))
+    rung: int = 1  # the compute level of the protocol (`proxy.protocol.at_rung`); 1: as given
+    base_protocol_key: str = ""  # the key of the protocol at rung 1 (the ladder's name)
+    headline_gap: dict[str, float | None] = field(default_factory=dict)  # LocalViT-T - DeiT-T: target, proxy
 
     def to_dict(self) -> dict[str, Any]:
         def agree(a: Agreement | None) -> dict[str, Any] | None:
@@ -146,7 +151,8 @@ class AuditResult:
                 "top_k": {str(k): v for k, v in self.top_k.items()},
                 "cpu_s_per_candidate": self.cpu_s_per_candidate, "cpu_s_total": self.cpu_s_total,
                 "missing": self.missing, "measured": self.measured, "signals": self.signals,
-                "default_signal": self.default_signal, "created": self.created}
+                "default_signal": self.default_signal, "created": self.created, "rung": self.rung,
+                "base_protocol_key": self.base_protocol_key or self.protocol_key, "headline_gap": self.headline_gap}
 
 
 def _portable(path: str) -> str:
@@ -161,13 +167,15 @@ def _portable(path: str) -> str:
 def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[str, ProxyScore]], *,
                 study: str, protocol: ProxyProtocol, precision: Mapping[str, Any] | None = None,
                 measured: str = "proxy", zero_cost: Mapping[str, Mapping[str, ZeroCostScore]] | None = None,
-                confidence: float = 0.95, n_resamples: int = 10_000) -> AuditResult:
+                confidence: float = 0.95, n_resamples: int = 10_000, rung: int = 1,
+                base_protocol: ProxyProtocol | None = None) -> AuditResult:
     """Compare the proxy's scores (by seed, then spec id) with the reference accuracies, and
     every signal beside it (`signal_columns`): `measured` names what the scores are (`proxy`
     or `supernet`), `zero_cost` holds the zero-cost scores by spec id.
 
     The proxy's score of a design is the mean over the seeds that trained it; designs that no
-    seed trained are listed as missing and left out.
+    seed trained are listed as missing and left out. `rung` and `base_protocol` say which rung of
+    which protocol's ladder `protocol` is (`proxy.protocol.at_rung`).
     """
     seeds = list(scores_by_seed)
     rows, proxy, target, specs = [], [], [], []
@@ -218,8 +226,11 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
             axes[axis] = {"pairs": counted, "agreed": agreed, "share": agreed / counted, "disagreed": wrong}
     everything = [p for scores in scores_by_seed.values() for p in scores.values()]
     cost = _cost(everything)
-    signals = {k: e.to_dict() for k, e in evaluate_signals(rows, measured, seeds, zero_cost or {}, cost,
-                                                           n_resamples).items()}
+    evaluations = evaluate_signals(rows, measured, seeds, zero_cost or {}, cost, n_resamples)
+    for name, evaluation in evaluations.items():  # every row holds its value of every signal
+        for row, value in zip(rows, evaluation.values):
+            row["signals"].setdefault(name, value)
+    signals = {k: e.to_dict() for k, e in evaluations.items()}
     return AuditResult(
         study=study, references={"name": references.name, "target": references.target,
                                  "path": _portable(references.path), "n": len(references.rows), "key": references.key},
@@ -229,7 +240,9 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
         axes=axes, top_k={k: top_k_overlap(proxy, target, k) for k in TOP_K if k <= len(rows)},
         cpu_s_per_candidate=cost, cpu_s_total=cost * len(everything),
         missing=missing, measured=measured, signals=signals,
-        default_signal=choose_default(signals, rank_by_choices(measured)))
+        default_signal=choose_default(signals, rank_by_choices(measured)), rung=rung,
+        base_protocol_key=protocol_key(base_protocol or protocol), headline_gap=headline_gap(rows))
+
 
 
 def evaluate_signals(rows: Sequence[Mapping[str, Any]], measured: str, seeds: Sequence[str],
@@ -238,14 +251,15 @@ def evaluate_signals(rows: Sequence[Mapping[str, Any]], measured: str, seeds: Se
     """Every signal of the rows (`row["signals"]`), the measured one with its first seed (what a
     search trains) and with the mean of the seeds, and its combinations with the parameter
     count, out of sample (`ranking.signals`)."""
-    names = list(dict.fromkeys(name for row in rows for name in row["signals"]))
+    mean_name = f"{measured}, mean of {len(seeds)} seeds"
+    derived = {*combined_signals(measured), mean_name}  # rows of an audit.json hold them too: computed again here
+    names = list(dict.fromkeys(name for row in rows for name in row["signals"] if name not in derived))
     columns = {name: [row["signals"].get(name) for row in rows] for name in names}
     cpu_s: dict[str, float | None] = {"params": 0.0, "flops": 0.0, measured: measured_cpu_s}
     for name in ZERO_COST:
         spent = [score[name].cpu_s for score in zero_cost.values() if name in score]
         cpu_s[name] = statistics.fmean(spent) if spent else None
     if len(seeds) > 1:
-        mean_name = f"{measured}, mean of {len(seeds)} seeds"
         columns[mean_name] = [row["proxy_mean"] for row in rows]
         cpu_s[mean_name] = measured_cpu_s * len(seeds)
     return evaluate_all(columns, [row["target"] for row in rows], [row["source"] for row in rows], cpu_s,
@@ -280,6 +294,10 @@ def audit_markdown(result: AuditResult) -> str:
              f"{p['epochs']} epochs of batch {p['batch_size']}, lr {p['lr']:g}, warm-up {p['warmup_epochs']:g} "
              f"epochs, augmentation {'on' if p['augment'] else 'off'}",
              f"- precision: {describe_precision(result.precision)}",
+             *([f"- rung {result.rung} of the protocol `{result.base_protocol_key}`: {result.rung}x its optimizer "
+                f"steps (`python -m audit --rungs`)"] if result.rung != 1 else []),
+             *([f"- LocalViT-T ahead of DeiT-T by {gap['proxy']:.2f} points here, {gap['target']:.1f} in the target"]
+               if (gap := result.headline_gap) and gap.get("proxy") is not None else []),
              f"- seeds: {', '.join(result.seeds)} (the proxy score of a design is the mean over them)", "",
              "| | Kendall tau-b [95% interval] | Spearman [95% interval] |", "|---|---|---|",
              f"| **proxy vs target** | **{_interval(a)}** | {a.spearman:.2f} [{a.spearman_interval[0]:.2f}, "

@@ -151,6 +151,9 @@ class Evaluation:
     cpu_s: float | None
     fitting: str
     weights: dict[str, float]
+    #: The value each row was ranked by (None where undefined); a fitted combination's are out of
+    #: sample (each row scored with the weight fitted without its group), so others can re-score them.
+    values: tuple[float | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"signal": self.signal, "n": self.n, "undefined": self.undefined, "tau_b": self.tau_b,
@@ -186,7 +189,8 @@ def evaluate(signal: str, values: Sequence[float | None], target: Sequence[float
         else (math.nan, math.nan),
         bucket_pairs=len(bucket_pairs(f, FLOP_BUCKET)), equal_params_agreed=agreed, equal_params_pairs=counted,
         regret={f"{b:g}": regret_at(b * 1e9, x, y, f) for b in REGRET_BUDGETS} if len(keep) else {},
-        cpu_s=cpu_s, fitting=fitting, weights=dict(weights or {}))
+        cpu_s=cpu_s, fitting=fitting, weights=dict(weights or {}),
+        values=tuple(None if v is None or not math.isfinite(v) else float(v) for v in values))
 
 
 def meets_goal(candidate: Mapping[str, Any], baseline: Mapping[str, Any]) -> bool:

@@ -1,0 +1,146 @@
+"""The fidelity ladder: rungs of a protocol, their audits and the rung a search decides at."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from proxy.protocol import ProxyProtocol, at_rung, parse_rungs, protocol_at_rung, training_pool
+from ranking.audits import SHIPPED_AUDITS, protocol_key
+from ranking.evaluation import ProxyScore, score_audit
+from ranking.ladder import (HEADLINE_PAIR, crossing, ladder_for, ladder_markdown, ladder_rows, trusted_rung,
+                            write_ladder)
+from space.references import load_references
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def steps(protocol: ProxyProtocol) -> int:
+    return protocol.train_size // protocol.batch_size * protocol.epochs
+
+
+@pytest.mark.parametrize("rung", [2, 3, 10, 14, 15, 30, 100])
+def test_a_rung_multiplies_the_steps_on_distinct_images_first(rung: int) -> None:
+    base, pool = ProxyProtocol(), 58_000
+    protocol = at_rung(base, rung, pool)
+    images = min(base.train_size * rung, pool)
+    assert protocol.train_size == images  # distinct images first, up to the pool
+    assert protocol.epochs == (base.epochs if base.train_size * rung <= pool
+                               else round(base.epochs * base.train_size * rung / pool))  # then epochs
+    assert steps(protocol) / (rung * steps(base)) == pytest.approx(1, rel=0.1)
+    # the warm-up keeps its share of the run
+    assert protocol.warmup_epochs / protocol.epochs == pytest.approx(base.warmup_epochs / base.epochs)
+    changed = {k for k, v in protocol.to_dict().items() if v != base.to_dict()[k]}
+    assert changed <= {"train_size", "epochs", "warmup_epochs"}
+
+
+def test_rung_one_is_the_protocol_and_bad_rungs_name_the_value() -> None:
+    base = ProxyProtocol()
+    assert at_rung(base, 1, 100) is base and protocol_at_rung(base, 1) is base
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f"rung={bad!r} is invalid; accepted: a positive integer"):
+            at_rung(base, bad, None)  # type: ignore[arg-type]
+    assert parse_rungs("10, 1,3,3") == (1, 3, 10)
+    for bad in ("", "0,1", "a,b", "1.5"):
+        with pytest.raises(ValueError, match="accepted: positive integers separated by commas"):
+            parse_rungs(bad)
+
+
+def test_the_default_protocols_pool_is_the_train_files_less_validation() -> None:
+    # fashion-rotations turns each of the 60,000 training items once; validation takes 2,000 of them
+    assert training_pool(ProxyProtocol()) == 60_000 - ProxyProtocol().val_size
+    assert training_pool(ProxyProtocol(dataset="fashion-pairs", img_size=56, patch_size=8)) is None
+    assert protocol_at_rung(ProxyProtocol(), 10).train_size == 40_000
+    assert protocol_at_rung(ProxyProtocol(), 30).train_size == 58_000
+
+
+def _audit(rung: int, noise: float, base: ProxyProtocol, seed: int = 0) -> dict:
+    """An audit of the paper's designs whose proxy is the target plus noise (less noise: a better rung)."""
+    refs = load_references()
+    rng = np.random.default_rng(seed)
+    scores = {s: {r.spec.id: ProxyScore(r.accuracy + rng.normal(0, noise), 60.0 * rung, 61.0 * rung)
+                  for r in refs.rows} for s in ("0", "1")}
+    protocol = protocol_at_rung(base, rung) if rung > 1 else base
+    result = score_audit(refs, scores, study=f"audit-r{rung}", protocol=protocol, n_resamples=300, rung=rung,
+                         base_protocol=base)
+    return result.to_dict()
+
+
+def test_every_row_holds_every_signal_and_a_combinations_values_rescore_to_its_figures() -> None:
+    audit = _audit(1, 1.0, ProxyProtocol())
+    target = [row["target"] for row in audit["rows"]]
+    for name in ("proxy+params", "proxy-params-rank", "params-then-proxy", "proxy, mean of 2 seeds", "params"):
+        values = [row["signals"][name] for row in audit["rows"]]
+        assert all(v is not None for v in values), name
+        assert audit["signals"][name]["tau_b"] == pytest.approx(stats.kendalltau(values, target).statistic)
+    # the fitted combination's row values are out of sample: they differ from the weight fitted on all rows
+    weights = audit["signals"]["proxy+params"]["weights"]
+    assert set(weights) - {"all"} == {"I", "II", "IV"}
+
+
+def test_the_headline_gap_is_localvit_t_minus_deit_t() -> None:
+    audit = _audit(1, 0.5, ProxyProtocol())
+    by_id = {row["spec_id"]: row for row in audit["rows"]}
+    local, deit = by_id[HEADLINE_PAIR["LocalViT-T"]], by_id[HEADLINE_PAIR["DeiT-T"]]
+    assert (local["target"], deit["target"]) == (74.8, 72.2)  # the paper's Table II and I
+    assert audit["headline_gap"]["target"] == pytest.approx(2.6)
+    assert audit["headline_gap"]["proxy"] == pytest.approx(local["proxy_mean"] - deit["proxy_mean"])
+
+
+def test_a_ladder_gathers_each_rungs_audit_and_trusts_the_lowest_that_beats_counting(tmp_path) -> None:
+    base = ProxyProtocol(train_size=3000)  # a protocol no shipped audit holds
+    audits = {1: _audit(1, 3.0, base), 3: _audit(3, 0.01, base, seed=1), 10: _audit(10, 0.001, base, seed=2)}
+    for rung, audit in audits.items():
+        (tmp_path / audit["study"]).mkdir()
+        (tmp_path / audit["study"] / "audit.json").write_text(json.dumps(audit))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "audit.json").write_text(json.dumps({**audits[3], "base_protocol_key": "x"}))
+    ladder = ladder_for(protocol_key(base), tmp_path)
+    assert list(ladder) == [1, 3, 10]
+    assert [a["protocol_key"] for a in ladder.values()] == [protocol_key(protocol_at_rung(base, r)) for r in (1, 3, 10)]
+    expected = next((r for r in (1, 3, 10) if audits[r]["default_signal"] not in ("params", "flops")), None)
+    assert trusted_rung(ladder) == expected
+    assert expected is not None  # almost noiseless proxies beat counting by the audit's own rule
+    rows = ladder_rows(ladder)
+    for row, audit in zip(rows, audits.values()):
+        assert row["measured"]["tau_b"] == audit["signals"]["proxy"]["tau_b"]
+        assert row["params"]["tau_b"] == audit["signals"]["params"]["tau_b"]
+        assert row["cpu_s_per_candidate"] == pytest.approx(60.0 * row["rung"])
+        assert row["steps"] == steps(protocol_at_rung(base, row["rung"]))
+    page = write_ladder(ladder, tmp_path / "ladder", "t")
+    assert (tmp_path / "ladder" / "ladder.png").stat().st_size > 1000
+    assert f"Rung {expected} is the lowest" in page.read_text()
+    assert json.loads((tmp_path / "ladder" / "ladder.json").read_text())["rows"][0]["rung"] == 1
+
+
+def test_the_trend_is_a_least_squares_line_in_log_rung() -> None:
+    rows = [{"rung": r, "measured": {"tau_b": t}, "params": {"tau_b": 0.78}} for r, t in ((1, 0.5), (3, 0.6), (10, 0.65))]
+    fit = stats.linregress(np.log10([1, 3, 10]), [0.5, 0.6, 0.65])
+    trend = crossing(rows)
+    assert trend["slope_per_decade"] == pytest.approx(fit.slope)
+    assert math.log10(trend["rung"]) == pytest.approx((0.78 - fit.intercept) / fit.slope)
+    falling = [{**r, "measured": {"tau_b": 1 - r["measured"]["tau_b"]}} for r in rows]
+    assert crossing(falling)["rung"] is None and crossing(rows[:1]) is None
+
+
+def test_the_shipped_default_protocol_is_rung_one_of_its_ladder() -> None:
+    shipped = json.loads(SHIPPED_AUDITS.read_text())
+    key = protocol_key(ProxyProtocol())
+    ladder = ladder_for(key)
+    assert ladder[1] == shipped[key]
+    text = ladder_markdown(ladder_rows(ladder), "t")
+    assert "| 1x | 4,000 x 3 (93) |" in text and "params (free)" in text
+
+
+def test_bad_rungs_are_one_line_exit_2() -> None:
+    for args in (["--rungs", "0,3"], ["--rungs", "3", "--from-study", "x"]):
+        result = subprocess.run([sys.executable, "-m", "audit", *args], capture_output=True, text=True, timeout=120,
+                                cwd=REPO)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().count("\n") == 0 and "rungs" in result.stderr
