@@ -143,6 +143,21 @@ def crossing(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
             "rung": float(at) if at is not None else None, "points": len(points)}
 
 
+def describe_ladder(ladder: Mapping[int, Mapping[str, Any]]) -> str:
+    """The ladder in one line for a search summary: each audited rung's tau-b (one seed) beside the
+    parameter count's, and which rung, if any, beats counting."""
+    rows = ladder_rows(ladder)
+    if not rows:
+        return "no rung of this protocol is audited (`python -m audit --rungs 1,3,10` measures the ladder)"
+    base = rows[0]["params"]
+    rungs = "; ".join(f"rung {r['rung']} ({r['cpu_s_per_candidate'] / 60:.1f} CPU-min a candidate): tau-b "
+                      f"{_cell(r['measured'])}" for r in rows)
+    trusted = trusted_rung(ladder)
+    verdict = (f"rung {trusted} is the lowest that beats counting" if trusted is not None
+               else "no audited rung beats counting")
+    return f"{rungs}; parameter count {_cell(base)}; {verdict}"
+
+
 def _cell(figures: Mapping[str, Any] | None) -> str:
     if not figures:
         return "-"
@@ -260,5 +275,5 @@ def write_ladder(ladder: Mapping[int, Mapping[str, Any]], folder: Path, title: s
     return path
 
 
-__all__ = ["HEADLINE_PAIR", "base_key_of", "crossing", "headline_gap", "ladder_for", "ladder_markdown", "ladder_rows", "plot_ladder", "rung_of",
+__all__ = ["HEADLINE_PAIR", "base_key_of", "crossing", "describe_ladder", "headline_gap", "ladder_for", "ladder_markdown", "ladder_rows", "plot_ladder", "rung_of",
            "trusted_rung", "write_ladder"]

@@ -22,7 +22,9 @@ from optuna.trial import TrialState
 from localvit.cli import log
 from localvit.spec import ArchSpec
 from proxy.data import get_proxy_data
+from proxy.protocol import protocol_at_rung
 from proxy.training import TrainingStopped
+from ranking.audits import protocol_key
 from space.budget import format_count, require_feasible
 from space.cost import target_cost
 from space.space import ListSpace, make_space
@@ -30,6 +32,7 @@ from space.space import ListSpace, make_space
 from .candidates import exhausted_message
 from .cluster import Cluster, ray_output, start_cluster
 from .optuna_adapter import storage_of
+from .rank_by import promotion_rung
 from .rank_by import record as record_rank_by
 from .rank_by import resolve as resolve_rank_by
 from .settings import ONESHOT, SearchSettings
@@ -48,7 +51,8 @@ def needs_ray(settings: SearchSettings, plan: Plan) -> bool:
     attrs = plan.study.user_attrs
     if settings.strategy == ONESHOT:
         return "oneshot_top_k" not in attrs or "confirmation" not in attrs
-    return remaining_trials(settings, plan) > 0 or bool(settings.confirm_seeds and "confirmation" not in attrs)
+    return (remaining_trials(settings, plan) > 0 or bool(settings.confirm_seeds and "confirmation" not in attrs)
+            or (promotion_rung(settings) > 1 and "promotion" not in attrs))
 
 
 def remaining_trials(settings: SearchSettings, plan: Plan) -> int:
@@ -119,10 +123,31 @@ def _throughput_measurer(settings: SearchSettings) -> Any:
     return measure_spec
 
 
-def confirm(settings: SearchSettings, study: optuna.Study, cluster: Cluster) -> dict[str, Any]:
-    """Re-train the best found spec and the LocalViT baseline with other seeds (same protocol)."""
+def _train_grid(settings: SearchSettings, cluster: Cluster, configs: list[dict[str, Any]], name: str
+                ) -> list[tuple[dict[str, Any], float | None]]:
+    """Proxy-train each config (a candidate with its seed and protocol) as a Ray Tune grid; each
+    config with its final accuracy (None where it failed)."""
     from ray import tune
 
+    tuner = tune.Tuner(
+        tune.with_resources(confirm_candidate, cluster.resources),
+        param_space={"candidate": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=settings.workers, reuse_actors=True),
+        run_config=tune.RunConfig(name=name, storage_path=cluster.storage_path, verbose=0,
+                                  progress_reporter=None,
+                                  failure_config=tune.FailureConfig(max_failures=settings.max_retries)))
+    with ray_output(cluster.log):
+        results = tuner.fit()
+    return [(result.config["candidate"], (result.metrics or {}).get("accuracy")) for result in results]
+
+
+def _config(name: str, trial: optuna.trial.FrozenTrial, seed: int, protocol: Any) -> dict[str, Any]:
+    return {"name": name, "seed": seed, "spec": trial.user_attrs["spec"], "flops": trial.user_attrs["flops"],
+            "params": trial.user_attrs["params"], "protocol": protocol.to_dict()}
+
+
+def confirm(settings: SearchSettings, study: optuna.Study, cluster: Cluster) -> dict[str, Any]:
+    """Re-train the best found spec and the LocalViT baseline with other seeds (same protocol)."""
     from .report import Standing
 
     standing = Standing.of(study)
@@ -134,33 +159,53 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: Cluster) -> 
     seeds = [settings.protocol.seed + k for k in range(1, settings.confirm_seeds + 1)]
     subjects = {"best": best, name: localvit}
     log(f"confirming: re-training the best (trial {best.number}) and {name} with seeds {seeds}")
-    resources = cluster.resources
-    protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
-    configs = [{"name": name, "seed": seed, "spec": t.user_attrs["spec"], "flops": t.user_attrs["flops"],
-                "params": t.user_attrs["params"], "protocol": protocol.to_dict()}
-               for name, t in subjects.items() for seed in seeds]
-    tuner = tune.Tuner(
-        tune.with_resources(confirm_candidate, resources),
-        param_space={"candidate": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=settings.workers, reuse_actors=True),
-        run_config=tune.RunConfig(name="confirm", storage_path=cluster.storage_path, verbose=0,
-                                  progress_reporter=None,
-                                  failure_config=tune.FailureConfig(max_failures=settings.max_retries)))
-    with ray_output(cluster.log):
-        results = tuner.fit()
+    protocol = settings.protocol.replace(threads=max(1, int(cluster.resources["cpu"])))
+    results = _train_grid(settings, cluster, [_config(n, t, seed, protocol) for n, t in subjects.items()
+                                              for seed in seeds], "confirm")
     if STOP.requested:  # not every seed ran: the confirmation runs again when the search resumes
         return {}
     outcome: dict[str, Any] = {name: {"trial": t.number, "seeds": {str(settings.protocol.seed): t.values[0]}}
                                for name, t in subjects.items()}
-    for result in results:
-        cfg = result.config["candidate"]
-        accuracy = (result.metrics or {}).get("accuracy")
+    for cfg, accuracy in results:
         outcome[cfg["name"]]["seeds"][str(cfg["seed"])] = accuracy
     for entry in outcome.values():
         values = [v for v in entry["seeds"].values() if v is not None]
         entry["mean"] = sum(values) / len(values) if values else None
     study.set_user_attr("confirmation", outcome)
     return outcome
+
+
+def promote(settings: SearchSettings, study: optuna.Study, cluster: Cluster, rung: int) -> dict[str, Any]:
+    """Train the best `--finalists` searched candidates (by the proxy at rung 1) and the LocalViT
+    baseline again at `rung` of the protocol, with the search's seed; record their values there
+    (study attribute `promotion`), which `--rank-by auto` ranks them by when that rung's audit
+    beats counting (`search.rank_by.resolve`)."""
+    from .export import ranked_candidates
+    from .rank_by import RankBy
+
+    finalists = ranked_candidates(study, rank_by=RankBy("proxy"))[:settings.finalists]
+    localvit = {t.user_attrs["baseline"]: t for t in ranked_candidates(study, include_baselines=True,
+                                                                       rank_by=RankBy("proxy"))
+                if t.user_attrs.get("baseline") == BASELINE_NAMES[settings.backbone][0]}
+    if not finalists:
+        return {}
+    protocol = protocol_at_rung(settings.protocol, rung).replace(threads=max(1, int(cluster.resources["cpu"])))
+    log(f"promoting: training the best {len(finalists)} by the proxy (trials "
+        f"{', '.join(str(t.number) for t in finalists)}){' and ' + ', '.join(localvit) if localvit else ''} again at "
+        f"rung {rung} ({protocol.train_size} images x {protocol.epochs} epochs)")
+    subjects = {str(t.number): t for t in finalists} | localvit
+    started = time.time()
+    results = _train_grid(settings, cluster, [_config(n, t, settings.protocol.seed, protocol)
+                                              for n, t in subjects.items()], f"rung{rung}")
+    if STOP.requested:  # trained again when the search resumes
+        return {}
+    values = {cfg["name"]: accuracy for cfg, accuracy in results}
+    promotion = {"rung": rung, "protocol_key": protocol_key(protocol), "finalists": settings.finalists,
+                 "values": {k: v for k, v in values.items() if k.isdigit() and v is not None},
+                 "baselines": {k: v for k, v in values.items() if not k.isdigit()},
+                 "wall_time_s": time.time() - started}
+    study.set_user_attr("promotion", promotion)
+    return promotion
 
 
 def run_oneshot(settings: SearchSettings, plan: Plan, cluster: Cluster, deadline: float | None) -> None:
@@ -217,8 +262,9 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
 
         path, key = supernet_checkpoint(settings, space, (data.in_chans, data.num_classes))
         supernet = {"path": str(path), "key": key["digest"]}
-    return Plan(space, bounds, open_study(settings, space, storage), (data.in_chans, data.num_classes),
-                resolve_rank_by(settings, supernet))
+    study = open_study(settings, space, storage)
+    return Plan(space, bounds, study, (data.in_chans, data.num_classes),
+                resolve_rank_by(settings, supernet, study.user_attrs.get("promotion")))
 
 
 def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> None:
@@ -286,6 +332,13 @@ def run(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> int:
     """Run (or resume) the search `prepare` checked on the Ray `connect` gave, write its reports;
     returns the exit status: 0, or 128 + the signal that stopped it (`search.stop`)."""
     train_trials(settings, plan, cluster)
+    rung = promotion_rung(settings) if settings.strategy != ONESHOT else 1
+    if rung > 1 and "promotion" not in plan.study.user_attrs and cluster is not None and not STOP.requested:
+        promotion = promote(settings, plan.study, cluster, rung)
+        if promotion:
+            rank_by = resolve_rank_by(settings, None, promotion)
+            record_rank_by(plan.study, rank_by)
+            log(f"ranking by {rank_by.why}")
     if settings.confirm_seeds and "confirmation" not in plan.study.user_attrs and cluster is not None \
             and not STOP.requested:
         confirm(settings, plan.study, cluster)

@@ -11,6 +11,11 @@ score): it is the only one the sampler must learn, since the cost model prices e
 before a candidate is trained, and the budget already pushes the sampler to the cost edge.
 The ranking is applied to what was measured, so a study can be ranked again by another signal
 without training (run the same command with another `--rank-by`).
+
+The fidelity ladder (`ranking.ladder`): where the audit of a higher rung of the protocol beats
+counting and the search took its finalists up to that rung (`--max-rung`, `promote` in
+`search.driver`), `auto` ranks the finalists by what that rung's audit names, on their values
+at that rung; the other candidates rank after them.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import FrozenTrial
 
-from ranking.audits import audit_for, supernet_audit
+from ranking.audits import audit_for, protocol_key, supernet_audit
+from ranking.ladder import ladder_for, trusted_rung
 from ranking.signals import FREE, combine, describe_choice, evaluate
 from space.cost import target_cost
 from space.references import PAPER_IMAGENET, ReferenceSet, load_references
@@ -42,6 +48,8 @@ class RankBy:
     weight: float | None = None  # `M+params`'s weight, fitted on every row of the audit
     why: str = ""  # which audit the choice rests on, in plain words
     weights: Mapping[str, float] = field(default_factory=dict)  # the audit's fitted weight of each `M+params`
+    rung: int = 1  # the rung the measured values are read at (`ranking.ladder`)
+    promoted: Mapping[str, float] = field(default_factory=dict)  # trial number -> its value at `rung` > 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +57,7 @@ class RankBy:
     def by(self, signal: str) -> RankBy:
         """The same search ranked by `signal` instead, with the weight its audit fitted (1 if none)."""
         return RankBy(signal, self.measured, self.weights.get(signal, 1.0) if signal.endswith("+params") else None,
-                      self.why, self.weights)
+                      self.why, self.weights, self.rung, self.promoted)
 
     @property
     def label(self) -> str:
@@ -66,17 +74,44 @@ def reference_set(settings: SearchSettings) -> ReferenceSet | None:
     return load_references(PAPER_IMAGENET) if settings.backbone == "deit_tiny" else None
 
 
-def resolve(settings: SearchSettings, supernet: Mapping[str, Any] | None = None) -> RankBy:
+def ladder_of(settings: SearchSettings) -> dict[int, dict[str, Any]]:
+    """The audited rungs of the search's proxy protocol on its reference set (`ranking.ladder`)."""
+    references = reference_set(settings)
+    if references is None or measured_by(settings.strategy) != "proxy":
+        return {}
+    return ladder_for(protocol_key(settings.protocol), settings.study_dir.parent, references.key)
+
+
+def promotion_rung(settings: SearchSettings) -> int:
+    """The rung a search takes its finalists up to: `--max-rung`, or (auto) the lowest rung whose
+    audit beats counting; 1 (no promotion) when none does."""
+    if settings.max_rung != AUTO:
+        return int(settings.max_rung)
+    return trusted_rung(ladder_of(settings)) or 1
+
+
+def resolve(settings: SearchSettings, supernet: Mapping[str, Any] | None = None,
+            promotion: Mapping[str, Any] | None = None) -> RankBy:
     """The ranking of a search: `settings.rank_by`, or the default of the audit its protocol (or
-    supernet) rests on, on its reference set. `supernet` is the one-shot search's {"path", "key"}.
-    A bad reference set is a ValueError in one line."""
+    supernet) rests on, on its reference set: at the lowest rung whose audit beats counting when
+    the search's finalists were trained there (`promotion`, what `search.driver.promote` records).
+    `supernet` is the one-shot search's {"path", "key"}. A bad reference set is a ValueError in one line."""
     measured = measured_by(settings.strategy)
     references = reference_set(settings)
     key = references.key if references is not None else None
+    ladder = ladder_of(settings)
+    trusted = trusted_rung(ladder)
+    rung, promoted = 1, {}
+    if promotion and (settings.rank_by != AUTO or promotion["rung"] == trusted):
+        rung, promoted = int(promotion["rung"]), dict(promotion["values"])
     if measured == "supernet":
         audit, source = supernet_audit(supernet, "imagenet")
         audit = audit if audit is not None and key in (None, audit["references"].get("key")) else None
         where = f"the ImageNet audit of supernet {supernet.get('key') if supernet else '?'}{source}"
+    elif rung > 1 and rung in ladder:
+        audit = ladder[rung]
+        where = (f"the audit `{audit['study']}` of rung {rung} of this proxy protocol ({audit['created']}), the "
+                 f"rung its {len(promoted)} finalists were trained to again")
     else:
         audit = audit_for(settings.protocol, settings.study_dir.parent, key) if references is not None else None
         where = f"the audit `{audit['study']}` of this proxy protocol ({audit['created']})" if audit else ""
@@ -102,7 +137,10 @@ def resolve(settings: SearchSettings, supernet: Mapping[str, Any] | None = None)
                if name.endswith("+params") and (s.get("weights") or {}).get("all") is not None}
     if signal.endswith("+params") and signal not in weights:
         why += "; no audit fitted its weight, so z-scores count equally (weight 1)"
-    return RankBy(signal, measured, why=why, weights=weights).by(signal)
+    if settings.rank_by == AUTO and trusted is not None and trusted > 1 and rung != trusted:
+        why += (f"; the audit of rung {trusted} beats counting, but this search took no finalists there "
+                f"(--max-rung {settings.max_rung}{', resolved to ' + str(promotion_rung(settings)) if settings.max_rung == AUTO else ''})")
+    return RankBy(signal, measured, why=why, weights=weights, rung=rung, promoted=promoted).by(signal)
 
 
 def record(study: optuna.Study, rank_by: RankBy) -> None:
@@ -118,9 +156,13 @@ def of_study(study: optuna.Study) -> RankBy:
     return RankBy(measured, measured, None, "the measured values (the study predates rankings)")
 
 
-def measured_value(trial: FrozenTrial, measured: str) -> float | None:
-    """A trial's proxy top-1 (its value when trained) or supernet score (its value when scored,
-    the `supernet_accuracy` of a finalist trained from scratch)."""
+def measured_value(trial: FrozenTrial, measured: str, rank_by: RankBy | None = None) -> float | None:
+    """A trial's proxy top-1 (its value when trained; at a higher rung, its value there, None when
+    it was not a finalist) or supernet score (its value when scored, the `supernet_accuracy` of a
+    finalist trained from scratch)."""
+    if rank_by is not None and rank_by.rung > 1:
+        value = rank_by.promoted.get(str(trial.number))
+        return None if value is None else float(value)
     if measured == "supernet":
         if trial.user_attrs.get("status") == SUPERNET:
             return trial.values[0]
@@ -134,7 +176,7 @@ def values(trials: Sequence[FrozenTrial], rank_by: RankBy) -> list[float]:
     the measured value gets -inf."""
     if rank_by.signal in FREE:
         return [float(t.user_attrs[rank_by.signal]) for t in trials]
-    measured = [measured_value(t, rank_by.measured) for t in trials]
+    measured = [measured_value(t, rank_by.measured, rank_by) for t in trials]
     if rank_by.signal == rank_by.measured:
         return [-math.inf if m is None else float(m) for m in measured]
     known = [i for i, m in enumerate(measured) if m is not None]
@@ -164,5 +206,5 @@ def free_baseline(references: ReferenceSet) -> str:
             f"{e.tau_b:.2f} [{e.tau_b_interval[0]:.2f}, {e.tau_b_interval[1]:.2f}]")
 
 
-__all__ = ["AUTO", "RankBy", "free_baseline", "measured_value", "of_study", "ranked",
+__all__ = ["AUTO", "RankBy", "free_baseline", "ladder_of", "measured_value", "of_study", "promotion_rung", "ranked",
            "record", "resolve", "values"]

@@ -17,10 +17,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from localvit.spec import ArchSpec
 from ranking.audits import audit_for, describe_audit, ranking_audit, supernet_imagenet_audit
+from ranking.ladder import describe_ladder
 from ranking.signals import combinations
 
 from .export import export_trials, pareto_front, ranked_candidates
-from .rank_by import RankBy, measured_value, of_study, ranked, reference_set, values
+from .rank_by import RankBy, ladder_of, measured_value, of_study, ranked, reference_set, values
 from .settings import ONESHOT, SUPERNET, TRAIN, SearchSettings
 
 
@@ -227,6 +228,8 @@ def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSe
              f"- ranking signal: {rank_by.why}",
              f"- the proxy's audit: "
              f"{describe_audit(audit_for(settings.protocol, settings.study_dir.parent, references and references.key))}",
+             *([f"- the fidelity ladder (`--max-rung`, docs/audit.md): {describe_ladder(ladder_of(settings))}"]
+               if settings.strategy != ONESHOT and references is not None else []),
              f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
              f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
              f"{counts.get('interrupted', 0)} interrupted and re-queued"
@@ -248,6 +251,21 @@ def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSe
                          for name, t in baselines.items()]
     if best is not None:
         lines += signals_markdown(standing)
+    promotion = study.user_attrs.get("promotion")
+    if promotion:
+        lines += ["", f"Trained again at rung {promotion['rung']} ({promotion['rung']}x the proxy's steps, protocol "
+                  f"`{promotion['protocol_key']}`), the best {promotion['finalists']} by the proxy at rung 1"
+                  + (", ranked there" if rank_by.rung == promotion["rung"] else
+                     ", not ranked there (its audit does not beat counting, or --rank-by says otherwise)") + ":", "",
+                  f"| | trial | proxy top-1 at rung 1 (%) | at rung {promotion['rung']} (%) |", "|---|---|---|---|"]
+        by_number = {str(t.number): t for t in standing.population}
+        for number, value in sorted(promotion["values"].items(), key=lambda kv: -kv[1]):
+            t = by_number.get(number)
+            lines.append(f"| | {number} | {t.values[0]:.2f} | {value:.2f} |" if t else f"| | {number} | - | {value:.2f} |")
+        for name, value in promotion["baselines"].items():
+            t = baselines.get(name)
+            lines.append(f"| {name} baseline | {t.number if t else '-'} | {t.values[0] if t else float('nan'):.2f} | "
+                         f"{'-' if value is None else f'{value:.2f}'} |")
     confirmation = study.user_attrs.get("confirmation")
     if confirmation:
         lines += ["", "Re-trained with other seeds (same protocol):", "",

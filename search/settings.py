@@ -126,6 +126,14 @@ class SearchSettings:
         "accuracy axis: the proxy (supernet with --strategy oneshot), params, flops, or a combination with the "
         "parameter count (proxy+params, proxy-params-rank, params-then-proxy); auto: the default of the audit "
         "the protocol rests on (docs/audit.md)", SEARCH))
+    # auto: the rung the ladder trusts (its lowest rung whose audit beats counting), else none; so the
+    # default search spends nothing on promotion until an audit says it pays (docs/audit.md, the ladder).
+    max_rung: str = field(default="auto", metadata=_option(
+        "train the best --finalists again at this rung of the proxy protocol (rung r: r times its optimizer "
+        "steps) and rank them there; auto: the lowest rung whose audit beats counting, none when no rung does; "
+        "1: no promotion", SEARCH))
+    finalists: int = field(default=4, metadata=_option(
+        "candidates (best by the proxy at rung 1) taken up to --max-rung", SEARCH))
     # The default keeps the default search within 30 minutes on 2 CPU cores, the one-shot one within 35.
     time_limit_s: float | None = field(default=1200.0, metadata=_option(
         "stop launching and running search trials (oneshot: stop scoring candidates; the top-k training "
@@ -199,13 +207,15 @@ class SearchSettings:
         for name, low in (("trials", 1), ("workers", 1), ("max_retries", 0), ("confirm_seeds", 0), ("export_top", 0),
                           ("warm_start", 0), ("asha_grace", 1), ("throughput_batch", 1), ("throughput_threads", 1),
                           ("supernet_epochs", 1), ("candidates", 1), ("top_k", 1), ("top_k_apart", 0),
-                          ("recalibration_images", 0), ("score_images", 0)):
+                          ("recalibration_images", 0), ("score_images", 0), ("finalists", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} is invalid; accepted: an integer >= {low}")
         if self.gpus_per_trial < 0 or (self.cpus_per_trial is not None and self.cpus_per_trial <= 0):
             raise ValueError(f"gpus_per_trial={self.gpus_per_trial!r}, cpus_per_trial={self.cpus_per_trial!r} are "
                              f"invalid; accepted: gpus >= 0 (fractions allowed), cpus > 0")
+        if self.max_rung != "auto" and not (str(self.max_rung).isdigit() and int(self.max_rung) >= 1):
+            raise ValueError(f"max_rung={self.max_rung!r} is invalid; accepted: auto or a positive integer")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ValueError(f"time_limit_s={self.time_limit_s!r} is invalid; accepted: a positive number")
         if self.storage_retry_s is None or self.storage_retry_s < 0:

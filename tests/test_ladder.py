@@ -144,3 +144,43 @@ def test_bad_rungs_are_one_line_exit_2() -> None:
                                 cwd=REPO)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0 and "rungs" in result.stderr
+
+
+def test_a_search_takes_its_finalists_to_the_trusted_rung_and_ranks_them_there(tmp_path) -> None:
+    import optuna
+
+    from search.rank_by import promotion_rung
+    from search.report import Standing
+    from search.settings import SearchSettings
+
+    assert promotion_rung(SearchSettings()) == 1  # no shipped rung beats counting: the default promotes nothing
+    tiny = ["--dataset", "fashion-mnist", "--train-size", "200", "--val-size", "100", "--epochs", "2",
+            "--batch-size", "50"]
+    base = ProxyProtocol(dataset="fashion-mnist", train_size=200, val_size=100, epochs=2, batch_size=50)
+    audits = {1: _audit(1, 5.0, base), 2: _audit(2, 0.001, base, seed=1)}  # rung 2 ranks almost as ImageNet
+    assert audits[1]["default_signal"] == "params" and audits[2]["default_signal"] not in ("params", "flops")
+    for audit in audits.values():
+        (tmp_path / audit["study"]).mkdir()
+        (tmp_path / audit["study"] / "audit.json").write_text(json.dumps(audit))
+    result = subprocess.run([sys.executable, str(REPO / "run_search.py"), "--study", "s", "--results-dir", ".",
+                             *tiny, "--budget-flops", "1.3G", "--trials", "4", "--confirm-seeds", "0",
+                             "--finalists", "2", "--export-top", "1"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    promotion = study.user_attrs["promotion"]
+    assert promotion["rung"] == 2 and promotion["protocol_key"] == protocol_key(protocol_at_rung(base, 2))
+    searched = [t for t in study.trials if t.user_attrs.get("status") == "train" and t.user_attrs.get("full_fidelity")
+                and not t.user_attrs.get("baseline")]
+    by_proxy = sorted(searched, key=lambda t: (-t.values[0], t.user_attrs["flops"], t.number))[:2]
+    assert set(promotion["values"]) == {str(t.number) for t in by_proxy}
+    assert set(promotion["baselines"]) == {"LocalViT-T"}
+    standing = Standing.of(study)
+    assert standing.rank_by.rung == 2 and standing.rank_by.signal == audits[2]["default_signal"]
+    if standing.rank_by.signal == "proxy":  # the finalist best at rung 2 is the best found
+        flops = {str(t.number): t.user_attrs["flops"] for t in searched}
+        best = min(promotion["values"], key=lambda n: (-promotion["values"][n], flops[n], int(n)))  # ties: fewer FLOPs
+        assert standing.best.number == int(best)
+    summary = (tmp_path / "s" / "summary.md").read_text()
+    assert "Trained again at rung 2" in summary and "ranked there" in summary
+    assert "rung 2" in summary.split("- ranking signal:")[1].split("\n")[0]
