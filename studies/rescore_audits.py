@@ -30,6 +30,7 @@ def rescore(audit: dict[str, Any], measured: str) -> dict[str, Any]:
                          precision=audit["precision"], measured=measured,
                          zero_cost=zero_cost_of(references, protocol))
     result.created = audit["created"]
+    result.rung, result.base_protocol_key = audit.get("rung", 1), audit.get("base_protocol_key", "")
     return result.to_dict()
 
 
