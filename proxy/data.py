@@ -24,7 +24,7 @@ Sources:
   better than plain Fashion-MNIST at the same cost (studies/protocol_study.py, README).
 * ``imagefolder``: any ImageNet-layout folder (``DIR/train/<class>/*.JPEG`` and optionally
   ``DIR/val/<class>/...``, or ``DIR/<class>/...``), decoded once at ``img_size`` into a uint8
-  cache that every trial on the node memory-maps (`proxy.prepare`; ``--data-dir`` may also name
+  cache that every trial on the node memory-maps (`proxy.image_cache`, `python -m proxy.prepare`; ``--data-dir`` may also name
   a prepared cache); training batches get random-resized crops and flips on the batch.
 
 Every source ends as uint8 tensors; batches are cut, augmented and normalised on the data's
@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.nn import functional as F
+
+from .image_cache import MANIFEST, ensure_cache, open_cache
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("fashion-mnist", "fashion-pairs", "fashion-rotations", "imagefolder")
@@ -371,7 +373,7 @@ class ProxyData:
 
     Every source gives uint8 images (N, C, S, S) and int64 labels: the Fashion-MNIST tasks
     (`_fashion_source`) and image folders through their decoded cache (`_folder_source`,
-    `proxy.prepare`). ``batches(split, batch_size, epoch=0, seed=0)`` yields ``(images float32
+    `proxy.image_cache`). ``batches(split, batch_size, epoch=0, seed=0)`` yields ``(images float32
     (B, C, H, W) normalised, labels int64)`` on the data's device (``to(device)``: the images
     move there once, and cropping, flipping and normalising run there on whole batches); the
     train split is shuffled and augmented from ``seed`` and ``epoch`` and drops its last partial
@@ -445,8 +447,6 @@ class ProxyData:
         if cfg.classes is not None:
             raise ValueError("classes=... is invalid for dataset='imagefolder'; accepted: None (prepare a cache "
                              "of the first N classes with `python -m proxy.prepare DIR --classes N`)")
-        from .prepare import MANIFEST, ensure_cache, open_cache  # here: `python -m proxy.prepare` imports this module
-
         root = Path(cfg.data_dir)
         if (root / MANIFEST).is_file():  # --data-dir names a prepared cache
             cache = open_cache(root, size=cfg.img_size)

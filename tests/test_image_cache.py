@@ -1,4 +1,5 @@
-"""Image folders decoded once into a uint8 cache (proxy.prepare) and batched from it (proxy.data)."""
+"""Image folders decoded once into a uint8 cache (proxy.image_cache, python -m proxy.prepare) and batched
+from it (proxy.data)."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,10 @@ import torch
 from PIL import Image
 
 from localvit.cli import run_cli
-from proxy import prepare
+from proxy import image_cache as prepare
 from proxy.data import ProxyData, image_cache_path
-from proxy.prepare import MANIFEST, ensure_cache, main, open_cache
+from proxy.image_cache import MANIFEST, ensure_cache, open_cache
+from proxy.prepare import main
 
 
 def _tree(root, train=7, val=2, classes=("cat", "dog", "owl"), size=(30, 22), seed=0):
