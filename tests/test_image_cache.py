@@ -95,6 +95,8 @@ def test_search_data_builds_the_cache_on_first_use_and_never_decodes_again(tmp_p
     assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert torch.equal(x, next(data.batches("train", 8, epoch=1, seed=0))[0])
     assert sum(len(b[1]) for b in data.batches("val", 5)) == 6
+    on_meta = next(data.to("meta").batches("train", 8, epoch=1, seed=0))  # made there: meta never copies to the host
+    assert on_meta[0].device.type == "meta" and on_meta[0].shape == x.shape
     # evaluation batches are the cached images, normalised with timm's ImageNet constants
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
