@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench.common import markdown_table, median_interval, save  # noqa: E402
+from bench.common import markdown_table, median_interval, save
 
 
 def _write_jpeg(job: tuple[str, int]) -> None:
@@ -66,8 +66,8 @@ def make_tree(root: Path, images: int, classes: int, val_per_class: int = 2) -> 
 
 def before_loader(tree: Path, size: int, batch: int, images: int, epoch: int):
     """cd57394's `--dataset imagefolder` training loader (one epoch over the first `images`)."""
-    from torchvision import datasets, transforms
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from torchvision import datasets, transforms
 
     tf = transforms.Compose([transforms.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
                              transforms.RandomHorizontalFlip(), transforms.ToTensor(),

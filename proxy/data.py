@@ -438,7 +438,8 @@ class ProxyData:
 
         self._load = load
         train = self.tensors("train")[0].float()
-        self.mean, self.std = (train.mean().item() / 255,), (train.std().item() / 255,)
+        self.mean: tuple[float, ...] = (train.mean().item() / 255,)
+        self.std: tuple[float, ...] = (train.std().item() / 255,)
 
     def _folder_source(self) -> None:
         cfg = self.config
@@ -447,7 +448,7 @@ class ProxyData:
         if cfg.classes is not None:
             raise ValueError("classes=... is invalid for dataset='imagefolder'; accepted: None (prepare a cache "
                              "of the first N classes with `python -m proxy.prepare DIR --classes N`)")
-        root = Path(cfg.data_dir)
+        root = Path(cfg.data_dir or "")  # DataConfig requires it for image folders
         if (root / MANIFEST).is_file():  # --data-dir names a prepared cache
             cache = open_cache(root, size=cfg.img_size)
         else:
@@ -477,7 +478,7 @@ class ProxyData:
         self._load = load
 
     # -- common API --
-    def to(self, device: str | torch.device) -> "ProxyData":
+    def to(self, device: str | torch.device) -> ProxyData:
         """This data with its batches made on `device` (a view sharing everything else); each
         split moves there once, on first use."""
         device = torch.device(device)

@@ -28,11 +28,11 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -80,15 +80,15 @@ class ImageCache:
 def decode(path: str | Path, size: int) -> np.ndarray | None:
     """One image as (3, size, size) uint8 (see the module's docstring), or None if unreadable."""
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that still covers size
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.resize((nw, nh), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+        with Image.open(path) as file:
+            file.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that still covers size
+            rgb = file.convert("RGB")
+        w, h = rgb.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        square = rgb.resize((nw, nh), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
+        return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1).copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         logger.warning("skipped %s: %s", path, err)
         return None
@@ -200,7 +200,7 @@ def build(root: str | Path, size: int, out: str | Path, *, num_classes: int | No
                     "classes": list(classes), "counts": counts, "per_class": per_class, "skipped": len(skipped),
                     "skipped_files": skipped, "files_sha256": fingerprint(root, files),
                     "content_sha256": content.hexdigest(),
-                    "made": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    "made": datetime.now(UTC).isoformat(timespec="seconds")}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if out.exists():  # a stale cache: moved aside first (processes that map it keep reading it)
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))

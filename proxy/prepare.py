@@ -6,8 +6,8 @@ The cache (`proxy.image_cache`) goes by default where ``--dataset imagefolder --
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from localvit.cli import OneLineErrors, log, run_cli
 
