@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import torch
 
-from bench.common import markdown_table, median_interval, save
+from bench.common import RESULTS, markdown_table, median_interval, save
 
 
 def _write_jpeg(job: tuple[str, int]) -> None:
@@ -118,6 +118,7 @@ def main(argv=None) -> None:
     ap.add_argument("--before-images", type=int, default=1280, help="images per round of the streaming loader")
     ap.add_argument("--model-steps", type=int, default=4, help="timed training steps per round")
     ap.add_argument("--tree", type=Path, default=None, help="reuse (or keep) the generated tree here")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where data_path.{json,md} go")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # one 1-CPU trial
 
@@ -180,7 +181,7 @@ def main(argv=None) -> None:
                 f"- after / before: {summary['after_over_before']:.1f}x "
                 f"[{summary['after_over_before_interval'][0]:.1f}, {summary['after_over_before_interval'][1]:.1f}]")
     rows.append({"path": "summary", **summary})
-    print(save("data_path", rows, settings, markdown).read_text())
+    print(save("data_path", rows, settings, markdown, args.results).read_text())
 
 
 if __name__ == "__main__":

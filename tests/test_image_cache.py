@@ -178,3 +178,18 @@ def test_a_search_on_a_cache_of_another_size_is_a_clear_error(tmp_path):
         ProxyData(dataset="imagefolder", data_dir=str(tmp_path / "c"), img_size=16, train_size=3, val_size=3)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ProxyData(dataset="imagefolder", data_dir=str(tmp_path / "none"), img_size=16, cache_dir=str(tmp_path))
+
+
+def test_the_data_path_bench_runs_at_a_tiny_size(tmp_path):
+    """bench/bench_data_path.py end to end on 16 JPEGs, so that it cannot rot (its figures mean nothing here)."""
+    from bench import bench_data_path
+
+    threads = torch.get_num_threads()
+    try:
+        bench_data_path.main(["--images", "16", "--classes", "2", "--size", "16", "--batch", "4", "--rounds", "1",
+                              "--before-images", "8", "--model-steps", "1", "--results", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)  # the bench measures one thread
+    rows = json.loads((tmp_path / "data_path.json").read_text())["rows"]
+    assert [r["path"] for r in rows] == ["before", "after", "model", "summary"]
+    assert all(r["images_per_s"] > 0 for r in rows[:3]) and rows[3]["after_over_model"] > 0
