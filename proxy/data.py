@@ -23,8 +23,13 @@ Sources:
   turn 90 into 270 degrees). The default because it ranks the paper's designs as ImageNet does
   better than plain Fashion-MNIST at the same cost (studies/protocol_study.py, README).
 * ``imagefolder``: any ImageNet-layout folder (``DIR/train/<class>/*.JPEG`` and optionally
-  ``DIR/val/<class>/...``, or ``DIR/<class>/...``), streamed with torchvision transforms and
-  worker processes.
+  ``DIR/val/<class>/...``, or ``DIR/<class>/...``), decoded once at ``img_size`` into a uint8
+  cache that every trial on the node memory-maps (`proxy.image_cache`, `python -m proxy.prepare`; ``--data-dir`` may also name
+  a prepared cache); training batches get random-resized crops and flips on the batch.
+
+Every source ends as uint8 tensors; batches are cut, augmented and normalised on the data's
+device (``ProxyData.to``), from random draws made on the CPU, so a seed gives the same batches
+on every device.
 
 The train/validation split is drawn from the TRAIN files only, stratified by class and
 deterministic in ``split_seed``; the test split (``t10k`` files, or ``DIR/val``) is never
@@ -32,6 +37,7 @@ touched by the search and is only reached through ``ProxyData.batches("test")``.
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import math
@@ -45,7 +51,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.nn import functional as F
+
+from .image_cache import MANIFEST, ensure_cache, open_cache
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("fashion-mnist", "fashion-pairs", "fashion-rotations", "imagefolder")
@@ -64,8 +73,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 HOW_TO_GET_FMNIST = ("install it with `apt-get install dataset-fashion-mnist` or pass --data-dir DIR holding "
                      "the four idx files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
                      "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Image folders: torchvision's RandomResizedCrop ranges, as the streamed loader used before the cache.
+RRC_SCALE, RRC_RATIO = (0.35, 1.0), (3 / 4, 4 / 3)
 SPLITS = ("train", "val", "test")
 #: Tasks whose class a horizontal flip would change.
 UNFLIPPABLE = ("fashion-pairs", "fashion-rotations")
@@ -88,7 +97,7 @@ class DataConfig:
     crop_padding: int = 2
     hflip: bool = True
     cache_dir: str | None = None
-    num_workers: int = 2  # image folders only
+    num_workers: int = 2  # image folders: processes decoding the folder into its cache (once)
     classes: tuple[int, ...] | None = None  # a subset of class indices (relabelled 0..k-1), e.g. an easy task
 
     def __post_init__(self) -> None:
@@ -315,32 +324,60 @@ def _quarter_turns(arrays: dict[str, np.ndarray], split_seed: int) -> dict[str, 
 
 
 # --- batches --------------------------------------------------------------------------------
+# Random draws come from a CPU generator in a fixed order (the same draws on every device), and
+# only the small index and offset tensors move to the images' device.
 
 def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crop of a zero-padded batch (B, C, H, W) and random horizontal flip."""
+    """Per-image random crop of a zero-padded batch (B, C, H, W) and random horizontal flip, on
+    the batch's device."""
     b, c, h, w = x.shape
+    dev = x.device
     if padding:
         xp = F.pad(x, (padding,) * 4)
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, :, None]  # (B, H, 1)
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, :]  # (B, 1, W)
         if hflip:
-            flip = torch.rand(b, generator=generator) < 0.5
+            flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
             cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
-        x = xp.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+        x = xp.permute(0, 2, 3, 1)[torch.arange(b, device=dev)[:, None, None], rows, cols].permute(0, 3, 1, 2)
     elif hflip:
-        flip = torch.rand(b, generator=generator) < 0.5
+        flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return x.contiguous()
 
 
-class ProxyData:
-    """Proxy train / validation / test data behind one batch API.
+def random_resized_crop(x: torch.Tensor, hflip: bool, generator: torch.Generator,
+                        scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO
+                        ) -> torch.Tensor:
+    """Per-image random crop of area fraction in `scale` and aspect ratio in `ratio` (log-uniform),
+    resized back to (H, W) bilinearly, and an optional horizontal flip: torchvision's
+    RandomResizedCrop on a whole batch (B, C, H, W) on its device, without its retries (a crop
+    wider or taller than the image is clipped to it). Returns float32 in the input's range."""
+    b, c, h, w = x.shape
+    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator)
+    aspect = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator).exp()
+    cw, ch = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)  # fractions of W, H
+    cx = (2 * torch.rand(b, generator=generator) - 1) * (1 - cw)  # the crop's centre, in [-1, 1] coordinates
+    cy = (2 * torch.rand(b, generator=generator) - 1) * (1 - ch)
+    sign = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if hflip else torch.ones(b)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sign * cw, cx, ch, cy
+    grid = F.affine_grid(theta.to(x.device), [b, c, h, w], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    ``batches(split, batch_size, epoch=0, seed=0)`` yields ``(images float32 (B, C, H, W)
-    normalised, labels int64)``; the train split is shuffled and augmented from ``seed`` and
-    ``epoch`` and drops its last partial batch, the others are in order and complete.
+
+class ProxyData:
+    """Proxy train / validation / test data behind one batch API, for every source.
+
+    Every source gives uint8 images (N, C, S, S) and int64 labels: the Fashion-MNIST tasks
+    (`_fashion_source`) and image folders through their decoded cache (`_folder_source`,
+    `proxy.image_cache`). ``batches(split, batch_size, epoch=0, seed=0)`` yields ``(images float32
+    (B, C, H, W) normalised, labels int64)`` on the data's device (``to(device)``: the images
+    move there once, and cropping, flipping and normalising run there on whole batches); the
+    train split is shuffled and augmented from ``seed`` and ``epoch`` and drops its last partial
+    batch, the others are in order and complete.
     """
 
     def __init__(self, config: DataConfig | None = None, **overrides) -> None:
@@ -348,13 +385,16 @@ class ProxyData:
         if overrides:
             config = DataConfig(**{**config.to_dict(), **overrides})
         self.config = config
-        if config.dataset != "imagefolder":
-            self._init_fmnist()
+        self.device = torch.device("cpu")
+        self.skipped = 0  # unreadable images left out of an image folder's cache
+        self._tensors: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # shared by `to` copies
+        if config.dataset == "imagefolder":
+            self._folder_source()
         else:
-            self._init_folder()
+            self._fashion_source()
 
-    # -- Fashion-MNIST (in memory) --
-    def _init_fmnist(self) -> None:
+    # -- sources: each sets indices, img_size, in_chans, classes, num_classes, mean, std, _load --
+    def _fashion_source(self) -> None:
         cfg = self.config
         arrays = load_fashion_mnist(cfg.data_dir, cfg.cache_dir)
         keep = cfg.classes or tuple(range(len(FASHION_MNIST_CLASSES)))
@@ -386,148 +426,136 @@ class ProxyData:
         self.in_chans = 1
         self.num_classes = len(keep_names)
         self.classes = keep_names
-        self.in_memory = True
-        self._arrays = arrays
-        self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for split in ("train", "val"):
-            idx = self.indices[split]
-            self._tensors[split] = (self._to_tensor(arrays["train_images"][idx]),
-                                    torch.from_numpy(np.asarray(arrays["train_labels"][idx], dtype=np.int64)))
-        mean = self._tensors["train"][0].float().mean().item() / 255
-        std = self._tensors["train"][0].float().std().item() / 255
-        self.mean, self.std = (mean,), (std,)
 
-    def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.array(images, dtype=np.uint8))[:, None]  # (N, 1, H, W) uint8
-        if x.shape[-1] != self.img_size:
-            x = F.interpolate(x.float(), size=(self.img_size, self.img_size), mode="bilinear",
-                              antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-        return x.contiguous()
+        def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+            images, labels = (arrays["test_images"], arrays["test_labels"]) if split == "test" else (
+                arrays["train_images"][self.indices[split]], arrays["train_labels"][self.indices[split]])
+            x = torch.from_numpy(np.array(images, dtype=np.uint8))[:, None]  # (N, 1, H, W) uint8
+            if x.shape[-1] != self.img_size:
+                x = F.interpolate(x.float(), size=(self.img_size, self.img_size), mode="bilinear",
+                                  antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+            return x.contiguous(), torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
-    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The uint8 images (N, C, H, W) and int64 labels of an in-memory split."""
-        _check_split(split)
-        if not self.in_memory:
-            raise ValueError(f"dataset={self.config.dataset!r} streams from disk; accepted: fashion-mnist")
-        if split == "test" and "test" not in self._tensors:
-            self._tensors["test"] = (self._to_tensor(self._arrays["test_images"]),
-                                     torch.from_numpy(np.asarray(self._arrays["test_labels"], dtype=np.int64)))
-        return self._tensors[split]
+        self._load = load
+        train = self.tensors("train")[0].float()
+        self.mean: tuple[float, ...] = (train.mean().item() / 255,)
+        self.std: tuple[float, ...] = (train.std().item() / 255,)
 
-    # -- image folders (streamed) --
-    def _init_folder(self) -> None:
-        from torchvision import datasets
-
+    def _folder_source(self) -> None:
         cfg = self.config
-        root = Path(cfg.data_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist; pass --data-dir PATH of an "
-                                    f"ImageNet-layout folder (PATH/train/<class>/*.JPEG)")
         if not cfg.img_size:
             raise ValueError("img_size=0 is invalid for dataset='imagefolder'; accepted: a positive resolution")
-        train_root = root / "train" if (root / "train").is_dir() else root
-        test_root = root / "val" if (root / "train").is_dir() and (root / "val").is_dir() else None
-        try:
-            base = datasets.ImageFolder(str(train_root))
-        except (FileNotFoundError, RuntimeError) as err:
-            raise ValueError(f"{train_root} is not an ImageNet-layout folder ({str(err).splitlines()[0]}); "
-                             f"accepted: PATH/train/<class>/<image> (or PATH/<class>/<image>)") from None
         if cfg.classes is not None:
-            raise ValueError("classes=... is invalid for dataset='imagefolder'; accepted: None (use a folder "
-                             "holding only the classes wanted)")
-        targets = np.asarray(base.targets)
-        train_idx, val_idx = stratified_split(targets, cfg.train_size, cfg.val_size, cfg.split_seed)
+            raise ValueError("classes=... is invalid for dataset='imagefolder'; accepted: None (prepare a cache "
+                             "of the first N classes with `python -m proxy.prepare DIR --classes N`)")
+        root = Path(cfg.data_dir or "")  # DataConfig requires it for image folders
+        if (root / MANIFEST).is_file():  # --data-dir names a prepared cache
+            cache = open_cache(root, size=cfg.img_size)
+        else:
+            cache = ensure_cache(root, cfg.img_size, image_cache_path(root, cfg.img_size, cfg.cache_dir),
+                                 workers=cfg.num_workers)
+        train_images, train_labels = cache.arrays("train")
+        train_idx, val_idx = stratified_split(train_labels, cfg.train_size, cfg.val_size, cfg.split_seed)
         self.indices = {"train": train_idx, "val": val_idx}
         self.img_size = cfg.img_size
         self.in_chans = 3
-        self.classes = tuple(base.classes)
-        self.num_classes = len(base.classes)
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.in_memory = False
-        self._folder = {"train": train_root, "val": train_root, "test": test_root}
-        self._samples = base.samples
+        self.classes = cache.classes
+        self.num_classes = len(cache.classes)
+        self.mean, self.std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        self.skipped = cache.skipped
+        self.cache = cache
 
-    def _folder_dataset(self, split: str, train: bool):
-        from torchvision import datasets, transforms
+        def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+            if split == "test":
+                if not cache.has("test"):
+                    raise FileNotFoundError(f"no test split: {cfg.data_dir}/val does not exist (the search uses "
+                                            f"{cfg.data_dir}/train only)")
+                images, labels = cache.arrays("test")
+                return torch.from_numpy(images), torch.from_numpy(labels)
+            idx = self.indices[split]  # sorted: a forward read of the memory-mapped file
+            return torch.from_numpy(np.ascontiguousarray(train_images[idx])), torch.from_numpy(train_labels[idx])
 
-        size = self.img_size
-        if train and self.config.augment:
-            tf = [transforms.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True)]
-            if self.config.hflip:
-                tf.append(transforms.RandomHorizontalFlip())
-        else:
-            tf = [transforms.Resize(int(math.ceil(size / 0.875)), antialias=True), transforms.CenterCrop(size)]
-        tf += [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
-        root = self._folder[split]
-        if root is None:
-            raise FileNotFoundError(f"no test split: {self.config.data_dir}/val does not exist (the search uses "
-                                    f"{self.config.data_dir}/train only)")
-        ds = datasets.ImageFolder(str(root), transform=transforms.Compose(tf))
-        if split == "test":
-            return ds
-        if ds.classes != list(self.classes):
-            raise ValueError(f"{root} changed while loading: its classes differ")
-        return torch.utils.data.Subset(ds, self.indices[split].tolist())
+        self._load = load
 
     # -- common API --
+    def to(self, device: str | torch.device) -> ProxyData:
+        """This data with its batches made on `device` (a view sharing everything else); each
+        split moves there once, on first use."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        moved = copy.copy(self)
+        moved.device = device
+        return moved
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images (N, C, H, W) and int64 labels of a split, on the data's device."""
+        _check_split(split)
+        key = (split, str(self.device))
+        if key not in self._tensors:
+            host = self._tensors.get((split, "cpu")) or self._load(split)
+            self._tensors[(split, "cpu")] = host
+            self._tensors[key] = (host[0].to(self.device), host[1].to(self.device))
+        return self._tensors[key]
+
     def size(self, split: str) -> int:
         _check_split(split)
-        if self.in_memory:
-            return len(self.tensors(split)[1])
         if split == "test":
-            return len(self._folder_dataset("test", False))
+            return len(self.tensors("test")[1])
         return len(self.indices[split])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return max(1, self.size("train") // batch_size)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        """uint8 (or float in 0-255) images to float32 standardised by the source's mean and std."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
         return (x.float() / 255 - mean) / std
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch's augmentation: random-resized crops for image folders (their cache
+        holds the whole centre square), crops of the zero-padded image for the Fashion-MNIST tasks;
+        a horizontal flip unless it would change the class."""
+        hflip = self.config.hflip and self.config.dataset not in UNFLIPPABLE
+        if self.config.dataset == "imagefolder":
+            return random_resized_crop(x, hflip, generator)
+        return random_crop_flip(x, self.config.crop_padding, hflip, generator)
 
     def batches(self, split: str, batch_size: int, epoch: int = 0, seed: int = 0
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         _check_split(split)
         train = split == "train"
-        if not self.in_memory:
-            yield from self._folder_batches(split, batch_size, epoch, seed, train)
-            return
         images, labels = self.tensors(split)
         n = len(labels)
-        gen = torch.Generator().manual_seed(_mix(seed, epoch))
-        order = torch.randperm(n, generator=gen) if train else torch.arange(n)
+        gen = torch.Generator().manual_seed(_mix(seed, epoch))  # on the CPU whatever the device
+        order = torch.randperm(n, generator=gen) if train else None
         stop = (n // batch_size) * batch_size if train and n >= batch_size else n
         for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
-            x = images[idx]
-            if train and self.config.augment:
-                hflip = self.config.hflip and self.config.dataset not in UNFLIPPABLE
-                x = random_crop_flip(x, self.config.crop_padding, hflip, gen)
-            yield self.normalize(x), labels[idx]
-
-    def _folder_batches(self, split, batch_size, epoch, seed, train):
-        ds = self._folder_dataset(split, train)
-        gen = torch.Generator().manual_seed(_mix(seed, epoch))
-        workers = self.config.num_workers
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) >= batch_size, generator=gen,
-            num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None,
-            worker_init_fn=_seed_worker)
-        yield from loader
+            if order is None:
+                x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            else:
+                idx = order[start:start + batch_size].to(self.device)
+                x, y = images[idx], labels[idx]
+                if self.config.augment:
+                    x = self.augment(x, gen)
+            yield self.normalize(x), y
 
     def describe(self) -> dict:
-        return {"dataset": self.config.dataset, "img_size": self.img_size, "in_chans": self.in_chans,
-                "num_classes": self.num_classes, "train": len(self.indices["train"]),
-                "val": len(self.indices["val"]), "split_seed": self.config.split_seed}
+        out = {"dataset": self.config.dataset, "img_size": self.img_size, "in_chans": self.in_chans,
+               "num_classes": self.num_classes, "train": len(self.indices["train"]),
+               "val": len(self.indices["val"]), "split_seed": self.config.split_seed}
+        if self.config.dataset == "imagefolder":
+            out["skipped"] = self.skipped
+        return out
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    import random
-    random.seed(seed)
-    torch.set_num_threads(1)
+def image_cache_path(folder: str | Path, size: int, cache_dir: str | Path | None = None,
+                     num_classes: int | None = None) -> Path:
+    """Where the decoded cache of an image folder at `size` lives: one per folder, size and class
+    count under the cache directory, so every trial on the node shares it."""
+    key = hashlib.sha1(f"{Path(folder).resolve()}|{size}|{num_classes}".encode()).hexdigest()[:12]
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / f"imagefolder-{size}px-{key}"
 
 
 def _mix(seed: int, epoch: int) -> int:
@@ -545,5 +573,6 @@ def get_proxy_data(config: DataConfig) -> ProxyData:
     return ProxyData(config)
 
 
-__all__ = ["DataConfig", "ProxyData", "get_proxy_data", "load_fashion_mnist", "read_idx", "stratified_split",
-           "random_crop_flip", "DEFAULT_FASHION_MNIST_DIR", "HOW_TO_GET_FMNIST"]
+__all__ = ["DataConfig", "ProxyData", "get_proxy_data", "image_cache_path", "load_fashion_mnist", "read_idx",
+           "stratified_split", "random_crop_flip", "random_resized_crop", "DEFAULT_FASHION_MNIST_DIR",
+           "HOW_TO_GET_FMNIST"]

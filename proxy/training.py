@@ -133,12 +133,11 @@ def evaluate(model: nn.Module, data: ProxyData, split: str = "val", batch_size: 
     model.eval()
     correct = total = 0
     try:
-        for x, y in data.batches(split, batch_size):
+        for x, y in data.to(device).batches(split, batch_size):  # made on the device
             if images is not None:
                 if total >= images:
                     break
                 x, y = x[:images - total], y[:images - total]
-            x, y = x.to(device), y.to(device)
             with autocast(precision, device):
                 logits = model(x)
             correct += int((logits.argmax(-1) == y).sum())
@@ -169,6 +168,7 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
     if data.img_size != protocol.img_size:
         raise ValueError(f"data img_size={data.img_size} is invalid for protocol img_size={protocol.img_size}; "
                          f"accepted: data built from protocol.data_config()")
+    data = data.to(device)  # the images move to the device once; batches are made there
     proxy_spec = project_to_proxy(target, protocol, num_classes=data.num_classes, in_chans=data.in_chans)
     cost = model_cost(proxy_spec)
     precision = resolve_precision(protocol.precision)
@@ -190,7 +190,6 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
             t_epoch = time.perf_counter()
             loss_sum, seen = 0.0, 0
             for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, protocol.epochs):
-                x, y = x.to(device), y.to(device)
                 if protocol.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(precision, device):

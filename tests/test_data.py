@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from proxy.data import (DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_FILES, DataConfig, ProxyData, load_fashion_mnist,
-                         random_crop_flip, read_idx, stratified_split)
+                        random_crop_flip, random_resized_crop, read_idx, stratified_split)
 
 needs_fmnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").is_file(),
                                   reason="Debian package dataset-fashion-mnist not installed")
@@ -92,12 +92,135 @@ def test_stratified_split_properties():
         stratified_split(labels, 200, 10)
 
 
-def test_random_crop_flip_shapes_and_content():
-    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).reshape(2, 1, 6, 6)
-    g = torch.Generator().manual_seed(0)
-    y = random_crop_flip(x, 2, True, g)
-    assert y.shape == x.shape and y.dtype == torch.uint8
-    assert random_crop_flip(x, 0, False, g).equal(x)
+def _mix(seed: int, epoch: int) -> int:
+    """The batches' seed as cd57394 (the audited code) derives it from (seed, epoch)."""
+    return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**63 - 1)
+
+
+def _crop_flip_by_hand(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
+    """cd57394's draws (all row offsets, all column offsets, then all flips), applied one image
+    at a time with numpy slicing."""
+    b, _, h, w = x.shape
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).tolist()
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen).tolist()
+    flip = (torch.rand(b, generator=gen) < 0.5).tolist() if hflip else [False] * b
+    out = []
+    for i in range(b):
+        padded = np.pad(x[i].numpy(), ((0, 0), (padding, padding), (padding, padding)))
+        crop = padded[:, oy[i]:oy[i] + h, ox[i]:ox[i] + w]
+        out.append(crop[:, :, ::-1] if flip[i] else crop)
+    return torch.from_numpy(np.stack(out).copy())
+
+
+def _reference_batches(images, labels, mean, std, split, batch_size, epoch, seed, padding, hflip):
+    """The batches of cd57394's in-memory path, re-implemented plainly (no device, per image)."""
+    n = len(labels)
+    gen = torch.Generator().manual_seed(_mix(seed, epoch))
+    train = split == "train"
+    order = torch.randperm(n, generator=gen) if train else torch.arange(n)
+    stop = (n // batch_size) * batch_size if train and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        x = images[idx]
+        if train:
+            x = _crop_flip_by_hand(x, padding, hflip, gen)
+        x = (x.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        yield x, labels[idx]
+
+
+def test_random_crop_flip_content_matches_a_crop_by_hand():
+    x = torch.arange(8 * 2 * 6 * 5, dtype=torch.int32).reshape(8, 2, 6, 5).to(torch.uint8)
+    for padding, hflip in ((2, True), (2, False), (1, True)):
+        y = random_crop_flip(x, padding, hflip, torch.Generator().manual_seed(7))
+        assert y.dtype == torch.uint8 and y.shape == x.shape
+        assert torch.equal(y, _crop_flip_by_hand(x, padding, hflip, torch.Generator().manual_seed(7)))
+    # without padding only the flip is left: each image is either itself or its mirror, both seen
+    y = random_crop_flip(x, 0, True, torch.Generator().manual_seed(1))
+    mirrored = [bool(torch.equal(a, b.flip(-1))) for a, b in zip(y, x)]
+    assert all(torch.equal(a, b) or m for a, b, m in zip(y, x, mirrored)) and 0 < sum(mirrored) < len(x)
+    assert random_crop_flip(x, 0, False, torch.Generator()).equal(x)
+
+
+def test_random_resized_crop_matches_bilinear_sampling_by_hand():
+    from scipy.ndimage import map_coordinates
+
+    x = torch.randint(0, 256, (6, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    scale, ratio = (0.2, 0.9), (0.5, 2.0)
+    y = random_resized_crop(x, True, torch.Generator().manual_seed(3), scale, ratio)
+    gen = torch.Generator().manual_seed(3)  # the same draws, in the documented order
+    area = torch.empty(6).uniform_(*scale, generator=gen)
+    aspect = torch.empty(6).uniform_(np.log(ratio[0]), np.log(ratio[1]), generator=gen).exp()
+    cx, cy = torch.rand(6, generator=gen), torch.rand(6, generator=gen)
+    flips = torch.rand(6, generator=gen) < 0.5
+    assert 0 < int(flips.sum()) < 6
+    for i in range(6):
+        w = min(1.0, float((area[i] * aspect[i]).sqrt())) * 16  # the crop in pixels
+        h = min(1.0, float((area[i] / aspect[i]).sqrt())) * 16
+        left, top = float(cx[i]) * (16 - w), float(cy[i]) * (16 - h)
+        out = np.arange(16) + 0.5
+        cols = left + out * w / 16 - 0.5
+        rows = top + out * h / 16 - 0.5
+        if flips[i]:
+            cols = cols[::-1]
+        grid = np.stack(np.meshgrid(rows, cols, indexing="ij"))
+        for c in range(3):
+            expected = map_coordinates(x[i, c].double().numpy(), grid, order=1, mode="nearest")
+            np.testing.assert_allclose(y[i, c].numpy(), expected, atol=1e-3)
+    whole = random_resized_crop(x, False, torch.Generator(), (1.0, 1.0), (1.0, 1.0))
+    np.testing.assert_allclose(whole.numpy(), x.float().numpy(), atol=1e-3)  # a crop of all is the image
+
+
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "fashion-rotations"])
+def test_seeded_batches_are_those_of_the_audited_code(tmp_path, dataset):
+    data = ProxyData(dataset=dataset, data_dir=str(_fake_dir(tmp_path)), train_size=70, val_size=20,
+                     cache_dir=str(tmp_path / "cache"))
+    hflip = dataset == "fashion-mnist"
+    for split, epoch in (("train", 1), ("train", 2), ("val", 0), ("test", 0)):
+        images, labels = data.tensors(split)
+        ours = list(data.batches(split, 16, epoch=epoch, seed=5))
+        theirs = list(_reference_batches(images, labels, data.mean, data.std, split, 16, epoch, 5, 2, hflip))
+        assert len(ours) == len(theirs) == (4 if split == "train" else -(-len(labels) // 16))
+        for (xa, ya), (xb, yb) in zip(ours, theirs):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_seeded_training_is_that_of_the_audited_batches(tmp_path):
+    from localvit.spec import ArchSpec, LayerSpec
+    from proxy import ProxyProtocol, train_proxy
+
+    protocol = ProxyProtocol(dataset="fashion-mnist", train_size=64, val_size=20, epochs=2, batch_size=16,
+                             width_mult=1.0, precision="fp32", threads=1)
+    data = ProxyData(protocol.data_config(), data_dir=str(_fake_dir(tmp_path)), cache_dir=str(tmp_path / "c"))
+
+    class Reference(ProxyData):
+        def batches(self, split, batch_size, epoch=0, seed=0):
+            images, labels = self.tensors(split)
+            return _reference_batches(images, labels, self.mean, self.std, split, batch_size, epoch, seed, 2, True)
+
+    reference = Reference.__new__(Reference)
+    reference.__dict__.update(data.__dict__)
+    spec = ArchSpec.uniform(LayerSpec("local", "hswish", "se", se_ratio=4, gamma=2), depth=1, embed_dim=32,
+                            num_heads=2)
+    ours, theirs = (train_proxy(spec, protocol, d, eval_test=True) for d in (data, reference))
+    assert ours.train_loss_curve == theirs.train_loss_curve  # exact: the same weights at every step
+    assert ours.val_curve == theirs.val_curve and ours.test_acc == theirs.test_acc
+
+
+def test_batches_are_made_on_the_data_device_without_host_copies(tmp_path):
+    """On "meta" nothing can be copied back to the host (it would raise): batches made there were
+    made on the device; the CPU data and its draws are untouched."""
+    data = ProxyData(dataset="fashion-mnist", data_dir=str(_fake_dir(tmp_path)), train_size=70, val_size=20,
+                     cache_dir=str(tmp_path / "cache"))
+    on_meta = data.to("meta")
+    assert data.to("cpu") is data and data.device.type == "cpu" and on_meta.device.type == "meta"
+    images, _ = on_meta.tensors("train")
+    assert images.device.type == "meta" and images.dtype == torch.uint8 and on_meta.tensors("train")[0] is images
+    for split in ("train", "val"):
+        for x, y in on_meta.batches(split, 16, epoch=1, seed=2):
+            assert x.device.type == "meta" and y.device.type == "meta" and x.dtype == torch.float32
+            assert x.shape[1:] == (1, 28, 28)
+    assert data.tensors("train")[0].device.type == "cpu"
+    assert on_meta.steps_per_epoch(16) == data.steps_per_epoch(16) == 4
 
 
 def _write_idx(path, array, magic_ndim=None):
@@ -177,33 +300,6 @@ def test_bad_config_values():
         DataConfig(dataset="imagefolder")
     with pytest.raises(ValueError, match="train_size=-1"):
         DataConfig(train_size=-1)
-
-
-def test_imagefolder_streams(tmp_path):
-    from PIL import Image
-
-    root = tmp_path / "imgs"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("val", 3)):
-        for cls in ("a", "b"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
-    d = ProxyData(dataset="imagefolder", data_dir=str(root), train_size=16, val_size=8, img_size=16, num_workers=0)
-    assert d.num_classes == 2 and d.in_chans == 3
-    x, y = next(d.batches("train", 8, epoch=0, seed=0))
-    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
-    assert sum(len(b[1]) for b in d.batches("val", 5)) == 8
-    assert d.size("test") == 6
-
-
-def test_imagefolder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        ProxyData(dataset="imagefolder", data_dir=str(tmp_path / "none"), img_size=16)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="not an ImageNet-layout folder") as err:
-        ProxyData(dataset="imagefolder", data_dir=str(tmp_path / "empty"), img_size=16)
-    assert "\n" not in str(err.value)
 
 
 @needs_fmnist
