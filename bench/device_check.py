@@ -168,7 +168,7 @@ def step_environment(check: Check) -> dict:
 def _nvidia_smi() -> str | None:
     try:
         return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"],
-                              capture_output=True, text=True, timeout=20).stdout.strip() or None
+                              capture_output=True, text=True, timeout=20, check=False).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -324,7 +324,7 @@ def proxy_data_dir(out: Path) -> str | None:
     try:
         load_fashion_mnist(DEFAULT_FASHION_MNIST_DIR)
         return None
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - missing, unreadable or a cache that cannot be written: synthetic
         return str(write_synthetic_idx(out / "synthetic-fashion-mnist"))
 
 
@@ -332,17 +332,17 @@ def proxy_data_dir(out: Path) -> str | None:
 
 def markdown(report: dict) -> str:
     env, steps = report["environment"], report["steps"]
-    lines = [f"# Device check, {env['date']}", "",
-             f"Commit {env['commit']}, torch {env['torch']}, device {env.get('cuda') or env['cpu']}; "
-             f"{'tiny (CI) size' if report['tiny'] else 'full size'}, {report['seconds']:.0f} s of "
-             f"{report['budget_s']:.0f}.", ""]
+    lines = [f"# Device check, {env.get('date', report['date'])}", "",
+             (f"Commit {env.get('commit')}, torch {env.get('torch')}, device {env.get('cuda') or env.get('cpu')}; "
+              f"{'tiny (CI) size' if report['tiny'] else 'full size'}, {report['seconds']:.0f} s of "
+              f"{report['budget_s']:.0f}."), ""]
     for name, step in steps.items():
         failed = "error" in step or any("error" in row for row in step.get("rows", []))
         status = "failed" if failed else "skipped" if "skipped" in step else "ok"
         lines.append(f"## {name} ({status}, {step.get('step_seconds', 0):.0f} s)")
         lines.append("")
         for key, value in step.items():
-            if key == "rows":
+            if key == "rows" and value:
                 columns = sorted({k for row in value for k in row}, key=lambda k: list(value[0]).index(k)
                                  if k in value[0] else 99)
                 lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -376,9 +376,13 @@ def main(argv: list[str] | None = None) -> int:
                RESULTS / f"device-check-{datetime.now(timezone.utc):%Y-%m-%d}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     check = Check(tiny=args.tiny, out=out, device="cuda" if torch.cuda.is_available() else "cpu", deadline=started)
+    try:
+        machine = environment()
+    except Exception as err:  # noqa: BLE001 - the steps say more
+        machine = {"error": f"{type(err).__name__}: {err}"}
+    report: dict[str, Any] = {"date": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}", "environment": machine,
+                              "tiny": args.tiny, "budget_s": budget, "seconds": 0.0, "steps": {}}
     check.data_dir = proxy_data_dir(out)
-    report: dict[str, Any] = {"environment": environment(), "tiny": args.tiny, "budget_s": budget, "seconds": 0.0,
-                              "steps": {}}
     share = 0.0
     for name, step in STEPS.items():
         t0 = time.monotonic()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-
 from torch import nn
 
 from space.throughput import device_name

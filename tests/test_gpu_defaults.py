@@ -11,9 +11,21 @@ from torch import nn
 
 import run_search
 from proxy import runtime
-from proxy.runtime import CUDA_CONTEXT_BYTES, precision_record, prepare_device, resolve_precision, training_bytes
+from proxy.runtime import (
+    CUDA_CONTEXT_BYTES,
+    precision_record,
+    prepare_device,
+    resolve_precision,
+    training_bytes,
+)
 from search import cluster
-from search.cluster import Node, gpu_plan, planned_device, trial_resources, trials_per_gpu
+from search.cluster import (
+    Node,
+    gpu_plan,
+    planned_device,
+    trial_resources,
+    trials_per_gpu,
+)
 from search.options import settings_from_args
 from search.settings import SearchSettings
 
@@ -177,5 +189,5 @@ def test_a_trial_given_a_gpu_trains_on_cuda_and_one_without_hides_them(monkeypat
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: ["0"])
     assert trial_device() == "cuda"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(ray, "get_gpu_ids", list)
     assert trial_device() == "cpu" and os.environ["CUDA_VISIBLE_DEVICES"] == ""
