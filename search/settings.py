@@ -65,7 +65,7 @@ AUTO = "auto"
 CPU_WORKERS = 2
 
 
-def gpu_share(value: float | str) -> float | str:
+def parse_gpus(value: float | str) -> float | str:
     """`auto`, or a GPU share >= 0 as a float (from text or a number)."""
     if isinstance(value, str) and value.strip().lower() == AUTO:
         return AUTO
@@ -114,7 +114,7 @@ class SearchSettings:
         "CPUs per trial", COMPUTE, default_text="the CPUs shared by the workers"))
     gpus_per_trial: float | str = field(default=AUTO, metadata=_option(
         "GPUs per trial: auto (where the cluster has GPUs, several trials share each one, docs/gpu.md; none "
-        "elsewhere) or a number >= 0, fractions allowed; only what the cluster has", COMPUTE, parse=gpu_share,
+        "elsewhere) or a number >= 0, fractions allowed; only what the cluster has", COMPUTE, parse=parse_gpus,
         metavar="auto|N"))
     ray_address: str | None = field(default=None, metadata=_option(
         "join an existing Ray cluster, e.g. auto or 10.0.0.1:6379; the project's code is shipped to its nodes",
@@ -227,7 +227,7 @@ class SearchSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} is invalid; accepted: an integer >= {low}")
-        object.__setattr__(self, "gpus_per_trial", gpu_share(self.gpus_per_trial))
+        object.__setattr__(self, "gpus_per_trial", parse_gpus(self.gpus_per_trial))
         if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
             raise ValueError(f"cpus_per_trial={self.cpus_per_trial!r} is invalid; accepted: a number > 0")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
