@@ -210,8 +210,8 @@ def gpu_memory() -> int | None:
 @functools.lru_cache(maxsize=4)
 def proxy_training_bytes(space: str, backbone: str, include_unfinished: bool, protocol: ProxyProtocol) -> int:
     """Device memory of one training step of the space's costliest design (by FLOPs) at the
-    protocol's proxy and batch (`proxy.runtime.training_bytes`, measured on the CPU in about a
-    second)."""
+    protocol's proxy and batch (`proxy.runtime.training_bytes`, measured on the CPU in a few
+    seconds)."""
     from localvit.builder import build_model
     from proxy.protocol import project_to_proxy
     from proxy.runtime import training_bytes
