@@ -82,7 +82,7 @@ def worker_proxy(cfg: dict) -> dict:
     steps = cfg["warmup"] + cfg["steps"]
     protocol = ProxyProtocol(width_mult=cfg["width_mult"], batch_size=b, train_size=b * steps, val_size=100,
                              epochs=1, precision=cfg["precision"], compile=cfg["compile"],
-                             channels_last=cfg["channels_last"], threads=cfg["threads"])
+                             channels_last=cfg["channels_last"], threads=cfg["threads"], **cfg.get("protocol", {}))
     data = ProxyData(protocol.data_config())
     marks: list[float] = []
     orig_step = torch.optim.AdamW.step
@@ -94,7 +94,7 @@ def worker_proxy(cfg: dict) -> dict:
 
     torch.optim.AdamW.step = timed_step
     t0 = time.perf_counter()
-    result = train_proxy(PAPER_SPECS[cfg["model"]], protocol, data)
+    result = train_proxy(PAPER_SPECS[cfg["model"]], protocol, data, device=cfg.get("device", "cpu"))
     times = [b_ - a_ for a_, b_ in zip([t0] + marks, marks)]
     out = _summary(times[cfg["warmup"]:], b, project_to_proxy(PAPER_SPECS[cfg["model"]], protocol))
     out["first_step_s"] = times[0]  # includes compilation when compile=True

@@ -25,7 +25,7 @@ from space.throughput import cpu_threads
 
 from .data import ProxyData, get_proxy_data
 from .protocol import ProxyProtocol, project_to_proxy
-from .runtime import autocast, resolve_precision
+from .runtime import autocast, prepare_device, resolve_precision
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,7 +128,7 @@ def evaluate(model: nn.Module, data: ProxyData, split: str = "val", batch_size: 
              precision: str = "fp32", device: str = "cpu", images: int | None = None) -> float:
     """Top-1 accuracy (fraction) of `model` on a split, in eval mode; on its first `images` only
     when given (the splits are in file order, which mixes the classes)."""
-    precision = resolve_precision(precision)
+    precision = resolve_precision(precision, device)
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -171,7 +171,7 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
     data = data.to(device)  # the images move to the device once; batches are made there
     proxy_spec = project_to_proxy(target, protocol, num_classes=data.num_classes, in_chans=data.in_chans)
     cost = model_cost(proxy_spec)
-    precision = resolve_precision(protocol.precision)
+    precision = prepare_device(protocol.precision, device)
     result = ProxyResult(spec_id=target.id, proxy_spec=proxy_spec.to_dict(), protocol=protocol.to_dict(),
                          precision=precision, proxy_flops=cost.flops, proxy_params=cost.params)
 

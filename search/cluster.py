@@ -9,7 +9,9 @@ reported in one line.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import sys
 import time
@@ -19,16 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from proxy.runtime import jemalloc_env
+from proxy.protocol import ProxyProtocol
+from proxy.runtime import CUDA_CONTEXT_BYTES, jemalloc_env
 
 from . import stop
-from .settings import SearchSettings
+from .settings import AUTO, CPU_WORKERS, SearchSettings
 
 REPO = Path(__file__).resolve().parents[1]
 #: The project's packages a trial imports, shipped to the nodes of a cluster the driver joins.
 PACKAGES = ("localvit", "space", "proxy", "ranking", "imagenet", "search")
 #: How long a node may take to start a worker and import the trial code (torch, timm) for the check.
 NODE_CHECK_TIMEOUT_S = 300.0
+#: `--gpus-per-trial auto`: at most this many trials share one GPU (a proxy trial is small; each
+#: trial process holds a CUDA context of its own, and more processes mostly queue for the GPU).
+MAX_TRIALS_PER_GPU = 8
+#: The share of a GPU's memory the trials on it may plan to fill (the rest: fragmentation, others).
+GPU_MEMORY_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class Cluster:
     resources: dict[str, float]  # what each trial asks for: {"cpu": n[, "gpu": g]}
     storage_path: str  # Ray Tune's experiment folder (local path or URI), seen by every node
     log: Path  # where Ray's own output goes
+    workers: int = CPU_WORKERS  # concurrent trials: --workers, or what the GPUs hold (`gpu_plan`)
 
 
 @contextmanager
@@ -118,7 +127,7 @@ def start_cluster(settings: SearchSettings) -> Cluster:
         resources = trial_resources(settings, nodes)
         if settings.ray_address:
             check_nodes([n for n in nodes if n.cpus > 0], settings.tune_storage)
-    return Cluster(tuple(nodes), resources, settings.tune_storage, log)
+    return Cluster(tuple(nodes), resources, settings.tune_storage, log, gpu_plan(settings, nodes)[1])
 
 
 def this_machine() -> Node:
@@ -141,8 +150,8 @@ def trial_resources(settings: SearchSettings, nodes: list[Node]) -> dict[str, fl
     default CPUs share the cluster's among the workers, at most one node's worth."""
     biggest = max((n.cpus for n in nodes), default=0.0)
     total = sum(n.cpus for n in nodes)
-    cpus = settings.cpus_per_trial or max(1.0, min(biggest, float(int(total // settings.workers))))
-    gpus = settings.gpus_per_trial
+    gpus, workers = gpu_plan(settings, nodes)
+    cpus = settings.cpus_per_trial or max(1.0, min(biggest, float(int(total // workers))))
     if not any(n.cpus >= cpus and n.gpus >= gpus for n in nodes):
         asked = f"cpus_per_trial={cpus:g}" + (f" with gpus_per_trial={gpus:g}" if gpus else "")
         most_gpus = max((n.gpus for n in nodes), default=0.0)
@@ -150,6 +159,68 @@ def trial_resources(settings: SearchSettings, nodes: list[Node]) -> dict[str, fl
                          f"{', '.join(n.describe() for n in nodes) or 'none'}); accepted: at most {biggest:g} CPUs"
                          + (f" and {most_gpus:g} GPUs" if gpus else "") + " per trial, what one node has")
     return {"cpu": cpus, **({"gpu": gpus} if gpus else {})}
+
+
+def gpu_plan(settings: SearchSettings, nodes: list[Node]) -> tuple[float, int]:
+    """GPUs per trial and concurrent trials. `--gpus-per-trial auto` gives no GPU where the
+    cluster has none (as `0`), else a 1/k share of one GPU (`trials_per_gpu`); `--workers` left
+    out is then every GPU's k trials, `--gpus-per-trial g` the trials the GPUs hold at g each,
+    and 2 (`CPU_WORKERS`) without GPUs."""
+    gpus, total = settings.gpus_per_trial, sum(n.gpus for n in nodes)
+    if gpus == AUTO:
+        gpus = 0.0 if not total else gpu_share(trials_per_gpu(nodes, gpu_memory(), proxy_training_bytes(
+            settings.space, settings.backbone, settings.include_unfinished, settings.protocol)))
+    workers = settings.workers or (max(1, int(total / gpus + 1e-6)) if gpus else CPU_WORKERS)
+    return gpus, workers
+
+
+def trials_per_gpu(nodes: list[Node], gpu_bytes: int | None, trial_bytes: int) -> int:
+    """How many trials share one GPU: as many as fit its memory (`GPU_MEMORY_SHARE` of the smallest
+    GPU, a trial taking its CUDA context and twice `proxy_training_bytes`, for the allocator's cache
+    and the backward pass's temporaries), at least one CPU each on every GPU node, and at most
+    `MAX_TRIALS_PER_GPU`; one when the GPUs' memory is unknown (no GPU visible here)."""
+    by_cpus = min((int(n.cpus // n.gpus) for n in nodes if n.gpus > 0), default=1)
+    by_memory = int(GPU_MEMORY_SHARE * gpu_bytes // (CUDA_CONTEXT_BYTES + 2 * trial_bytes)) if gpu_bytes else 1
+    return max(1, min(MAX_TRIALS_PER_GPU, by_cpus, by_memory))
+
+
+def gpu_share(trials: int) -> float:
+    """1/`trials` of a GPU, rounded down to Ray's resolution (1e-4) so that `trials` shares fit one."""
+    return math.floor(10_000 / trials) / 10_000
+
+
+def planned_device(settings: SearchSettings) -> str:
+    """Where the trials will train, as far as this machine tells (for the study's precision
+    record; every trial records its own device): `cuda` when they may get GPUs and this machine
+    sees one, else `cpu`."""
+    import torch
+
+    return "cuda" if settings.gpus_per_trial != 0 and torch.cuda.is_available() else "cpu"
+
+
+def gpu_memory() -> int | None:
+    """The memory of the smallest GPU this process sees, in bytes; None without one. Reads the
+    devices' properties only (no CUDA context: the driver keeps the GPUs' memory for the trials)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(count)) if count else None
+
+
+@functools.lru_cache(maxsize=4)
+def proxy_training_bytes(space: str, backbone: str, include_unfinished: bool, protocol: ProxyProtocol) -> int:
+    """Device memory of one training step of the space's costliest design (by FLOPs) at the
+    protocol's proxy and batch (`proxy.runtime.training_bytes`, measured on the CPU in a few
+    seconds)."""
+    from localvit.builder import build_model
+    from proxy.protocol import project_to_proxy
+    from proxy.runtime import training_bytes
+    from space.budget import bounds
+    from space.space import make_space
+
+    spec = bounds(make_space(space, backbone, include_unfinished)).costliest_flops[0]
+    model = build_model(project_to_proxy(spec, protocol))
+    return training_bytes(model, protocol.batch_size, protocol.img_size, protocol.in_chans)
 
 
 def check_nodes(nodes: list[Node], storage: str) -> None:

@@ -78,6 +78,7 @@ def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSp
 
     from .progress import Progress
 
+    settings = replace(settings, workers=cluster.workers)  # --workers, or as many as the GPUs hold
     resources = cluster.resources
     protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
     throughput = _throughput_measurer(settings) if settings.budget.min_throughput else None
@@ -150,6 +151,7 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: Cluster) -> 
     """Re-train the best found spec and the LocalViT baseline with other seeds (same protocol)."""
     from .report import Standing
 
+    settings = replace(settings, workers=cluster.workers)  # --workers, or as many as the GPUs hold
     standing = Standing.of(study)
     best = standing.best
     name = BASELINE_NAMES[settings.backbone][0]
@@ -212,6 +214,7 @@ def run_oneshot(settings: SearchSettings, plan: Plan, cluster: Cluster, deadline
     """Train or reuse the supernet, then score candidates on it until `deadline` (`search.oneshot`)."""
     from .oneshot import ensure_supernet, evaluate_candidates
 
+    settings = replace(settings, workers=cluster.workers)  # --workers, or as many as the GPUs hold
     threads = max(1, min(os.cpu_count() or 1, int(sum(n.cpus for n in cluster.nodes))))  # before any actor starts
     try:
         checkpoint = ensure_supernet(settings, plan, threads)

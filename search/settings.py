@@ -59,6 +59,25 @@ def parse_duration(text: str) -> float | None:
     return total
 
 
+#: `gpus_per_trial`'s default: the number is chosen when the cluster is known (`search.cluster.gpu_plan`).
+AUTO = "auto"
+#: Concurrent trials by default where trials train on CPUs (where they get GPUs: `search.cluster.gpu_plan`).
+CPU_WORKERS = 2
+
+
+def parse_gpus(value: float | str) -> float | str:
+    """`auto`, or a GPU share >= 0 as a float (from text or a number)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = -1.0
+    if isinstance(value, bool) or not share >= 0 or share == float("inf"):
+        raise ValueError(f"gpus_per_trial={value!r} is invalid; accepted: auto or a number >= 0 (fractions allowed)")
+    return share
+
+
 def _objectives(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(","))
 
@@ -89,11 +108,14 @@ class SearchSettings:
         "accuracy, or accuracy,flops for a Pareto front", SEARCH, parse=_objectives, cli_default="accuracy"))
     trials: int = field(default=16, metadata=_option(
         "trained trials, baselines included; infeasible candidates are extra", SEARCH))
-    workers: int = field(default=2, metadata=_option("concurrent trials", COMPUTE))
+    workers: int | None = field(default=None, metadata=_option(
+        "concurrent trials", COMPUTE, default_text=f"{CPU_WORKERS}; where trials get GPUs, as many as the GPUs hold"))
     cpus_per_trial: float | None = field(default=None, metadata=_option(
         "CPUs per trial", COMPUTE, default_text="the CPUs shared by the workers"))
-    gpus_per_trial: float = field(default=0.0, metadata=_option(
-        "GPUs per trial, fractions allowed; only what the cluster has", COMPUTE))
+    gpus_per_trial: float | str = field(default=AUTO, metadata=_option(
+        "GPUs per trial: auto (where the cluster has GPUs, several trials share each one, docs/gpu.md; none "
+        "elsewhere) or a number >= 0, fractions allowed; only what the cluster has", COMPUTE, parse=parse_gpus,
+        metavar="auto|N"))
     ray_address: str | None = field(default=None, metadata=_option(
         "join an existing Ray cluster, e.g. auto or 10.0.0.1:6379; the project's code is shipped to its nodes",
         COMPUTE, default_text="start a local one"))
@@ -209,11 +231,13 @@ class SearchSettings:
                           ("supernet_epochs", 1), ("candidates", 1), ("top_k", 1), ("top_k_apart", 0),
                           ("recalibration_images", 0), ("score_images", 0), ("finalists", 1)):
             value = getattr(self, name)
+            if name == "workers" and value is None:  # chosen with the cluster (`search.cluster.gpu_plan`)
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} is invalid; accepted: an integer >= {low}")
-        if self.gpus_per_trial < 0 or (self.cpus_per_trial is not None and self.cpus_per_trial <= 0):
-            raise ValueError(f"gpus_per_trial={self.gpus_per_trial!r}, cpus_per_trial={self.cpus_per_trial!r} are "
-                             f"invalid; accepted: gpus >= 0 (fractions allowed), cpus > 0")
+        object.__setattr__(self, "gpus_per_trial", parse_gpus(self.gpus_per_trial))
+        if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
+            raise ValueError(f"cpus_per_trial={self.cpus_per_trial!r} is invalid; accepted: a number > 0")
         if self.max_rung != "auto" and not (str(self.max_rung).isdigit() and int(self.max_rung) >= 1):
             raise ValueError(f"max_rung={self.max_rung!r} is invalid; accepted: auto or a positive integer")
         if self.time_limit_s is not None and self.time_limit_s <= 0:

@@ -21,6 +21,7 @@ from space.budget import Bounds
 from space.cost import target_cost
 from space.space import ListSpace, Space
 
+from .cluster import planned_device
 from .optuna_adapter import fail_with
 from .rank_by import RankBy
 from .samplers import make_sampler
@@ -52,7 +53,7 @@ def open_study(settings: SearchSettings, space: Space, storage: optuna.storages.
     directions = ["maximize" if o == "accuracy" else "minimize" for o in settings.objectives]
     exists = any(s.study_name == settings.study for s in storage.get_all_studies())
     held = 0
-    here = precision_record(settings.protocol.precision)
+    here = precision_record(settings.protocol.precision, planned_device(settings))
     if exists:
         previous = optuna.load_study(study_name=settings.study, storage=storage)
         _check_same_search(settings, previous.user_attrs.get("settings", {}))

@@ -47,10 +47,10 @@ PROTOCOLS: dict[str, tuple[str, list[str], list[int]]] = {
 }
 
 
-def run_audit(name: str, results_dir: Path, workers: int) -> None:
+def run_audit(name: str, results_dir: Path, workers: int | None) -> None:
     _, args, seeds = PROTOCOLS[name]
     cmd = [sys.executable, "-m", "audit", "--study", f"proto-{name}", "--results-dir", str(results_dir),
-           "--workers", str(workers), "--seeds", *map(str, seeds), *args]
+           *(["--workers", str(workers)] if workers else []), "--seeds", *map(str, seeds), *args]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 

@@ -35,6 +35,7 @@ from studies import RESULTS
 from proxy.supernet import training_key
 from ranking.audits import SHIPPED_SUPERNET_AUDITS, supernet_audit_files
 from search.options import add_options
+from search.settings import CPU_WORKERS
 
 RECORDS = RESULTS / "supernet_audit.jsonl"
 
@@ -114,7 +115,7 @@ def main() -> None:
         return
     jobs = [(spec, seed) for seed in args.seeds for spec in specs
             if not _done(records, "trained", spec_id=spec.id, seed=seed)]
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(args.workers or CPU_WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_train, spec.to_json(), protocol.to_dict(), seed) for spec, seed in jobs]
         for future in as_completed(futures):
             keep(future.result())

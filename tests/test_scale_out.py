@@ -232,7 +232,7 @@ def load(tmp_path: Path) -> optuna.Study:
 
 @pytest.mark.slow
 def test_a_search_on_the_cluster_runs_trials_on_both_worker_nodes(cluster, tmp_path) -> None:
-    result = on_cluster(cluster, tmp_path, "--trials", "4", "--workers", "2")
+    result = on_cluster(cluster, tmp_path, "--trials", "4", "--workers", "2", "--gpus-per-trial", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     runs = trained(load(tmp_path))
     assert len(runs) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in runs)
@@ -252,7 +252,8 @@ def test_gpu_trials_run_only_on_the_node_with_gpus(cluster, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_cpus_beyond_every_node_but_not_the_cluster_is_one_line_exit_2(cluster, tmp_path) -> None:
-    result = on_cluster(cluster, tmp_path, "--trials", "2", "--cpus-per-trial", "2")  # 2 CPUs in all, 1 a node
+    result = on_cluster(cluster, tmp_path, "--trials", "2", "--cpus-per-trial", "2",  # 2 CPUs in all, 1 a node
+                        "--gpus-per-trial", "0")
     assert result.returncode == 2, result.stderr[-2000:]
     err = result.stderr.strip()
     assert err.splitlines() == [err] and "cpus_per_trial=2 is invalid: no single node" in err, err
@@ -264,7 +265,8 @@ def test_a_node_killed_mid_trial_is_retried_on_the_other_and_costs_no_trial(clus
     env = {**RayCluster.env(), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(REPO / "run_search.py"), "--study", "s", "--results-dir", ".", *TINY,
            "--train-size", "400", "--ray-address", cluster.address, "--budget-flops", "1.3G", "--confirm-seeds", "0",
-           "--no-baselines", "--warm-start", "0", "--no-asha", "--trials", "3", "--workers", "2"]
+           "--no-baselines", "--warm-start", "0", "--no-asha", "--trials", "3", "--workers", "2",
+           "--gpus-per-trial", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     try:
         deadline = time.time() + 300
