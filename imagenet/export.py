@@ -13,7 +13,7 @@ import argparse
 import json
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -74,7 +74,7 @@ def _export_record() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions, "git": git_state()}
+    return {"at": datetime.now(UTC).isoformat(timespec="seconds"), "versions": versions, "git": git_state()}
 
 
 def git_state() -> dict[str, Any] | None:

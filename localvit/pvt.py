@@ -79,7 +79,7 @@ class PyramidVisionTransformer(StageBackbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         last = len(self.preset.depths) - 1
-        for stage, geometry in enumerate(self.geometry):
+        for stage in range(len(self.geometry)):
             if stage:  # tokens back onto their grid for the next patch embedding
                 x = x.transpose(1, 2).reshape(batch, -1, self.geometry[stage - 1].grid, self.geometry[stage - 1].grid)
             x = getattr(self, f"patch_embed{stage + 1}")(x)

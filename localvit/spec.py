@@ -87,7 +87,7 @@ class LayerSpec:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LayerSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             _fail("layer field", sorted(unknown)[0], ", ".join(cls.__dataclass_fields__))
@@ -199,7 +199,7 @@ class ArchSpec:
             side = stage_geometry(self.preset, self.img_size, self.patch_size, self.window_size)[0].grid
         return side, side
 
-    def replace(self, **changes: Any) -> "ArchSpec":
+    def replace(self, **changes: Any) -> ArchSpec:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
@@ -217,7 +217,7 @@ class ArchSpec:
         return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ArchSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> ArchSpec:
         data = dict(data)
         version = data.pop("version", SPEC_VERSION)
         if version != SPEC_VERSION:
@@ -231,7 +231,7 @@ class ArchSpec:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchSpec":
+    def from_json(cls, text: str) -> ArchSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -241,7 +241,7 @@ class ArchSpec:
         return cls.from_dict(data)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArchSpec":
+    def load(cls, path: str | Path) -> ArchSpec:
         """A spec file: a bare spec, or a record holding one under `spec` (an exported `arch.json`)."""
         path = Path(path)
         if not path.is_file():
@@ -268,7 +268,7 @@ class ArchSpec:
         return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
 
     @classmethod
-    def uniform(cls, layer: LayerSpec, depth: int = 12, **globals_: Any) -> "ArchSpec":
+    def uniform(cls, layer: LayerSpec, depth: int = 12, **globals_: Any) -> ArchSpec:
         """The same layer design in every block."""
         return cls(layers=(layer,) * depth, **globals_)
 
@@ -291,7 +291,7 @@ def with_overrides(spec: ArchSpec, kwargs: dict[str, Any]) -> ArchSpec:
     return spec.replace(**overrides) if overrides else spec
 
 
-def as_spec(spec: "ArchSpec | Mapping[str, Any] | str | Path") -> ArchSpec:
+def as_spec(spec: ArchSpec | Mapping[str, Any] | str | Path) -> ArchSpec:
     """Accept a spec object, a dict, a JSON string or a path to a JSON file."""
     if isinstance(spec, ArchSpec):
         return spec

@@ -51,7 +51,7 @@ class BranchCaps:
     eca_kernel: int | None = None   # ECA kernel, when some design has ECA
 
     @classmethod
-    def of(cls, dim: int, layers: Iterable[LayerSpec]) -> "BranchCaps":
+    def of(cls, dim: int, layers: Iterable[LayerSpec]) -> BranchCaps:
         layers = list(layers)
         hidden = [x.hidden_dim(dim) for x in layers]
         se = [x.hidden_dim(dim) // x.se_ratio for x in layers if x.attn == "se"]

@@ -137,7 +137,7 @@ class ProxyProtocol:
             args += [option_flag(f)] if isinstance(value, bool) else [option_flag(f), str(value)]
         return args
 
-    def replace(self, **changes: Any) -> "ProxyProtocol":
+    def replace(self, **changes: Any) -> ProxyProtocol:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +147,7 @@ class ProxyProtocol:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ProxyProtocol":
+    def from_dict(cls, data: Mapping[str, Any]) -> ProxyProtocol:
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:

@@ -299,7 +299,7 @@ def _train_epoch(supernet: Supernet, subnets: Callable[[random.Random], list[Arc
     rng = random.Random(f"supernet-{protocol.seed}-{epoch}")
     started = time.perf_counter()
     loss_sum, seen, trained = 0.0, 0, 0
-    for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, epochs):
+    for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, epochs):  # noqa: B007 (the last lr is reported)
         if stop is not None and stop():
             raise TrainingStopped(f"supernet training stopped in epoch {epoch}, step {i}")
         targets = subnets(rng)

@@ -189,7 +189,7 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
         for epoch in range(1, protocol.epochs + 1):
             t_epoch = time.perf_counter()
             loss_sum, seen = 0.0, 0
-            for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, protocol.epochs):
+            for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, protocol.epochs):  # noqa: B007 (last lr reported)
                 x, y = x.to(device), y.to(device)
                 if protocol.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -231,5 +231,5 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
     return result
 
 
-__all__ = ["NonFiniteLossError", "ProxyResult", "TrainingStopped", "evaluate", "lr_at", "make_optimizer", "param_groups",
-           "scheduled_batches", "seed_everything", "train_proxy"]
+__all__ = ["NonFiniteLossError", "ProxyResult", "TrainingStopped", "evaluate", "lr_at", "make_optimizer",
+           "param_groups", "scheduled_batches", "seed_everything", "train_proxy"]

@@ -197,7 +197,8 @@ def zero_cost_scores(spec: ArchSpec, protocol: ProxyProtocol, data: ProxyData, i
             "grad_norm": _timed(lambda: grad_norm(model, x, y), ""),
             "snip": _timed(lambda: snip(model, x, y), ""),
             "synflow": _timed(lambda: synflow(model, shape), ""),
-            "naswot": _timed(lambda: naswot(model, x), "no ReLU-family activation (NASWOT's codes come from ReLU units)"),
+            "naswot": _timed(lambda: naswot(model, x),
+                             "no ReLU-family activation (NASWOT's codes come from ReLU units)"),
             "dss": _timed(lambda: dss(model, shape), ""),
         }
 

@@ -43,7 +43,7 @@ REGRET_BUDGETS = (0.75, 0.95, 1.1, 1.3, 1.65)
 #: `EQUAL_PARAMS` of each other are pairs counting cannot decide.
 FLOP_BUCKET, EQUAL_PARAMS = 0.03, 0.01
 #: The weights `M+params` may take (0: M alone; large: parameter count alone).
-WEIGHTS = tuple(round(0.1 * k, 1) for k in range(0, 51)) + (7.5, 10.0, 20.0, 50.0)
+WEIGHTS = tuple(round(0.1 * k, 1) for k in range(51)) + (7.5, 10.0, 20.0, 50.0)
 COMBINATIONS = ("{m}+params", "{m}-params-rank", "params-then-{m}")
 
 

@@ -216,6 +216,7 @@ def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSe
         else 0
     failed = int((trained["state"] == "FAIL").sum()) if len(frame) else 0
     retries = frame["retries"] if len(frame) else pd.Series([], dtype=int)
+    audit = audit_for(settings.protocol, settings.study_dir.parent, references and references.key)
     lines = [f"# Search `{study.study_name}`", "",
              f"- budget: {settings.budget.describe()}; space `{settings.space}` on `{settings.backbone}`; "
              f"sampler `{settings.sampler}`; objectives {', '.join(settings.objectives)}",
@@ -226,7 +227,7 @@ def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSe
              + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}; {_precision(study)}",
              f"- ranking signal: {rank_by.why}",
              f"- the proxy's audit: "
-             f"{describe_audit(audit_for(settings.protocol, settings.study_dir.parent, references and references.key))}",
+             f"{describe_audit(audit)}",
              f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
              f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
              f"{counts.get('interrupted', 0)} interrupted and re-queued"

@@ -94,7 +94,8 @@ def close_interrupted(study: optuna.Study) -> int:
         return 0
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     for trial, status in [(t, "interrupted") for t in running] + [(t, "requeued") for t in waiting]:
-        reason = "interrupted (the driver stopped)" if status == "interrupted" else "queued again behind the interrupted"
+        reason = ("interrupted (the driver stopped)" if status == "interrupted"
+                  else "queued again behind the interrupted")
         fail_with(study, trial, {"failure": reason, "status": status})
         attrs = {k: trial.user_attrs[k] for k in ("baseline", "warm_start", "oneshot_rank", "supernet_accuracy",
                                                   "supernet_trial") if k in trial.user_attrs}

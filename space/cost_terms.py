@@ -19,7 +19,7 @@ class Cost:
     flops: int
     params: int
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(self.flops + other.flops, self.params + other.params)
 
 
