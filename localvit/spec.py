@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 from .presets import PRESETS, StagePreset, stage_geometry
 
@@ -24,7 +24,7 @@ MAX_KERNEL = 7
 SPEC_VERSION = 1
 
 
-def _fail(field_name: str, value: Any, accepted: str) -> None:
+def _fail(field_name: str, value: Any, accepted: str) -> NoReturn:
     raise ValueError(f"{field_name}={value!r} is invalid; accepted: {accepted}")
 
 
@@ -142,7 +142,7 @@ class ArchSpec:
             hidden = layer.hidden_dim(dim)
             if hidden < 1:
                 _fail(f"layers[{i}].gamma", layer.gamma, f"a ratio giving at least 1 hidden channel at dim {dim}")
-            if layer.attn == "se" and layer.se_ratio > hidden:
+            if layer.attn == "se" and layer.se_ratio is not None and layer.se_ratio > hidden:
                 _fail(f"layers[{i}].se_ratio", layer.se_ratio, f"at most the hidden width {hidden} (it divides it)")
 
     def _resolve_vit(self) -> None:
@@ -151,6 +151,7 @@ class ArchSpec:
                 object.__setattr__(self, name, default)
         if self.window_size is not None:
             _fail("window_size", self.window_size, "None for backbone='vit' (only Swin has windows)")
+        assert self.embed_dim is not None and self.num_heads is not None and self.patch_size is not None
         if self.embed_dim % self.num_heads:
             _fail("num_heads", self.num_heads, f"a divisor of embed_dim={self.embed_dim}")
         if self.img_size % self.patch_size:
@@ -184,7 +185,10 @@ class ArchSpec:
     def block_dims(self) -> list[int]:
         """Input width of every block, in `layers` order."""
         preset = self.preset
-        return [self.embed_dim] * len(self.layers) if preset is None else preset.block_dims()
+        if preset is None:
+            assert self.embed_dim is not None  # set for `vit` in __post_init__
+            return [self.embed_dim] * len(self.layers)
+        return preset.block_dims()
 
     @property
     def depth(self) -> int:
@@ -194,6 +198,7 @@ class ArchSpec:
     def grid_size(self) -> tuple[int, int]:
         """Token grid of the (first) stage."""
         if self.preset is None:
+            assert self.patch_size is not None  # set for `vit` in __post_init__
             side = self.img_size // self.patch_size
         else:
             side = stage_geometry(self.preset, self.img_size, self.patch_size, self.window_size)[0].grid
