@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 import torch
 from timm.layers import Mlp, PatchEmbed, trunc_normal_
@@ -185,17 +185,20 @@ class Supernet(nn.Module):
         return {"pos_embed", "cls_token"}
 
     # -- which specs it holds -------------------------------------------------------------
+    def block_caps(self) -> list[dict[str, BranchCaps]]:
+        """Per block, the largest design it holds of each FFN type."""
+        return [cast(_SharedBlock, block).caps for block in self.blocks]
+
     def why_not(self, spec: ArchSpec) -> str | None:
         """None when the supernet holds `spec`, else the first reason it does not."""
         for name in _GLOBAL_FIELDS:
             if getattr(spec, name) != getattr(self.base, name):
                 return f"{name}={getattr(spec, name)!r} differs from the supernet's {getattr(self.base, name)!r}"
         assert spec.embed_dim is not None  # as the supernet's
-        for i, (layer, block) in enumerate(zip(spec.layers, self.blocks)):
-            assert isinstance(block, _SharedBlock)
-            if layer.ffn not in block.caps:
-                return f"layers[{i}].ffn={layer.ffn!r} is not held there (held: {', '.join(block.caps)})"
-            reason = block.caps[layer.ffn].why_not(spec.embed_dim, layer)
+        for i, (layer, caps) in enumerate(zip(spec.layers, self.block_caps())):
+            if layer.ffn not in caps:
+                return f"layers[{i}].ffn={layer.ffn!r} is not held there (held: {', '.join(caps)})"
+            reason = caps[layer.ffn].why_not(spec.embed_dim, layer)
             if reason:
                 return f"layers[{i}]: {reason}"
         return None

@@ -395,7 +395,8 @@ class ProxyData:
                                     torch.from_numpy(np.asarray(arrays["train_labels"][idx], dtype=np.int64)))
         mean = self._tensors["train"][0].float().mean().item() / 255
         std = self._tensors["train"][0].float().std().item() / 255
-        self.mean, self.std = (mean,), (std,)
+        self.mean: tuple[float, ...] = (mean,)
+        self.std: tuple[float, ...] = (std,)
 
     def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.array(images, dtype=np.uint8))[:, None]  # (N, 1, H, W) uint8
@@ -419,6 +420,7 @@ class ProxyData:
         from torchvision import datasets
 
         cfg = self.config
+        assert cfg.data_dir is not None  # DataConfig requires it for imagefolder
         root = Path(cfg.data_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist; pass --data-dir PATH of an "

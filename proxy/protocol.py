@@ -180,7 +180,7 @@ def project_layer(layer: LayerSpec, proxy_dim: int) -> LayerSpec:
     proxy hidden width so that at least one SE channel remains (r=192 with gamma 1 at width 96
     becomes r=96). Everything else is kept as is.
     """
-    if layer.attn == "se":
+    if layer.se_ratio is not None:  # SE
         hidden = layer.hidden_dim(proxy_dim)
         if layer.se_ratio > hidden:
             return replace(layer, se_ratio=hidden)
@@ -204,6 +204,7 @@ def project_to_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | N
         return proxy_spec(spec, img_size=protocol.img_size, in_chans=in_chans or protocol.in_chans,
                           num_classes=num_classes or protocol.num_classes).replace(
             drop_path_rate=protocol.drop_path_rate)
+    assert spec.embed_dim is not None and spec.num_heads is not None  # set for `vit`
     dim, heads = scaled_width(spec.embed_dim, spec.num_heads, protocol.width_mult)
     layers = tuple(project_layer(layer, dim) for layer in spec.layers)
     if any(layer.hidden_dim(dim) < 1 for layer in layers):

@@ -107,7 +107,8 @@ def scheduled_batches(data: ProxyData, protocol: ProxyProtocol, optimizer: torch
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms, position/class tokens (1-D or token parameters), as in timm."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     for name, p in model.named_parameters():
         if not p.requires_grad:
