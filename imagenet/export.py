@@ -68,7 +68,7 @@ def arch_record(spec: ArchSpec, proxy: Mapping[str, Any] | None = None) -> dict[
 
 
 def _export_record() -> dict[str, Any]:
-    versions = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
             versions[name] = metadata.version(name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import types
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Mapping, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -232,7 +232,7 @@ def to_timm_args(cfg: TrainConfig, gpus: int = TIMM_GPUS) -> dict[str, Any]:
 
 # -- strict conversion of plain data into the dataclasses ------------------------------------
 
-def _fail(key: str, value: Any, accepted: str) -> None:
+def _fail(key: str, value: Any, accepted: str) -> NoReturn:
     raise ValueError(f"{key}={value!r} is invalid; accepted: {accepted}")
 
 
