@@ -170,9 +170,10 @@ def _audit(args: argparse.Namespace) -> int:
                                     args.backbone, compute_from_args(args), args.include_unfinished)
             storage = plans[0][0].storage_url
     if not args.from_study:
-        scores = train_references(plans)
-        if scores is None:
+        trained = train_references(plans)
+        if trained is None:
             return STOP.exit_status
+        scores = trained
     log(f"audit: zero-cost scores of {len(references.rows)} reference designs at the proxy (seconds each)")
     zero_cost = zero_cost_of(references, protocol)
     with usage_errors():

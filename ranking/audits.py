@@ -94,7 +94,7 @@ def supernet_audit_files(checkpoint: str | Path) -> dict[str, Path]:
             "imagenet": checkpoint.with_name(checkpoint.stem + ".paper-audit")}
 
 
-def supernet_audit(supernet: dict[str, Any] | None, kind: str) -> tuple[dict[str, Any] | None, str]:
+def supernet_audit(supernet: Mapping[str, Any] | None, kind: str) -> tuple[dict[str, Any] | None, str]:
     """A supernet's audit of `kind` (`stand_alone` or `imagenet`) and where it came from: the
     one `studies.supernet_audit` saved beside its checkpoint, else the project's of its key."""
     if not supernet:

@@ -8,6 +8,7 @@ trials ends as asked.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -152,7 +153,7 @@ def confirm(settings: SearchSettings, study: optuna.Study, cluster: Cluster) -> 
         return {}
     outcome: dict[str, Any] = {name: {"trial": t.number, "seeds": {str(settings.protocol.seed): t.values[0]}}
                                for name, t in subjects.items()}
-    for result in results:
+    for result in results:  # type: ignore[attr-defined]  # ResultGrid iterates by __getitem__, declares no __iter__
         cfg = result.config["candidate"]
         accuracy = (result.metrics or {}).get("accuracy")
         outcome[cfg["name"]]["seeds"][str(cfg["seed"])] = accuracy
@@ -311,4 +312,5 @@ def quiet_libraries() -> None:
     # to the storage and, with --min-throughput, measures the candidate (cached on disk).
     warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
     logging.getLogger("ray").setLevel(logging.ERROR)
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # not when a caller replaced it
+        sys.stdout.reconfigure(line_buffering=True)
