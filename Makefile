@@ -11,13 +11,18 @@ COMMA := ,
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 RUN_ENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=oversize_threshold:0$(COMMA)dirty_decay_ms:-1$(COMMA)muzzy_decay_ms:-1)
 
-.PHONY: search test test-slow bench study data venv
+.PHONY: search test lint test-slow bench study data venv
 
 search: venv data
 	$(RUN_ENV) $(PY) run_search.py $(SEARCH_ARGS)
 
-test: venv data
+test: lint data
 	$(PY) -m pytest
+
+# ruff and mypy, first in `make test`: pyproject.toml holds their rules and paths (docs/contributing.md).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 test-slow: venv data
 	$(RUN_ENV) $(PY) -m pytest -m slow

@@ -114,7 +114,8 @@ def read_studies(names: Sequence[str], storage: str) -> tuple[ProxyProtocol, dic
     protocols, precision, scores = {}, {}, {}
     for name in names:
         if name not in held:
-            raise ValueError(f"study {name!r} is not in {storage}; accepted: one of {', '.join(sorted(held)) or '(none)'}")
+            raise ValueError(f"study {name!r} is not in {storage}; accepted: one of "
+                             f"{', '.join(sorted(held)) or '(none)'}")
         study = optuna.load_study(study_name=name, storage=opened)
         if "proxy_protocol" not in study.user_attrs:
             raise ValueError(f"study {name!r} holds no proxy protocol; accepted: a study made by run_search.py or "

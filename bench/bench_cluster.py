@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
             f"nodes x 2 logical CPUs on a 2-core machine), {args.rounds} round(s); range: over rounds\n\n{table}")
     if recovery:
         low, high, coverage = median_interval(recovery)
-        text += (f"\n\nNode death to its trial running again on the other node: median {statistics.median(recovery):.1f} s "
+        text += (f"\n\nNode death to its trial running again on the other node: median "
+                 f"{statistics.median(recovery):.1f} s "
                  f"({low:.1f} to {high:.1f}, {100 * coverage:.0f}% interval; {len(recovery)} kills: "
                  f"{', '.join(f'{r:.1f}' for r in recovery)} s)")
     print(text)

@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ def environment() -> dict[str, Any]:
     native only with AVX512-BF16 or AMX), load, libraries and allocator."""
     from space.throughput import device_name
 
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit(),
             "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
             "cpu": device_name("cpu"), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()],

@@ -13,7 +13,7 @@ import argparse
 import json
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -68,13 +68,13 @@ def arch_record(spec: ArchSpec, proxy: Mapping[str, Any] | None = None) -> dict[
 
 
 def _export_record() -> dict[str, Any]:
-    versions = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions, "git": git_state()}
+    return {"at": datetime.now(UTC).isoformat(timespec="seconds"), "versions": versions, "git": git_state()}
 
 
 def git_state() -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import types
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Mapping, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -141,7 +141,7 @@ class TrainConfig:
                 _fail(f"data.{name}", list(getattr(self.data, name)), f"{chans} numbers (model.spec.in_chans)")
 
     @classmethod
-    def for_spec(cls, spec: ArchSpec) -> "TrainConfig":
+    def for_spec(cls, spec: ArchSpec) -> TrainConfig:
         """The full recipe for one architecture."""
         return cls(model=ModelConfig(spec=spec))
 
@@ -155,7 +155,7 @@ class TrainConfig:
         return {"version": CONFIG_VERSION, **_to_plain(self)}
 
     @classmethod
-    def from_dict(cls, data: Any) -> "TrainConfig":
+    def from_dict(cls, data: Any) -> TrainConfig:
         """Check every key and value (see the module doc); the spec is validated as an ArchSpec."""
         if not isinstance(data, Mapping):
             _fail("config", data, "a mapping of sections")
@@ -174,7 +174,7 @@ class TrainConfig:
         Path(path).write_text(self.dump(header))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config={str(path)!r} is invalid; accepted: an existing YAML file")
@@ -184,7 +184,7 @@ class TrainConfig:
             raise ValueError(f"config {path} is not valid YAML: {' '.join(str(err).split())}") from None
         return cls.from_dict(data)
 
-    def override(self, changes: Mapping[str, Any]) -> "TrainConfig":
+    def override(self, changes: Mapping[str, Any]) -> TrainConfig:
         """A copy with dotted keys changed (`{"schedule.epochs": 1}`), checked like a loaded file."""
         data = self.to_dict()
         for key, value in changes.items():
@@ -232,7 +232,7 @@ def to_timm_args(cfg: TrainConfig, gpus: int = TIMM_GPUS) -> dict[str, Any]:
 
 # -- strict conversion of plain data into the dataclasses ------------------------------------
 
-def _fail(key: str, value: Any, accepted: str) -> None:
+def _fail(key: str, value: Any, accepted: str) -> NoReturn:
     raise ValueError(f"{key}={value!r} is invalid; accepted: {accepted}")
 
 

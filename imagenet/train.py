@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Sized, cast
 
 import numpy as np
 import torch
@@ -160,6 +160,7 @@ def imagenet_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     """Train and validation ImageDatasets, after checking the folder is an ImageNet layout whose
     two splits hold the same classes (timm would fall back to the root folder for a missing split, and
     drop validation images of classes the training split lacks, without a word)."""
+    assert cfg.data.dir is not None  # main() requires it
     root, data = Path(cfg.data.dir), cfg.data
     layout = f"an ImageNet layout folder: {data.train_split}/<class>/<images> and {data.val_split}/<class>/<images>"
     if not root.is_dir():
@@ -205,15 +206,20 @@ def keep_zero_bit_posterize() -> None:
     """
     for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
         op = auto_augment.NAME_TO_OP[name]
-        if not getattr(op, "keeps_zero_bits", False):
-            auto_augment.NAME_TO_OP[name] = _zero_bit_posterize(op)
+        if op not in _ZERO_BIT_POSTERIZE:
+            # mypy joins timm's untyped ops to `builtins.function`, which it does not call
+            auto_augment.NAME_TO_OP[name] = _zero_bit_posterize(op)  # type: ignore[arg-type]
 
 
-def _zero_bit_posterize(op: Callable[..., Image.Image]) -> Callable[..., Image.Image]:
+_ZERO_BIT_POSTERIZE: set[Callable[..., Image.Image]] = set()
+"""The wrappers `keep_zero_bit_posterize` installed (so that a second call wraps nothing twice)."""
+
+
+def _zero_bit_posterize(op: Callable[..., Any]) -> Callable[..., Image.Image]:
     def posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
         return Image.new(img.mode, img.size) if bits_to_keep <= 0 else op(img, bits_to_keep, **kwargs)
 
-    posterize.keeps_zero_bits = True
+    _ZERO_BIT_POSTERIZE.add(posterize)
     return posterize
 
 
@@ -235,6 +241,7 @@ def build_loaders(cfg: TrainConfig, proc: Process, datasets: tuple[Any, Any]) ->
         mean=data.mean, std=data.std, re_prob=aug.reprob, re_mode=aug.remode, re_count=aug.recount)
     val_set.transform = create_transform(img_size, interpolation=data.interpolation, crop_pct=data.crop_pct,
                                          mean=data.mean, std=data.std)
+    sampler: RepeatAugSampler | DistributedSampler
     if aug.repeated_aug:
         sampler = RepeatAugSampler(train_set, num_replicas=proc.world_size, rank=proc.rank,
                                    num_repeats=aug.repeated_aug)
@@ -243,7 +250,7 @@ def build_loaders(cfg: TrainConfig, proc: Process, datasets: tuple[Any, Any]) ->
     if len(sampler) < batch:
         raise ValueError(f"run.batch_size={cfg.run.batch_size} is invalid; accepted: at most "
                          f"{len(sampler) * proc.world_size} (the images of one epoch)")
-    common = dict(num_workers=data.workers, pin_memory=proc.device.type == "cuda",
+    common: dict[str, Any] = dict(num_workers=data.workers, pin_memory=proc.device.type == "cuda",
                   persistent_workers=data.workers > 0, worker_init_fn=_seed_worker)
     train_loader = DataLoader(train_set, batch_size=batch, sampler=sampler, drop_last=True, **common)
     val_shard = Subset(val_set, range(proc.rank, len(val_set), proc.world_size))  # exact counts, no padding
@@ -362,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if proc.main:
             print(f"top-1: {acc.top1:.2f} top-5: {acc.top5:.2f} ({acc.images} images, {args.checkpoint})", flush=True)
     else:
+        assert cfg.data.dir is not None  # checked with the options
         result = RunResult(design.model.spec, _arch_file(args), cfg, Path(cfg.data.dir), classes,
                            len(datasets[0]), len(datasets[1]))
         fit(cfg, model, train_loader, val_loader, proc, out, resume, result)
@@ -419,11 +427,13 @@ def fit(cfg: TrainConfig, model: nn.Module, train_loader: DataLoader, val_loader
                 csv.writer(f).writerow(LOG_FIELDS)
         print(f"training {cfg.model.spec.id} on {proc.world_size} x {proc.device}, epochs {start + 1}-"
               f"{cfg.schedule.epochs}: global batch {cfg.run.batch_size}, lr {cfg.lr:g}, "
-              f"{len(train_loader.dataset)} train / {len(val_loader.dataset) * proc.world_size} val images, "
+              f"{len(cast(Sized, train_loader.dataset))} train / "
+              f"{len(cast(Sized, val_loader.dataset)) * proc.world_size} val images, "
               f"amp {'on' if scaler.is_enabled() else 'off'}, output {out}", flush=True)
 
     for epoch in range(start, cfg.schedule.epochs):
         tic = time.perf_counter()
+        assert isinstance(train_loader.sampler, (DistributedSampler, RepeatAugSampler))  # build_loaders' samplers
         train_loader.sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         loss = train_one_epoch(model, train_loader, optimizer, scaler, criterion, mixup, ema, cfg, proc)

@@ -101,13 +101,16 @@ class LocalityFeedForward(nn.Module):
         if layer.ffn == "mlp":
             raise ValueError("ffn='mlp' is invalid for LocalityFeedForward; accepted: 'conv', 'local'")
         hidden = layer.hidden_dim(dim)
+        assert layer.act is not None  # LayerSpec resolves the default
         layers: list[nn.Module] = [
             nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), make_activation(layer.act)]
         if layer.ffn == "local":
             k = layer.kernel
+            assert k is not None  # LayerSpec resolves the default
             layers += [nn.Conv2d(hidden, hidden, k, padding=k // 2, groups=hidden, bias=False),
                        nn.BatchNorm2d(hidden), make_activation(layer.act)]
         if layer.attn == "se":
+            assert layer.se_ratio is not None  # LayerSpec requires it with SE
             layers.append(SqueezeExcite(hidden, layer.se_ratio))
         elif layer.attn == "eca":
             layers.append(EfficientChannelAttention(hidden))

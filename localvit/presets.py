@@ -10,6 +10,7 @@ two token blocks of the tokens-to-token module come first (stages 0 and 1), then
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 FAMILIES = ("pvt", "swin", "tnt", "t2t")
 
@@ -57,7 +58,7 @@ PRESETS: dict[str, StagePreset] = {
 }
 
 
-def _fail(field_name: str, value: object, accepted: str) -> None:
+def _fail(field_name: str, value: object, accepted: str) -> NoReturn:
     raise ValueError(f"{field_name}={value!r} is invalid; accepted: {accepted}")
 
 
@@ -96,10 +97,12 @@ def stage_geometry(preset: StagePreset, img_size: int, patch_size: int | None,
         if min(sides) < 1 or sides[2] != img_size // 16:
             _fail("img_size", img_size, "a multiple of 16 for T2T (three soft splits, strides 4, 2, 2)")
         return [StageGeometry(side) for side in sides]
+    assert patch is not None, preset  # every stem but T2T's has a patch
     if img_size % patch:
         _fail("img_size", img_size, f"a multiple of patch_size={patch}")
     grid = img_size // patch
     if preset.family == "tnt":
+        assert preset.first_stride is not None, preset
         if patch % preset.first_stride:
             _fail("patch_size", patch, f"a multiple of the TNT pixel stride {preset.first_stride}")
         return [StageGeometry(grid)]
@@ -115,6 +118,7 @@ def stage_geometry(preset: StagePreset, img_size: int, patch_size: int | None,
                                             f"{preset.sr_ratios} (got {grids})")
         return [StageGeometry(side, kv_grid=side // ratio) for side, ratio in zip(grids, preset.sr_ratios)]
     window = preset.window_size if window_size is None else window_size
+    assert window is not None, preset  # the family left, Swin, has windows
     stages = []
     for side in grids:
         if side <= window:  # the official rule: one window over the whole grid, no shift

@@ -10,7 +10,7 @@ The attention is timm's PVT v2 `Attention`, which is PVT v1's for non-linear att
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from timm.layers import DropPath, PatchEmbed, trunc_normal_
@@ -30,7 +30,7 @@ class PvtBlock(FeedForwardBlock):
     """Spatial-reduction attention with pre-norm, then the spec's feed-forward design."""
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, layer: LayerSpec, grid_size: tuple[int, int],
-                 num_prefix_tokens: int, norm_layer: type[nn.Module], drop_path: float = 0.0) -> None:
+                 num_prefix_tokens: int, norm_layer: Callable[[int], nn.Module], drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads=num_heads, sr_ratio=sr_ratio, qkv_bias=True)
@@ -53,6 +53,7 @@ class PyramidVisionTransformer(StageBackbone):
         norm_layer = partial(nn.LayerNorm, eps=preset.layer_norm_eps)
         rates = drop_path_rates(spec)
         in_chans, img_size, patch = spec.in_chans, spec.img_size, spec.patch_size
+        assert patch is not None  # PVT's stem has a patch
         last = len(preset.depths) - 1
         first_block = 0
         for stage, (depth, dim, heads, sr_ratio, geometry) in enumerate(
@@ -79,7 +80,7 @@ class PyramidVisionTransformer(StageBackbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         last = len(self.preset.depths) - 1
-        for stage, geometry in enumerate(self.geometry):
+        for stage in range(len(self.geometry)):
             if stage:  # tokens back onto their grid for the next patch embedding
                 x = x.transpose(1, 2).reshape(batch, -1, self.geometry[stage - 1].grid, self.geometry[stage - 1].grid)
             x = getattr(self, f"patch_embed{stage + 1}")(x)

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 from .presets import PRESETS, StagePreset, stage_geometry
 
@@ -24,7 +24,7 @@ MAX_KERNEL = 7
 SPEC_VERSION = 1
 
 
-def _fail(field_name: str, value: Any, accepted: str) -> None:
+def _fail(field_name: str, value: Any, accepted: str) -> NoReturn:
     raise ValueError(f"{field_name}={value!r} is invalid; accepted: {accepted}")
 
 
@@ -87,7 +87,7 @@ class LayerSpec:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LayerSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             _fail("layer field", sorted(unknown)[0], ", ".join(cls.__dataclass_fields__))
@@ -142,7 +142,7 @@ class ArchSpec:
             hidden = layer.hidden_dim(dim)
             if hidden < 1:
                 _fail(f"layers[{i}].gamma", layer.gamma, f"a ratio giving at least 1 hidden channel at dim {dim}")
-            if layer.attn == "se" and layer.se_ratio > hidden:
+            if layer.attn == "se" and layer.se_ratio is not None and layer.se_ratio > hidden:
                 _fail(f"layers[{i}].se_ratio", layer.se_ratio, f"at most the hidden width {hidden} (it divides it)")
 
     def _resolve_vit(self) -> None:
@@ -151,6 +151,7 @@ class ArchSpec:
                 object.__setattr__(self, name, default)
         if self.window_size is not None:
             _fail("window_size", self.window_size, "None for backbone='vit' (only Swin has windows)")
+        assert self.embed_dim is not None and self.num_heads is not None and self.patch_size is not None
         if self.embed_dim % self.num_heads:
             _fail("num_heads", self.num_heads, f"a divisor of embed_dim={self.embed_dim}")
         if self.img_size % self.patch_size:
@@ -184,7 +185,10 @@ class ArchSpec:
     def block_dims(self) -> list[int]:
         """Input width of every block, in `layers` order."""
         preset = self.preset
-        return [self.embed_dim] * len(self.layers) if preset is None else preset.block_dims()
+        if preset is None:
+            assert self.embed_dim is not None  # set for `vit` in __post_init__
+            return [self.embed_dim] * len(self.layers)
+        return preset.block_dims()
 
     @property
     def depth(self) -> int:
@@ -194,12 +198,13 @@ class ArchSpec:
     def grid_size(self) -> tuple[int, int]:
         """Token grid of the (first) stage."""
         if self.preset is None:
+            assert self.patch_size is not None  # set for `vit` in __post_init__
             side = self.img_size // self.patch_size
         else:
             side = stage_geometry(self.preset, self.img_size, self.patch_size, self.window_size)[0].grid
         return side, side
 
-    def replace(self, **changes: Any) -> "ArchSpec":
+    def replace(self, **changes: Any) -> ArchSpec:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
@@ -217,7 +222,7 @@ class ArchSpec:
         return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ArchSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> ArchSpec:
         data = dict(data)
         version = data.pop("version", SPEC_VERSION)
         if version != SPEC_VERSION:
@@ -231,7 +236,7 @@ class ArchSpec:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchSpec":
+    def from_json(cls, text: str) -> ArchSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -241,7 +246,7 @@ class ArchSpec:
         return cls.from_dict(data)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArchSpec":
+    def load(cls, path: str | Path) -> ArchSpec:
         """A spec file: a bare spec, or a record holding one under `spec` (an exported `arch.json`)."""
         path = Path(path)
         if not path.is_file():
@@ -268,7 +273,7 @@ class ArchSpec:
         return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
 
     @classmethod
-    def uniform(cls, layer: LayerSpec, depth: int = 12, **globals_: Any) -> "ArchSpec":
+    def uniform(cls, layer: LayerSpec, depth: int = 12, **globals_: Any) -> ArchSpec:
         """The same layer design in every block."""
         return cls(layers=(layer,) * depth, **globals_)
 
@@ -291,7 +296,7 @@ def with_overrides(spec: ArchSpec, kwargs: dict[str, Any]) -> ArchSpec:
     return spec.replace(**overrides) if overrides else spec
 
 
-def as_spec(spec: "ArchSpec | Mapping[str, Any] | str | Path") -> ArchSpec:
+def as_spec(spec: ArchSpec | Mapping[str, Any] | str | Path) -> ArchSpec:
     """Accept a spec object, a dict, a JSON string or a path to a JSON file."""
     if isinstance(spec, ArchSpec):
         return spec

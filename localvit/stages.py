@@ -37,6 +37,7 @@ class StageBackbone(nn.Module):
     def __init__(self, spec: ArchSpec | dict | str, kwargs: dict[str, Any]) -> None:
         super().__init__()
         self.spec = spec_for_family(spec, self.family, kwargs)
+        assert self.spec.preset is not None  # spec_for_family checked it
         self.preset: StagePreset = self.spec.preset
         self.geometry: list[StageGeometry] = stage_geometry(
             self.preset, self.spec.img_size, self.spec.patch_size, self.spec.window_size)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 import torch
 from timm.layers import Mlp, PatchEmbed, trunc_normal_
@@ -51,10 +51,10 @@ class BranchCaps:
     eca_kernel: int | None = None   # ECA kernel, when some design has ECA
 
     @classmethod
-    def of(cls, dim: int, layers: Iterable[LayerSpec]) -> "BranchCaps":
+    def of(cls, dim: int, layers: Iterable[LayerSpec]) -> BranchCaps:
         layers = list(layers)
         hidden = [x.hidden_dim(dim) for x in layers]
-        se = [x.hidden_dim(dim) // x.se_ratio for x in layers if x.attn == "se"]
+        se = [x.hidden_dim(dim) // x.se_ratio for x in layers if x.se_ratio is not None]  # the SE designs
         eca = [eca_kernel_size(x.hidden_dim(dim)) for x in layers if x.attn == "eca"]
         kernels = [x.kernel for x in layers if x.kernel is not None]
         return cls(max(hidden), max(kernels, default=None), max(se, default=None), max(eca, default=None))
@@ -66,7 +66,7 @@ class BranchCaps:
             return f"gamma={layer.gamma} needs {hidden} hidden channels, the supernet holds {self.hidden}"
         if layer.kernel is not None and layer.kernel > (self.kernel or 0):
             return f"kernel={layer.kernel} is larger than the supernet's {self.kernel}"
-        if layer.attn == "se" and hidden // layer.se_ratio > (self.se_width or 0):
+        if layer.se_ratio is not None and hidden // layer.se_ratio > (self.se_width or 0):
             return f"se_ratio={layer.se_ratio} needs {hidden // layer.se_ratio} SE channels, the supernet holds " \
                    f"{self.se_width or 0}"
         if layer.attn == "eca" and eca_kernel_size(hidden) > (self.eca_kernel or 0):
@@ -159,6 +159,7 @@ class Supernet(nn.Module):
             raise ValueError(f"block_layers has {len(block_layers)} entries; accepted: one per block ({base.depth})")
         self.base = base
         dim = base.embed_dim
+        assert dim is not None and base.num_heads is not None and base.patch_size is not None  # set for `vit`
         self.patch_embed = PatchEmbed(base.img_size, base.patch_size, base.in_chans, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, dim))
@@ -184,15 +185,20 @@ class Supernet(nn.Module):
         return {"pos_embed", "cls_token"}
 
     # -- which specs it holds -------------------------------------------------------------
+    def block_caps(self) -> list[dict[str, BranchCaps]]:
+        """Per block, the largest design it holds of each FFN type."""
+        return [cast(_SharedBlock, block).caps for block in self.blocks]
+
     def why_not(self, spec: ArchSpec) -> str | None:
         """None when the supernet holds `spec`, else the first reason it does not."""
         for name in _GLOBAL_FIELDS:
             if getattr(spec, name) != getattr(self.base, name):
                 return f"{name}={getattr(spec, name)!r} differs from the supernet's {getattr(self.base, name)!r}"
-        for i, (layer, block) in enumerate(zip(spec.layers, self.blocks)):
-            if layer.ffn not in block.caps:
-                return f"layers[{i}].ffn={layer.ffn!r} is not held there (held: {', '.join(block.caps)})"
-            reason = block.caps[layer.ffn].why_not(spec.embed_dim, layer)
+        assert spec.embed_dim is not None  # as the supernet's
+        for i, (layer, caps) in enumerate(zip(spec.layers, self.block_caps())):
+            if layer.ffn not in caps:
+                return f"layers[{i}].ffn={layer.ffn!r} is not held there (held: {', '.join(caps)})"
+            reason = caps[layer.ffn].why_not(spec.embed_dim, layer)
             if reason:
                 return f"layers[{i}]: {reason}"
         return None
@@ -221,11 +227,11 @@ class Supernet(nn.Module):
         return self._state(spec, self._template(spec))
 
     def _state(self, spec: ArchSpec, template: nn.Module) -> dict[str, torch.Tensor]:
-        own = dict(self.named_parameters())
+        own: dict[str, torch.Tensor] = dict(self.named_parameters())
         own.update(self.named_buffers())
         state = {}
-        for i, block in enumerate(template.blocks):
-            roles = _locality_roles(block.conv.conv) if hasattr(block, "conv") else {}
+        for i, block in enumerate(template.get_submodule("blocks").children()):
+            roles = _locality_roles(block.get_submodule("conv.conv")) if hasattr(block, "conv") else {}
             prefix = f"blocks.{i}."
             for name, tensor in block.state_dict(keep_vars=True).items():
                 source, kernel_dims = self._source(prefix + name, spec.layers[i], roles)
@@ -259,11 +265,11 @@ class Supernet(nn.Module):
         return model.eval()
 
 
-def _locality_roles(sequence: nn.Sequential) -> dict[int, str]:
+def _locality_roles(sequence: nn.Module) -> dict[int, str]:
     """Index in a stand-alone locality FFN -> name in the shared branch (activations have no weights).
 
     Convolutions in order are pw1, [dw,] pw2; each BatchNorm follows its convolution."""
-    children = list(sequence)
+    children = list(sequence.children())
     convs = [j for j, m in enumerate(children) if isinstance(m, nn.Conv2d)]
     conv_roles = dict(zip(convs, ["pw1", "dw", "pw2"] if len(convs) == 3 else ["pw1", "pw2"]))
     bn_of = {"pw1": "bn1", "dw": "bn2", "pw2": "bn3"}

@@ -50,12 +50,14 @@ class SwinBlock(FeedForwardBlock):
     def __init__(self, dim: int, num_heads: int, geometry: StageGeometry, shifted: bool, layer: LayerSpec,
                  drop_path: float = 0.0) -> None:
         super().__init__()
+        assert geometry.window is not None and geometry.shift is not None  # a Swin stage's geometry
         self.window = geometry.window
         self.shift = geometry.shift if shifted else 0
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, window_size=self.window, qkv_bias=True)
         # The official code keeps the index in the state dict; timm's is non-persistent.
-        self.attn.register_buffer("relative_position_index", self.attn.relative_position_index, persistent=True)
+        self.attn.register_buffer("relative_position_index", self.attn.get_buffer("relative_position_index"),
+                                  persistent=True)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.register_buffer("attn_mask", shifted_window_mask(geometry.grid, self.window, self.shift)
                              if self.shift else None)
@@ -106,6 +108,7 @@ class SwinTransformer(StageBackbone):
     def __init__(self, spec: ArchSpec | dict | str, **kwargs: Any) -> None:
         super().__init__(spec, kwargs)
         preset, spec = self.preset, self.spec
+        assert spec.patch_size is not None  # Swin's stem has a patch
         self.patch_embed = PatchEmbed(spec.img_size, spec.patch_size, spec.in_chans, preset.dims[0],
                                       norm_layer=nn.LayerNorm)
         rates = drop_path_rates(spec)

@@ -94,6 +94,10 @@ class TokenPerformer(nn.Module):
 class TokensToToken(nn.Module):
     """Soft split, performer, re-grid; twice; a last soft split and a linear projection."""
 
+    soft_split0: nn.Unfold
+    soft_split1: nn.Unfold
+    soft_split2: nn.Unfold
+
     def __init__(self, in_chans: int, token_dim: int, embed_dim: int, layers: tuple[LayerSpec, LayerSpec],
                  sides: tuple[int, int, int]) -> None:
         super().__init__()
@@ -137,8 +141,8 @@ class TokensToTokenViT(StageBackbone):
         super().__init__(spec, kwargs)
         preset, spec = self.preset, self.spec
         token_dim, dim, heads = preset.dims[0], preset.dims[2], preset.num_heads[2]
-        sides = tuple(geometry.grid for geometry in self.geometry)
-        self.tokens_to_token = TokensToToken(spec.in_chans, token_dim, dim, spec.layers[:2], sides)
+        sides = (self.geometry[0].grid, self.geometry[1].grid, self.geometry[2].grid)
+        self.tokens_to_token = TokensToToken(spec.in_chans, token_dim, dim, (spec.layers[0], spec.layers[1]), sides)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(sinusoid_position_embedding(sides[2] ** 2 + 1, dim), requires_grad=False)
         rates = drop_path_rates(spec)[2:]

@@ -50,6 +50,7 @@ class TransformerInTransformer(TNT):
     def __init__(self, spec: ArchSpec | dict | str, **kwargs: Any) -> None:
         spec = spec_for_family(spec, "tnt", kwargs)
         preset = spec.preset
+        assert preset and preset.inner_dim and preset.inner_heads and preset.first_stride and spec.patch_size
         dim = preset.dims[0]
         super().__init__(
             img_size=spec.img_size, patch_size=spec.patch_size, in_chans=spec.in_chans,
@@ -61,7 +62,7 @@ class TransformerInTransformer(TNT):
         num_pixel = self.pixel_embed.new_patch_size[0] * self.pixel_embed.new_patch_size[1]
         blocks = []
         for layer, rate in zip(spec.layers, drop_path_rates(spec)):
-            block_kwargs = dict(dim=preset.inner_dim, dim_out=dim, num_pixel=num_pixel,
+            block_kwargs: dict[str, Any] = dict(dim=preset.inner_dim, dim_out=dim, num_pixel=num_pixel,
                                 num_heads_in=preset.inner_heads, num_heads_out=preset.num_heads[0],
                                 qkv_bias=False, drop_path=rate, norm_layer=nn.LayerNorm)
             if layer.ffn == "mlp":

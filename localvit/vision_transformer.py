@@ -11,7 +11,7 @@ Official code: https://github.com/ofsoundof/LocalViT (MIT).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -40,7 +40,7 @@ class LocalityBlock(nn.Module):
             drop_path: float = 0.0,
             attn_drop: float = 0.0,
             proj_drop: float = 0.0,
-            norm_layer: type[nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+            norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
     ) -> None:
         super().__init__()
         self.grid_size = grid_size
@@ -77,11 +77,14 @@ class LocalVisionTransformer(VisionTransformer):
                 raise ValueError(f"{key}={kwargs[key]!r} cannot be passed to LocalVisionTransformer; "
                                  f"accepted: set it in the spec")
         self.spec = spec
+        assert spec.embed_dim is not None and spec.num_heads is not None and spec.patch_size is not None
         super().__init__(
             img_size=spec.img_size, patch_size=spec.patch_size, in_chans=spec.in_chans,
             num_classes=spec.num_classes, embed_dim=spec.embed_dim, depth=spec.depth,
             num_heads=spec.num_heads, qkv_bias=True, drop_path_rate=spec.drop_path_rate,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), block_fn=partial(_make_block, spec), **kwargs)
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            # timm annotates block_fn as a class; it only calls it, as it does norm_layer.
+            block_fn=partial(_make_block, spec), **kwargs)  # type: ignore[arg-type]
 
 
 # --- registered models ------------------------------------------------------------------
@@ -140,7 +143,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _checkpoint_filter(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+def _checkpoint_filter(state_dict: dict[str, Any], model: VisionTransformer) -> dict[str, Any]:
     """Official checkpoints are DeiT training states: unwrap `model`, then timm's ViT filter."""
     state_dict = state_dict.get("model", state_dict)
     return checkpoint_filter_fn(state_dict, model)

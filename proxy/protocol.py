@@ -137,7 +137,7 @@ class ProxyProtocol:
             args += [option_flag(f)] if isinstance(value, bool) else [option_flag(f), str(value)]
         return args
 
-    def replace(self, **changes: Any) -> "ProxyProtocol":
+    def replace(self, **changes: Any) -> ProxyProtocol:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +147,7 @@ class ProxyProtocol:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ProxyProtocol":
+    def from_dict(cls, data: Mapping[str, Any]) -> ProxyProtocol:
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:
@@ -234,7 +234,7 @@ def project_layer(layer: LayerSpec, proxy_dim: int) -> LayerSpec:
     proxy hidden width so that at least one SE channel remains (r=192 with gamma 1 at width 96
     becomes r=96). Everything else is kept as is.
     """
-    if layer.attn == "se":
+    if layer.se_ratio is not None:  # SE
         hidden = layer.hidden_dim(proxy_dim)
         if layer.se_ratio > hidden:
             return replace(layer, se_ratio=hidden)
@@ -258,6 +258,7 @@ def project_to_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | N
         return proxy_spec(spec, img_size=protocol.img_size, in_chans=in_chans or protocol.in_chans,
                           num_classes=num_classes or protocol.num_classes).replace(
             drop_path_rate=protocol.drop_path_rate)
+    assert spec.embed_dim is not None and spec.num_heads is not None  # set for `vit`
     dim, heads = scaled_width(spec.embed_dim, spec.num_heads, protocol.width_mult)
     layers = tuple(project_layer(layer, dim) for layer in spec.layers)
     if any(layer.hidden_dim(dim) < 1 for layer in layers):

@@ -60,9 +60,9 @@ def space_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int,
         raise ValueError(f"backbone={bases[0].backbone!r} is invalid for --strategy oneshot; accepted: deit_tiny, "
                          f"deit_small (the supernet holds ViT spaces)")
     proxies = [proxy_of(base, protocol, data_shape) for base in bases]
-    widths = sorted({p.embed_dim for p in proxies})
+    widths = sorted({p.embed_dim for p in proxies if p.embed_dim is not None})  # every ViT has one
     if len(widths) > 1:
-        heads = sorted({b.num_heads for b in bases})
+        heads = sorted({b.num_heads for b in bases if b.num_heads is not None})
         raise ValueError(f"width_mult={protocol.width_mult} gives heads {heads} the proxy widths {widths}; accepted "
                          f"for a supernet: one proxy width (e.g. width_mult 0.5 or 1)")
     dim = widths[0]
@@ -144,7 +144,7 @@ def score(supernet: Supernet, spec: ArchSpec, data: ProxyData, protocol: ProxyPr
 def describe(supernet: Supernet) -> dict[str, Any]:
     """What a supernet holds, for records and checkpoints."""
     return {"base": supernet.base.to_dict(), "params": sum(p.numel() for p in supernet.parameters()),
-            "blocks": [{ffn: vars(caps) for ffn, caps in block.caps.items()} for block in supernet.blocks]}
+            "blocks": [{ffn: vars(caps) for ffn, caps in caps_of.items()} for caps_of in supernet.block_caps()]}
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def _train_epoch(supernet: Supernet, subnets: Callable[[random.Random], list[Arc
     rng = random.Random(f"supernet-{protocol.seed}-{epoch}")
     started = time.perf_counter()
     loss_sum, seen, trained = 0.0, 0, 0
-    for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, epochs):
+    for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, epochs):  # noqa: B007 (the last lr is reported)
         if stop is not None and stop():
             raise TrainingStopped(f"supernet training stopped in epoch {epoch}, step {i}")
         targets = subnets(rng)

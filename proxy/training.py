@@ -107,7 +107,8 @@ def scheduled_batches(data: ProxyData, protocol: ProxyProtocol, optimizer: torch
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms, position/class tokens (1-D or token parameters), as in timm."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -189,7 +190,7 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
         for epoch in range(1, protocol.epochs + 1):
             t_epoch = time.perf_counter()
             loss_sum, seen = 0.0, 0
-            for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, protocol.epochs):
+            for i, x, y, lr in scheduled_batches(data, protocol, optimizer, epoch, protocol.epochs):  # noqa: B007 (last lr reported)
                 if protocol.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(precision, device):
@@ -230,5 +231,5 @@ def train_proxy(spec: ArchSpec | Mapping | str, protocol: ProxyProtocol | None =
     return result
 
 
-__all__ = ["NonFiniteLossError", "ProxyResult", "TrainingStopped", "evaluate", "lr_at", "make_optimizer", "param_groups",
-           "scheduled_batches", "seed_everything", "train_proxy"]
+__all__ = ["NonFiniteLossError", "ProxyResult", "TrainingStopped", "evaluate", "lr_at", "make_optimizer",
+           "param_groups", "scheduled_batches", "seed_everything", "train_proxy"]

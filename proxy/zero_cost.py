@@ -53,6 +53,7 @@ from .training import seed_everything
 #: The zero-cost scores, in the order reports list them.
 ZERO_COST = ("grad_norm", "snip", "synflow", "naswot", "dss")
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+WeightedLayer = nn.Linear | nn.Conv1d | nn.Conv2d
 RELU_FAMILY = (nn.ReLU, nn.ReLU6)
 #: Images of the batch a score is computed on (NASWOT's paper uses 128).
 BATCH = 128
@@ -67,7 +68,7 @@ class ZeroCostScore:
     undefined: str = ""
 
 
-def _weighted(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _weighted(model: nn.Module) -> list[tuple[str, WeightedLayer]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHTED)]
 
 
@@ -146,7 +147,7 @@ def naswot(model: nn.Module, x: torch.Tensor) -> float | None:
     return float(torch.linalg.slogdet(kernel)[1])
 
 
-def _ffn_and_attention(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+def _ffn_and_attention(model: nn.Module) -> tuple[list[WeightedLayer], list[WeightedLayer]]:
     """The weighted layers inside attention modules, and those inside feed-forward modules (a
     timm MLP, a locality FFN with its SE or ECA: the feed-forward side decides first, since ECA's
     class is named an attention)."""
@@ -197,7 +198,8 @@ def zero_cost_scores(spec: ArchSpec, protocol: ProxyProtocol, data: ProxyData, i
             "grad_norm": _timed(lambda: grad_norm(model, x, y), ""),
             "snip": _timed(lambda: snip(model, x, y), ""),
             "synflow": _timed(lambda: synflow(model, shape), ""),
-            "naswot": _timed(lambda: naswot(model, x), "no ReLU-family activation (NASWOT's codes come from ReLU units)"),
+            "naswot": _timed(lambda: naswot(model, x),
+                             "no ReLU-family activation (NASWOT's codes come from ReLU units)"),
             "dss": _timed(lambda: dss(model, shape), ""),
         }
 

@@ -67,7 +67,8 @@ def describe_audit(audit: Mapping[str, Any] | None) -> str:
         single = [a["kendall_tau_b"] for a in audit["per_seed"].values()]
         text += f" ({', '.join(f'{t:.2f}' for t in single)} with one seed)"
     if c:
-        text += f"; seed-to-seed {c['kendall_tau_b']:.2f} [{c['kendall_interval'][0]:.2f}, {c['kendall_interval'][1]:.2f}]"
+        low, high = c["kendall_interval"]
+        text += f"; seed-to-seed {c['kendall_tau_b']:.2f} [{low:.2f}, {high:.2f}]"
     return text + f" (precision {describe_precision(audit['precision'])}, {audit['created']})"
 
 
@@ -93,7 +94,7 @@ def supernet_audit_files(checkpoint: str | Path) -> dict[str, Path]:
             "imagenet": checkpoint.with_name(checkpoint.stem + ".paper-audit")}
 
 
-def supernet_audit(supernet: dict[str, Any] | None, kind: str) -> tuple[dict[str, Any] | None, str]:
+def supernet_audit(supernet: Mapping[str, Any] | None, kind: str) -> tuple[dict[str, Any] | None, str]:
     """A supernet's audit of `kind` (`stand_alone` or `imagenet`) and where it came from: the
     one `studies.supernet_audit` saved beside its checkpoint, else the project's of its key."""
     if not supernet:

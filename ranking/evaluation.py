@@ -35,7 +35,7 @@ AXES = ("ffn type", "placement", "activation", "channel attention", "gamma", "ke
 TOP_K = (1, 3, 5)
 
 def _se_channels(layer: LayerSpec, dim: int) -> int | None:
-    return layer.hidden_dim(dim) // layer.se_ratio if layer.attn == "se" else None
+    return layer.hidden_dim(dim) // layer.se_ratio if layer.se_ratio is not None else None  # SE
 
 
 def pair_axis(a: ArchSpec, b: ArchSpec) -> str | None:
@@ -178,7 +178,10 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
     which protocol's ladder `protocol` is (`proxy.protocol.at_rung`).
     """
     seeds = list(scores_by_seed)
-    rows, proxy, target, specs = [], [], [], []
+    rows: list[dict[str, Any]] = []
+    proxy: list[float] = []
+    target: list[float] = []
+    specs: list[ArchSpec] = []
     missing = []
     for ref in references.rows:
         per_seed = {s: scores_by_seed[s][ref.spec.id] for s in seeds if ref.spec.id in scores_by_seed[s]}
@@ -186,17 +189,17 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
             missing.append(ref.name)
             continue
         mean = statistics.fmean(p.accuracy for p in per_seed.values())
-        cost = target_cost(ref.spec)
-        signals = {"params": cost.params, "flops": cost.flops,
-                   measured: per_seed[seeds[0]].accuracy if seeds[0] in per_seed else None}
+        size = target_cost(ref.spec)
+        row_signals = {"params": size.params, "flops": size.flops,
+                       measured: per_seed[seeds[0]].accuracy if seeds[0] in per_seed else None}
         undefined = {}
         for name, score in (zero_cost or {}).get(ref.spec.id, {}).items():
-            signals[name] = score.value
+            row_signals[name] = score.value
             if score.value is None:
                 undefined[name] = score.undefined
         rows.append({"name": ref.name, "spec_id": ref.spec.id, "target": ref.accuracy, "source": dict(ref.source),
                      "proxy": {s: p.accuracy for s, p in per_seed.items()}, "proxy_mean": mean,
-                     "cpu_s": _cost(list(per_seed.values())), "signals": signals,
+                     "cpu_s": _cost(list(per_seed.values())), "signals": row_signals,
                      **({"undefined": undefined} if undefined else {})})
         proxy.append(mean)
         target.append(ref.accuracy)
@@ -204,7 +207,7 @@ def score_audit(references: ReferenceSet, scores_by_seed: Mapping[str, Mapping[s
     if len(rows) < 3:
         raise ValueError(f"{len(rows)} of the {len(references.rows)} reference designs have a proxy result; "
                          f"accepted: at least 3 (missing: {', '.join(missing[:5])})")
-    kwargs = {"confidence": confidence, "n_resamples": n_resamples}
+    kwargs: dict[str, Any] = {"confidence": confidence, "n_resamples": n_resamples}
     per_seed_agreement = {}
     for s in seeds:
         common = [(r["proxy"][s], r["target"]) for r in rows if s in r["proxy"]]

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 
 from .statistics import (average_ranks, bootstrap_interval, bucket_pairs, bucket_tau_b, kendall_tau_b, near_pairs,
-                         pair_agreement, regret_at, spearman)
+                         Scores, pair_agreement, regret_at, spearman)
 
 FREE = ("params", "flops")
 MEASURED = ("proxy", "supernet")
@@ -43,7 +43,7 @@ REGRET_BUDGETS = (0.75, 0.95, 1.1, 1.3, 1.65)
 #: `EQUAL_PARAMS` of each other are pairs counting cannot decide.
 FLOP_BUCKET, EQUAL_PARAMS = 0.03, 0.01
 #: The weights `M+params` may take (0: M alone; large: parameter count alone).
-WEIGHTS = tuple(round(0.1 * k, 1) for k in range(0, 51)) + (7.5, 10.0, 20.0, 50.0)
+WEIGHTS = tuple(round(0.1 * k, 1) for k in range(51)) + (7.5, 10.0, 20.0, 50.0)
 COMBINATIONS = ("{m}+params", "{m}-params-rank", "params-then-{m}")
 
 
@@ -115,7 +115,7 @@ def groups_of(sources: Sequence[Mapping[str, Any]]) -> tuple[list[str], str]:
     return [str(i) for i in range(len(sources))], "leave-one-out"
 
 
-def out_of_sample(name: str, columns: Mapping[str, Sequence[float]], target: Sequence[float],
+def out_of_sample(name: str, columns: Mapping[str, Sequence[float]], target: Scores,
                   groups: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
     """A combined signal's values, each row scored with the weight fitted without its group;
     and the weights by held-out group. Rows of one group are ranked among themselves and the
@@ -229,15 +229,17 @@ def evaluate_all(columns: Mapping[str, Sequence[float | None]], target: Sequence
                  measured: Sequence[str], n_resamples: int = 10_000) -> dict[str, Evaluation]:
     """Every signal of `columns` (values per design, None where undefined) and the combinations
     of each `measured` signal with the parameter count, out of sample."""
-    params, flops = columns["params"], columns["flops"]
+    # every design has a parameter count and FLOPs
+    params, flops = cast(Sequence[float], columns["params"]), cast(Sequence[float], columns["flops"])
     groups, how = groups_of(sources)
     out = {name: evaluate(name, values, target, params, flops, cpu_s=cpu_s.get(name), n_resamples=n_resamples)
            for name, values in columns.items()}
     for m in measured:
-        defined = [i for i, v in enumerate(columns[m]) if v is not None and math.isfinite(v)]
+        defined_values = {i: v for i, v in enumerate(columns[m]) if v is not None and math.isfinite(v)}
+        defined = list(defined_values)
         if len(defined) < 3:
             continue
-        sub = {m: [columns[m][i] for i in defined], "params": [params[i] for i in defined]}
+        sub = {m: list(defined_values.values()), "params": [params[i] for i in defined]}
         sub_target = [target[i] for i in defined]
         for name in combinations(m):
             if name.endswith("+params"):

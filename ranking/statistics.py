@@ -30,8 +30,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+Scores = Sequence[float] | np.ndarray
+"""One score per design: a sequence or a 1-D array."""
 
-def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+
+def _pair(x: Scores, y: Scores) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"scores of shapes {x.shape} and {y.shape} are invalid; accepted: two 1-D sequences "
@@ -41,7 +44,7 @@ def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
-def kendall_tau_b(x: Sequence[float], y: Sequence[float], pairs: Iterable[tuple[int, int]] | None = None) -> float:
+def kendall_tau_b(x: Scores, y: Scores, pairs: Iterable[tuple[int, int]] | None = None) -> float:
     """Kendall's tau-b over all pairs of designs, or over the given index `pairs` only (ties
     corrected among those); NaN when either side ties every pair counted."""
     x, y = _pair(x, y)
@@ -57,7 +60,7 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float], pairs: Iterable[tuple[
     return float(np.sum(dx * dy) / math.sqrt(untied_x * untied_y))
 
 
-def average_ranks(x: Sequence[float]) -> np.ndarray:
+def average_ranks(x: Scores) -> np.ndarray:
     """Ranks from 1, ties sharing their average rank (scipy.stats.rankdata's default)."""
     x = np.asarray(x, dtype=float)
     order = np.argsort(x, kind="mergesort")
@@ -71,7 +74,7 @@ def average_ranks(x: Sequence[float]) -> np.ndarray:
     return ranks
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Scores, y: Scores) -> float:
     """Spearman's rho: Pearson correlation of the average ranks; NaN when a side is constant."""
     x, y = _pair(x, y)
     rx, ry = average_ranks(x) - (len(x) + 1) / 2, average_ranks(y) - (len(y) + 1) / 2
@@ -79,8 +82,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.sum(rx * ry) / denominator) if denominator else math.nan
 
 
-def bootstrap_interval(statistic: Callable[..., float], x: Sequence[float], y: Sequence[float],
-                       *more: Sequence[float], confidence: float = 0.95, n_resamples: int = 10_000,
+def bootstrap_interval(statistic: Callable[..., float], x: Scores, y: Scores,
+                       *more: Scores, confidence: float = 0.95, n_resamples: int = 10_000,
                        seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(x, y, *more)``, the designs resampled with
     replacement, every column of a design together."""
@@ -103,7 +106,7 @@ def bootstrap_interval(statistic: Callable[..., float], x: Sequence[float], y: S
     return float(low), float(high)
 
 
-def pair_agreement(x: Sequence[float], y: Sequence[float], pairs: Iterable[tuple[int, int]]) -> tuple[float, int]:
+def pair_agreement(x: Scores, y: Scores, pairs: Iterable[tuple[int, int]]) -> tuple[float, int]:
     """(pairs ordered alike, pairs counted) among ``pairs`` of indices; a pair the target ``y``
     ties is not counted (there is no order to agree with), a proxy tie counts as half."""
     x, y = _pair(x, y)
@@ -118,7 +121,7 @@ def pair_agreement(x: Sequence[float], y: Sequence[float], pairs: Iterable[tuple
     return agree, int(counted)
 
 
-def top_k_overlap(x: Sequence[float], y: Sequence[float], k: int) -> float:
+def top_k_overlap(x: Scores, y: Scores, k: int) -> float:
     """Share of the target's k best (by ``y``) that are among the proxy's k best (by ``x``)."""
     x, y = _pair(x, y)
     if not 1 <= k <= len(x):
@@ -128,7 +131,7 @@ def top_k_overlap(x: Sequence[float], y: Sequence[float], k: int) -> float:
     return len(best_x & best_y) / k
 
 
-def cost_buckets(costs: Sequence[float], tolerance: float = 0.03) -> list[list[int]]:
+def cost_buckets(costs: Scores, tolerance: float = 0.03) -> list[list[int]]:
     """Indices grouped by cost: in increasing order, a bucket takes every design whose cost is
     within `tolerance` (relative) of the bucket's cheapest; the next design opens a new one."""
     order = sorted(range(len(costs)), key=lambda i: costs[i])
@@ -141,25 +144,25 @@ def cost_buckets(costs: Sequence[float], tolerance: float = 0.03) -> list[list[i
     return buckets
 
 
-def bucket_pairs(costs: Sequence[float], tolerance: float = 0.03) -> list[tuple[int, int]]:
+def bucket_pairs(costs: Scores, tolerance: float = 0.03) -> list[tuple[int, int]]:
     """The pairs of designs that share a cost bucket (`cost_buckets`)."""
     return [(a, b) for bucket in cost_buckets(costs, tolerance) for k, a in enumerate(bucket) for b in bucket[k + 1:]]
 
 
-def bucket_tau_b(x: Sequence[float], y: Sequence[float], costs: Sequence[float], tolerance: float = 0.03) -> float:
+def bucket_tau_b(x: Scores, y: Scores, costs: Scores, tolerance: float = 0.03) -> float:
     """Kendall tau-b over the pairs inside cost buckets, pooled: how well a signal orders designs
     of about the same cost, which is what a budgeted search decides between."""
     return kendall_tau_b(x, y, bucket_pairs(costs, tolerance))
 
 
-def near_pairs(values: Sequence[float], tolerance: float = 0.01) -> list[tuple[int, int]]:
+def near_pairs(values: Scores, tolerance: float = 0.01) -> list[tuple[int, int]]:
     """Pairs whose `values` (parameter counts) lie within `tolerance` of the smaller one."""
     v = np.asarray(values, dtype=float)
     return [(i, j) for i in range(len(v)) for j in range(i + 1, len(v))
             if abs(v[i] - v[j]) <= tolerance * min(v[i], v[j])]
 
 
-def regret_at(budget: float, signal: Sequence[float], target: Sequence[float], costs: Sequence[float]
+def regret_at(budget: float, signal: Scores, target: Scores, costs: Scores
               ) -> tuple[float, int]:
     """(regret, designs within the budget): the target of the best design whose cost is within
     `budget` minus the target of the one the signal ranks first there (ties: the cheaper, then
@@ -190,7 +193,7 @@ class Agreement:
                 f"n={self.n})")
 
 
-def agreement(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 10_000,
+def agreement(x: Scores, y: Scores, *, confidence: float = 0.95, n_resamples: int = 10_000,
               seed: int = 0) -> Agreement:
     """Kendall tau-b and Spearman of proxy ``x`` against target ``y`` with their bootstrap intervals."""
     return Agreement(

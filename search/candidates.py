@@ -44,9 +44,10 @@ class Skips:
         self.in_a_row = 0
 
     def close(self, trial: optuna.Trial, config: dict, objectives: Sequence[str], earlier: Earlier | None,
-              tell: Callable[[optuna.Trial, Sequence[float] | None], None]) -> None:
+              tell: Callable[[optuna.Trial, Sequence[float] | None], object]) -> None:
         """Close a proposal that is infeasible (`config["status"]`) or repeats `earlier`, through
         `tell(trial, values)` (values None: fail it), and count it."""
+        values: Sequence[float] | None
         if config["status"] == INFEASIBLE:
             status, values = INFEASIBLE, worst_values(objectives, config["flops"])
         else:

@@ -8,6 +8,7 @@ trials ends as asked.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -367,4 +368,5 @@ def quiet_libraries() -> None:
     # to the storage and, with --min-throughput, measures the candidate (cached on disk).
     warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
     logging.getLogger("ray").setLevel(logging.ERROR)
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # not when a caller replaced it
+        sys.stdout.reconfigure(line_buffering=True)

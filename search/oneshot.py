@@ -190,6 +190,8 @@ def evaluate_candidates(settings: SearchSettings, plan: Plan, checkpoint: Path, 
         return {"scored": held, "scored_now": 0, "held_before": held, "seconds_now": 0.0, "per_s": 0.0}
     protocol = define.protocol
     evaluator = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(SupernetEvaluator)
+    # Ray types a handle's methods as the class's (no `.remote`) and kill's argument apart: left untyped.
+    actors: list[Any]
     actors = [evaluator.remote(settings.space, settings.backbone, protocol.to_dict(), str(checkpoint),
                                settings.supernet_epochs, settings.supernet_sampling, settings.recalibration_images,
                                settings.score_images)
@@ -203,7 +205,7 @@ def evaluate_candidates(settings: SearchSettings, plan: Plan, checkpoint: Path, 
                 while calls[index] < CALLS_AHEAD and (deadline is None or time.time() < deadline) \
                         and not STOP.requested:
                     room = settings.candidates - len(proposer.scored) - sum(len(c) for _, c in busy.values())
-                    chunk = []
+                    chunk: list[tuple[optuna.Trial, ArchSpec]] = []
                     while len(chunk) < min(CHUNK, room) and not proposer.exhausted:
                         candidate = proposer.next()
                         chunk += [candidate] if candidate else []

@@ -44,7 +44,9 @@ def _switch(f: dataclasses.Field) -> str:
 def _default(f: dataclasses.Field) -> Any:
     if "cli_default" in f.metadata:
         return f.metadata["cli_default"]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def _scalar_type(cls: type, f: dataclasses.Field) -> type:

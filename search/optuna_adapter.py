@@ -73,4 +73,5 @@ def fill_waiting(study: optuna.Study, waiting_id: int, finished: FrozenTrial) ->
     return True
 
 
-__all__ = ["PRIVATE_STORAGE_CALLS", "fail_with", "fill_waiting", "record_constraints", "set_system_attr", "storage_of", "trial_id"]
+__all__ = ["PRIVATE_STORAGE_CALLS", "fail_with", "fill_waiting", "record_constraints", "set_system_attr", "storage_of",
+           "trial_id"]

@@ -88,7 +88,8 @@ class Progress(Callback):
             self.durations.append(result.get("wall_time_s", 0.0))
             baseline = self._baseline_of(name)
             if baseline:
-                self.baselines[baseline] = accuracy
+                if accuracy is not None:  # a trial can end before it reports one
+                    self.baselines[baseline] = accuracy
             elif full and accuracy is not None and (self.best is None or accuracy > self.best[0]):
                 self.best = (accuracy, name)
             detail = f"{accuracy:.2f}% after {epochs} epoch(s)" + ("" if full else " (stopped early by ASHA)") \

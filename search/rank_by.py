@@ -121,7 +121,7 @@ def resolve(settings: SearchSettings, supernet: Mapping[str, Any] | None = None,
     if settings.rank_by != AUTO:
         signal = settings.rank_by
         why = f"{signal}, as asked (--rank-by)"
-    elif signals:
+    elif audit is not None and signals:
         signal = audit["default_signal"]
         why = f"{signal}, the default of {where}{on}: {describe_choice(signals, signal, measured)}"
     elif references is not None:
@@ -179,10 +179,11 @@ def values(trials: Sequence[FrozenTrial], rank_by: RankBy) -> list[float]:
     measured = [measured_value(t, rank_by.measured, rank_by) for t in trials]
     if rank_by.signal == rank_by.measured:
         return [-math.inf if m is None else float(m) for m in measured]
-    known = [i for i, m in enumerate(measured) if m is not None]
+    known_values = {i: m for i, m in enumerate(measured) if m is not None}
+    known = list(known_values)
     out = [-math.inf] * len(trials)
     if known:
-        combined = combine(rank_by.signal, {rank_by.measured: [measured[i] for i in known],
+        combined = combine(rank_by.signal, {rank_by.measured: list(known_values.values()),
                                             "params": [trials[i].user_attrs["params"] for i in known]}, rank_by.weight)
         for k, i in enumerate(known):
             out[i] = float(combined[k])

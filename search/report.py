@@ -151,6 +151,7 @@ def plot_layers(trials: list[tuple[str, FrozenTrial]], path: Path) -> None:
     for r, (_, spec) in enumerate(specs):
         for c, layer in enumerate(spec.layers):
             attn = {"none": "", "se": f"SE{layer.se_ratio}", "eca": "ECA"}[layer.attn]
+            assert layer.act is not None  # LayerSpec resolves the default
             act = {"relu6": "R6", "hswish": "HS", "gelu": "GE"}[layer.act]
             text = f"{layer.gamma:g}\n{act}" + (f"\n{attn}" if attn else "") + (f"\nk{layer.kernel}" if layer.kernel
                                                                                   not in (None, 3) else "")
@@ -216,7 +217,8 @@ def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSe
     stopped = int(((trained["state"] == "COMPLETE") & ~trained["full_fidelity"].astype(bool)).sum()) if len(frame) \
         else 0
     failed = int((trained["state"] == "FAIL").sum()) if len(frame) else 0
-    retries = frame["retries"] if len(frame) else pd.Series([], dtype=int)
+    retries: pd.Series = frame["retries"] if len(frame) else pd.Series([], dtype=int)
+    audit = audit_for(settings.protocol, settings.study_dir.parent, references.key if references else None)
     lines = [f"# Search `{study.study_name}`", "",
              f"- budget: {settings.budget.describe()}; space `{settings.space}` on `{settings.backbone}`; "
              f"sampler `{settings.sampler}`; objectives {', '.join(settings.objectives)}",
@@ -227,7 +229,7 @@ def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSe
              + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}; {_precision(study)}",
              f"- ranking signal: {rank_by.why}",
              f"- the proxy's audit: "
-             f"{describe_audit(audit_for(settings.protocol, settings.study_dir.parent, references and references.key))}",
+             f"{describe_audit(audit)}",
              *([f"- the fidelity ladder (`--max-rung`, docs/audit.md): {describe_ladder(ladder_of(settings))}"]
                if settings.strategy != ONESHOT and references is not None else []),
              f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
@@ -289,6 +291,7 @@ def signals_markdown(standing: Standing) -> list[str]:
     measured value, the costs, and each combination's rank among the candidates (each with the
     weight its audit fitted, as `--rank-by` would rank)."""
     rank_by, population = standing.rank_by, standing.population
+    assert standing.best is not None, "summary_markdown shows signals when a design trained in full"
     shown = [("best", standing.best)] + list(standing.baselines.items())
     combos = list(combinations(rank_by.measured))
     lines = ["", f"Every signal the search can rank by (`--rank-by`; now: {rank_by.signal}), for the best and the "

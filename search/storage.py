@@ -75,7 +75,7 @@ def _sqlite_full(err: BaseException) -> bool:
     return isinstance(err, sqlite3.OperationalError) and "disk is full" in str(err)
 
 
-def causes(err: BaseException) -> list[BaseException]:
+def causes(err: BaseException | None) -> list[BaseException]:
     """`err` and every exception it was raised from or during."""
     chain: list[BaseException] = []
     while err is not None and err not in chain:

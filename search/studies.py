@@ -8,7 +8,7 @@ study (or `--resume`) continues from what the storage holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -50,7 +50,8 @@ class Plan:
 
 def open_study(settings: SearchSettings, space: Space, storage: optuna.storages.RDBStorage) -> optuna.Study:
     """Create the study, or load it and check that it was made by the same kind of search."""
-    directions = ["maximize" if o == "accuracy" else "minimize" for o in settings.objectives]
+    directions: list[Literal["maximize", "minimize"]] = [
+        "maximize" if o == "accuracy" else "minimize" for o in settings.objectives]
     exists = any(s.study_name == settings.study for s in storage.get_all_studies())
     held = 0
     here = precision_record(settings.protocol.precision, planned_device(settings))
@@ -95,10 +96,11 @@ def close_interrupted(study: optuna.Study) -> int:
         return 0
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     for trial, status in [(t, "interrupted") for t in running] + [(t, "requeued") for t in waiting]:
-        reason = "interrupted (the driver stopped)" if status == "interrupted" else "queued again behind the interrupted"
+        reason = ("interrupted (the driver stopped)" if status == "interrupted"
+                  else "queued again behind the interrupted")
         fail_with(study, trial, {"failure": reason, "status": status})
-        attrs = {k: trial.user_attrs[k] for k in ("baseline", "warm_start", "oneshot_rank", "supernet_accuracy",
-                                                  "supernet_trial") if k in trial.user_attrs}
+        keep = ("baseline", "warm_start", "oneshot_rank", "supernet_accuracy", "supernet_trial")
+        attrs: dict[str, Any] = {k: trial.user_attrs[k] for k in keep if k in trial.user_attrs}
         study.enqueue_trial(trial.params or trial.system_attrs.get("fixed_params", {}), user_attrs=attrs,
                             skip_if_exists=False)
     return len(running)

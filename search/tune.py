@@ -140,7 +140,14 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self._lost_pending: dict[str, Any] = {}  # lost trials, closed when their reason is known
         self._scheduled: set[int] = set()  # Optuna trial numbers this searcher sent to Ray
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray annotates suggest as returning dict | None, but its searchers return Searcher.FINISHED (a str) too.
+    @property
+    def study(self) -> optuna.Study:
+        """Ray's OptunaSearch holds the study as `_ot_study`, None until it is set up."""
+        assert self._ot_study is not None, "the searcher is not set up"
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         if STOP.requested or self.finished >= self.target or self.lost > self.target or self.skips.exhausted:
             return Searcher.FINISHED if not self._active else None
         if self.finished + len(self._active) >= self.target:
@@ -157,13 +164,13 @@ class ConstrainedOptunaSearch(OptunaSearch):
                 self._active.add(trial_id)
                 return config
             self.skips.close(self._ot_trials.pop(trial_id), config, self.objectives, earlier,
-                             lambda trial, values: tell_values(self._ot_study, trial, values))
+                             lambda trial, values: tell_values(self.study, trial, values))
         return Searcher.FINISHED if not self._active else None
 
     def _trained_value(self, spec_json: str, trial_number: int) -> tuple[list[float] | None, int] | None:
         """The earlier trial of the same spec that trained (its values) or is training (None)."""
         spec_id = ArchSpec.from_json(spec_json).id
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
             if t.number == trial_number or t.user_attrs.get("spec_id") != spec_id:
                 continue
             if t.state == TrialState.RUNNING and t.number in self._scheduled:
@@ -245,4 +252,4 @@ class ConstrainedOptunaSearch(OptunaSearch):
         ot_trial.set_user_attr("failure", reason)
         super().on_trial_complete(trial_id, None, error=True)
         attrs = {k: ot_trial.user_attrs[k] for k in ("baseline", "warm_start") if k in ot_trial.user_attrs}
-        self._ot_study.enqueue_trial(ot_trial.params, user_attrs=attrs, skip_if_exists=False)
+        self.study.enqueue_trial(ot_trial.params, user_attrs=attrs, skip_if_exists=False)

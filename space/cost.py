@@ -22,6 +22,7 @@ TARGET_IN_CHANS = 3
 
 def _vit_cost(spec: ArchSpec) -> Cost:
     dim = spec.embed_dim
+    assert dim is not None and spec.patch_size is not None  # set for `vit`
     pixels = spec.grid_size[0] * spec.grid_size[1]
     tokens = pixels + 1
     cost = conv2d(spec.in_chans, dim, spec.patch_size, pixels) + Cost(0, dim + tokens * dim)  # cls, pos_embed

@@ -19,7 +19,7 @@ class Cost:
     flops: int
     params: int
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(self.flops + other.flops, self.params + other.params)
 
 
@@ -59,9 +59,9 @@ def locality_ffn(layer: LayerSpec, dim: int, pixels: int) -> Cost:
     """The locality FFN (`conv` or `local`) on a grid of `pixels` positions."""
     hidden = layer.hidden_dim(dim)
     cost = conv2d(dim, hidden, 1, pixels, bias=False) + batch_norm(hidden, pixels)
-    if layer.ffn == "local":
+    if layer.kernel is not None:  # the `local` FFN's depth-wise conv
         cost += conv2d(hidden, hidden, layer.kernel, pixels, groups=hidden, bias=False) + batch_norm(hidden, pixels)
-    if layer.attn == "se":
+    if layer.se_ratio is not None:  # SE
         squeezed = hidden // layer.se_ratio
         cost += Cost(hidden * pixels, 0) + linear(hidden, squeezed, 1) + linear(squeezed, hidden, 1)
     elif layer.attn == "eca":

@@ -30,9 +30,9 @@ class PaperRow:
     @property
     def decimals(self) -> tuple[int, int | None]:
         """Decimals the paper prints for (params, FLOPs): rows are compared at that precision."""
-        def places(x: float | None) -> int | None:
-            return None if x is None else len(repr(x).split(".")[1])
-        return places(self.params_m), places(self.flops_g)
+        def places(x: float) -> int:
+            return len(repr(x).split(".")[1])
+        return places(self.params_m), None if self.flops_g is None else places(self.flops_g)
 
 
 def tiny(layers: LayerSpec | tuple[LayerSpec, ...], heads: int | None = None) -> ArchSpec:

@@ -125,7 +125,8 @@ def references_from_folder(folder: Path, backbone: str = "deit_tiny", include_un
     by_design: dict[ArchSpec, list[tuple[ReferenceRow, Path]]] = {}
     for row, _, path in found:
         by_design.setdefault(row.spec, []).append((row, path))
-    rows, names = [], {}
+    rows: list[ReferenceRow] = []
+    names: dict[str, Path] = {}
     for runs in by_design.values():
         first, path = runs[0]
         if first.name in names:

@@ -116,7 +116,7 @@ class SearchSpace:
                 raise ValueError(f"{name}={list(values)!r} is invalid for backbone={self.base.backbone!r}; "
                                  f"accepted: [] (its widths and heads are fixed by the preset)")
             object.__setattr__(self, name, values)
-        for dim, heads in itertools.product(self.embed_dims or (self.base.embed_dim,), self.heads):
+        for dim, heads in itertools.product(self.embed_dims or self.base.block_dims[:1], self.heads):
             if dim % heads:
                 raise ValueError(f"heads={heads} is invalid for embed_dim={dim}; accepted: divisors of {dim}")
         if self.base.backbone != "vit" and self.depths:
@@ -130,7 +130,7 @@ class SearchSpace:
     def _all_block_dims(self) -> list[int]:
         if self.base.backbone != "vit":
             return list(self.base.block_dims)
-        return list(self.embed_dims or (self.base.embed_dim,))
+        return list(self.embed_dims or self.base.block_dims[:1])
 
     def _globals(self) -> list[tuple[str, tuple[int, ...]]]:
         return [(name, values) for name, values in
@@ -166,7 +166,7 @@ class SearchSpace:
 
     @staticmethod
     def _dims(base: ArchSpec, depth: int) -> list[int]:
-        return list(base.block_dims) if base.backbone != "vit" else [base.embed_dim] * depth
+        return list(base.block_dims) if base.backbone != "vit" else base.block_dims[:1] * depth
 
     def _layer_names(self, depth: int) -> list[str]:
         return ["all"] if self.shared else [f"l{i:02d}" for i in range(depth)]
@@ -255,8 +255,8 @@ class SearchSpace:
         if spec.backbone != self.base.backbone:
             return False
         try:
-            base, depth = self._with_globals({"embed_dim": spec.embed_dim, "depth": spec.depth,
-                                              "heads": spec.num_heads})
+            values = {"embed_dim": spec.embed_dim, "depth": spec.depth, "heads": spec.num_heads}
+            base, depth = self._with_globals({k: v for k, v in values.items() if v is not None})  # stages: no width
             same_globals = base.replace(layers=spec.layers) == spec
         except ValueError:  # e.g. a depth the base cannot take
             return False
@@ -321,7 +321,7 @@ class ListSpace:
 
     def from_params(self, params: Mapping[str, Any]) -> ArchSpec:
         row = params.get(self.param)
-        if row not in self.points:
+        if not isinstance(row, str) or row not in self.points:
             raise ValueError(f"{self.param}={row!r} is invalid; accepted: {', '.join(self.points)}")
         return self.points[row]
 

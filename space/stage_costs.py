@@ -7,15 +7,16 @@ nothing; an einsum counts the product of all its index sizes (one multiply-add e
 """
 from __future__ import annotations
 
-from localvit.presets import StagePreset, stage_geometry
+from localvit.presets import StageGeometry, StagePreset, stage_geometry
 from localvit.spec import ArchSpec, LayerSpec
 from localvit.t2t import KERNEL_RATIO, SPLITS
 
 from .cost_terms import ZERO, Cost, attention, conv2d, ffn, layer_norm, linear, locality_ffn, mlp_ffn
 
 
-def _geometry(spec: ArchSpec) -> tuple[StagePreset, list]:
+def _geometry(spec: ArchSpec) -> tuple[StagePreset, list[StageGeometry]]:
     preset = spec.preset
+    assert preset is not None, spec.backbone  # FAMILY_COSTS holds the stage families only
     return preset, stage_geometry(preset, spec.img_size, spec.patch_size, spec.window_size)
 
 
@@ -33,6 +34,7 @@ def pvt_cost(spec: ArchSpec) -> Cost:
     preset, geometry = _geometry(spec)
     last = len(preset.depths) - 1
     cost, in_chans, patch = Cost(0, preset.dims[-1]), spec.in_chans, spec.patch_size  # the class token
+    assert patch is not None  # PVT's stem has a patch
     for stage, (layers, dim, sr_ratio, where) in enumerate(
             zip(_stage_layers(spec, preset), preset.dims, preset.sr_ratios, geometry)):
         pixels = where.grid ** 2
@@ -42,6 +44,7 @@ def pvt_cost(spec: ArchSpec) -> Cost:
         kv_tokens = tokens
         reduction = ZERO
         if sr_ratio > 1:
+            assert where.kv_grid is not None  # PVT's geometry has it
             kv_tokens = where.kv_grid ** 2
             reduction = conv2d(dim, dim, sr_ratio, kv_tokens) + layer_norm(dim, kv_tokens)
         block_attention = (layer_norm(dim, tokens) + linear(dim, dim, tokens) + reduction
@@ -57,10 +60,12 @@ def swin_cost(spec: ArchSpec) -> Cost:
     """Swin v1: window attention with a relative position bias table, patch merging between stages."""
     preset, geometry = _geometry(spec)
     pixels = geometry[0].grid ** 2
+    assert spec.patch_size is not None  # Swin's stem has a patch
     cost = conv2d(spec.in_chans, preset.dims[0], spec.patch_size, pixels) + layer_norm(preset.dims[0], pixels)
     for stage, (layers, dim, heads, where) in enumerate(
             zip(_stage_layers(spec, preset), preset.dims, preset.num_heads, geometry)):
         pixels = where.grid ** 2
+        assert where.window is not None  # Swin's geometry has it
         window_attention = (linear(dim, 3 * dim, pixels) + Cost(2 * pixels * where.window ** 2 * dim, 0)
                             + linear(dim, dim, pixels) + Cost(0, (2 * where.window - 1) ** 2 * heads))
         for layer in layers:
@@ -82,6 +87,7 @@ def tnt_cost(spec: ArchSpec) -> Cost:
     """TNT (legacy layout): an inner transformer on each patch's pixels, an outer one on the patches."""
     preset, geometry = _geometry(spec)
     dim, inner, stride = preset.dims[0], preset.inner_dim, preset.first_stride
+    assert inner is not None and stride is not None and spec.patch_size is not None  # a TNT preset's
     patches = geometry[0].grid ** 2
     side = spec.patch_size // stride  # pixels per patch side
     pixels = side * side

@@ -59,7 +59,7 @@ class Postgres:
         return subprocess.run(as_pg + [str(c) for c in cmd], check=True, capture_output=True, text=True)
 
     @classmethod
-    def start(cls, bin_dir: Path) -> "Postgres":
+    def start(cls, bin_dir: Path) -> Postgres:
         folder = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
         server = cls(folder, free_port(), bin_dir=bin_dir)
         if os.geteuid() == 0:
@@ -145,7 +145,7 @@ class RayCluster:
         return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
 
     @classmethod
-    def start(cls, workers: list[dict[str, float]]) -> "RayCluster":
+    def start(cls, workers: list[dict[str, float]]) -> RayCluster:
         """`workers`: per worker node, its {"cpus": n, "gpus": g} (fake GPUs on a GPU-less machine)."""
         cluster = cls(Path(tempfile.mkdtemp(prefix="r", dir="/tmp")))  # short: socket paths <= 107 bytes
         try:

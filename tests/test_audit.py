@@ -50,7 +50,7 @@ def test_kendall_tau_b_and_spearman_equal_scipy_with_ties() -> None:
 def test_bootstrap_interval_equals_scipy_paired_percentile_bootstrap() -> None:
     for statistic, reference in ((kendall_tau_b, stats.kendalltau), (spearman, stats.spearmanr)):
         ours = bootstrap_interval(statistic, PROXY, TARGET, n_resamples=2000, seed=11)
-        theirs = stats.bootstrap((PROXY, TARGET), lambda a, b: reference(a, b).statistic, paired=True,
+        theirs = stats.bootstrap((PROXY, TARGET), lambda a, b, ref=reference: ref(a, b).statistic, paired=True,
                                  vectorized=False, n_resamples=2000, method="percentile",
                                  rng=np.random.default_rng(11)).confidence_interval
         assert ours == pytest.approx((theirs.low, theirs.high), abs=1e-12)
@@ -221,7 +221,8 @@ def test_tiny_audit_end_to_end_killed_and_resumed_trains_nothing_twice(tmp_path)
     proxy = {r["name"]: r["proxy_mean"] for r in report["rows"]}
     for row in report["rows"]:  # the report's figures are the studies' trial values
         per_seed = {s: next(t.values[0] for t in studies[f"a-s{s}"].trials
-                            if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["spec_id"] == row["spec_id"])
+                            if t.state == optuna.trial.TrialState.COMPLETE
+                            and t.user_attrs["spec_id"] == row["spec_id"])
                     for s in ("0", "1")}
         assert row["proxy"] == per_seed and row["proxy_mean"] == pytest.approx(sum(per_seed.values()) / 2)
     target = [r["target"] for r in report["rows"]]

@@ -17,7 +17,8 @@ needs_fmnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-labels
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return ProxyData(DataConfig(dataset="fashion-mnist", train_size=3000, val_size=1000, cache_dir=str(tmp_path_factory.mktemp("cache"))))
+    return ProxyData(DataConfig(dataset="fashion-mnist", train_size=3000, val_size=1000,
+                                cache_dir=str(tmp_path_factory.mktemp("cache"))))
 
 
 @needs_fmnist
@@ -294,7 +295,8 @@ def test_plain_files_accepted(tmp_path):
 
 
 def test_bad_config_values():
-    with pytest.raises(ValueError, match="dataset=.cifar.*fashion-mnist, fashion-pairs, fashion-rotations, imagefolder"):
+    with pytest.raises(ValueError,
+                       match="dataset=.cifar.*fashion-mnist, fashion-pairs, fashion-rotations, imagefolder"):
         DataConfig(dataset="cifar")
     with pytest.raises(ValueError, match="--data-dir"):
         DataConfig(dataset="imagefolder")

@@ -201,7 +201,8 @@ def test_postgres_search_killed_and_resumed_loses_nothing_and_writes_no_password
 
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     names = {p.name for p in written}
-    assert {"summary.md", "provenance.json", "tuner.pkl"} <= names and any(n.startswith("searcher-state") for n in names)
+    assert {"summary.md", "provenance.json", "tuner.pkl"} <= names
+    assert any(n.startswith("searcher-state") for n in names)
     leaks = [p for p in written if postgres.password.encode() in p.read_bytes()]
     assert not leaks, leaks
     assert postgres.password not in result.stdout + result.stderr

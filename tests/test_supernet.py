@@ -170,8 +170,8 @@ TINY_SPACE = space_from_dict({
     "heads": [2, 4],
     "layers": {"ffn": ["mlp", "conv", "local"], "act": ["relu6", "hswish"], "attn": ["none", "se", "eca"],
                "se_ratio": [4, 16], "gamma": [1, 2], "kernel": [3, 5]}}, name="tiny")
-TINY_PROTOCOL = ProxyProtocol(dataset="fashion-mnist", train_size=256, val_size=200, batch_size=64, width_mult=1.0, lr=3e-3,
-                              precision="fp32", threads=1)
+TINY_PROTOCOL = ProxyProtocol(dataset="fashion-mnist", train_size=256, val_size=200, batch_size=64, width_mult=1.0,
+                              lr=3e-3, precision="fp32", threads=1)
 
 
 @pytest.fixture(scope="module")
