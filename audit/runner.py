@@ -28,8 +28,9 @@ from optuna.trial import TrialState
 from localvit.cli import OneLineErrors, log, usage_errors
 from proxy.protocol import PROXY_GROUP, ProxyProtocol
 from proxy.runtime import precision_record
+from proxy.zero_cost import zero_cost_of
 from ranking.audits import protocol_key
-from ranking.evaluation import ProxyScore, score_audit, write_audit, zero_cost_of
+from ranking.evaluation import ProxyScore, score_audit, write_audit
 from search import stop
 from search.driver import connect, prepare, quiet_libraries, train_trials
 from search.options import add_options, compute_from_args, protocol_from_args

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from space.throughput import device_name
+from localvit.host import device_name
 
 PRECISIONS = ("auto", "fp32", "bf16")
 JEMALLOC_PATH = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
