@@ -112,7 +112,9 @@ def vit_heads(backbone: str) -> tuple[int, ...]:
     """The head counts of the paper's two models on a `deit_*` backbone (baseline's, LocalViT's):
     what a vit space chooses among; () for a stage backbone, whose heads are fixed."""
     _check(backbone)
-    return tuple(_named(name).num_heads for name in PAPER_NAMES[backbone]) if backbone in VIT_BACKBONES else ()
+    if backbone not in VIT_BACKBONES:
+        return ()
+    return tuple(heads for name in PAPER_NAMES[backbone] if (heads := _named(name).num_heads) is not None)
 
 
 def _named(name: str) -> ArchSpec:

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 
-def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"scores of shapes {x.shape} and {y.shape} are invalid; accepted: two 1-D sequences "
@@ -52,7 +53,7 @@ def _quiet(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
 
 
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+def kendall_tau_b(x: ArrayLike, y: ArrayLike) -> float:
     """Kendall's tau-b over all pairs of designs (``scipy.stats.kendalltau``); NaN when either side
     ties every pair."""
     x, y = _pair(x, y)
@@ -73,7 +74,7 @@ def _tau_b(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
         return np.where(untied > 0, np.sum(dx * dy, axis=-1) / np.sqrt(untied), math.nan)
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: ArrayLike, y: ArrayLike) -> float:
     """Spearman's rho (``scipy.stats.spearmanr``); NaN when a side is constant."""
     x, y = _pair(x, y)
     return float(_quiet(stats.spearmanr, x, y).statistic)
@@ -89,8 +90,8 @@ def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, np.sum(rx * ry, axis=-1) / denominator, math.nan)
 
 
-def bootstrap_interval(statistic: Callable[..., np.ndarray], x: Sequence[float], y: Sequence[float],
-                       *more: Sequence[float], confidence: float = 0.95, n_resamples: int = 10_000,
+def bootstrap_interval(statistic: Callable[..., np.ndarray], x: ArrayLike, y: ArrayLike,
+                       *more: ArrayLike, confidence: float = 0.95, n_resamples: int = 10_000,
                        seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of a statistic, the designs resampled with replacement, every
     column of a design together.
@@ -121,7 +122,7 @@ def bootstrap_interval(statistic: Callable[..., np.ndarray], x: Sequence[float],
     return float(low), float(high)
 
 
-def pair_agreement(x: Sequence[float], y: Sequence[float], pairs: Iterable[tuple[int, int]]) -> tuple[float, int]:
+def pair_agreement(x: ArrayLike, y: ArrayLike, pairs: Iterable[tuple[int, int]]) -> tuple[float, int]:
     """(pairs ordered alike, pairs counted) among ``pairs`` of indices; a pair the target ``y``
     ties is not counted (there is no order to agree with), a proxy tie counts as half."""
     x, y = _pair(x, y)
@@ -132,7 +133,7 @@ def pair_agreement(x: Sequence[float], y: Sequence[float], pairs: Iterable[tuple
     return float(np.sum(proxy == target) + 0.5 * np.sum(proxy == 0)), len(target)
 
 
-def top_k_overlap(x: Sequence[float], y: Sequence[float], k: int) -> float:
+def top_k_overlap(x: ArrayLike, y: ArrayLike, k: int) -> float:
     """Share of the target's k best (by ``y``) that are among the proxy's k best (by ``x``)."""
     x, y = _pair(x, y)
     if not 1 <= k <= len(x):
@@ -142,7 +143,7 @@ def top_k_overlap(x: Sequence[float], y: Sequence[float], k: int) -> float:
     return len(best_x & best_y) / k
 
 
-def cost_buckets(costs: Sequence[float], tolerance: float = 0.03) -> list[list[int]]:
+def cost_buckets(costs: ArrayLike, tolerance: float = 0.03) -> list[list[int]]:
     """Indices grouped by cost: in increasing order, a bucket takes every design whose cost is
     within `tolerance` (relative) of the bucket's cheapest; the next design opens a new one."""
     costs = np.asarray(costs, dtype=float)
@@ -172,12 +173,12 @@ def bucket_ids(costs: np.ndarray, tolerance: float = 0.03) -> np.ndarray:
     return ids
 
 
-def bucket_pairs(costs: Sequence[float], tolerance: float = 0.03) -> list[tuple[int, int]]:
+def bucket_pairs(costs: ArrayLike, tolerance: float = 0.03) -> list[tuple[int, int]]:
     """The pairs of designs that share a cost bucket (`cost_buckets`)."""
     return [(a, b) for bucket in cost_buckets(costs, tolerance) for k, a in enumerate(bucket) for b in bucket[k + 1:]]
 
 
-def bucket_tau_b(x: Sequence[float], y: Sequence[float], costs: Sequence[float], tolerance: float = 0.03) -> float:
+def bucket_tau_b(x: ArrayLike, y: ArrayLike, costs: ArrayLike, tolerance: float = 0.03) -> float:
     """Kendall tau-b over the pairs inside cost buckets, pooled: how well a signal orders designs
     of about the same cost, which is what a budgeted search decides between."""
     x, y = _pair(x, y)
@@ -192,7 +193,7 @@ def bucket_tau_b_rows(x: np.ndarray, y: np.ndarray, costs: np.ndarray, tolerance
     return _tau_b(np.sign(x[..., i] - x[..., j]) * inside, np.sign(y[..., i] - y[..., j]) * inside)
 
 
-def near_pairs(values: Sequence[float], tolerance: float = 0.01) -> list[tuple[int, int]]:
+def near_pairs(values: ArrayLike, tolerance: float = 0.01) -> list[tuple[int, int]]:
     """Pairs whose `values` (parameter counts) lie within `tolerance` of the smaller one."""
     v = np.asarray(values, dtype=float)
     i, j = np.triu_indices(len(v), k=1)
@@ -200,16 +201,16 @@ def near_pairs(values: Sequence[float], tolerance: float = 0.01) -> list[tuple[i
     return list(zip(i[near].tolist(), j[near].tolist()))
 
 
-def regret_at(budget: float, signal: Sequence[float], target: Sequence[float], costs: Sequence[float]
-              ) -> tuple[float, int]:
+def regret_at(budget: float, signal: ArrayLike, target: ArrayLike, costs: ArrayLike) -> tuple[float, int]:
     """(regret, designs within the budget): the target of the best design whose cost is within
     `budget` minus the target of the one the signal ranks first there (ties: the cheaper, then
     the first); (NaN, 0) when none fits."""
-    fit = [i for i in range(len(costs)) if costs[i] <= budget]
-    if not fit:
+    s, t, c = (np.asarray(v, dtype=float) for v in (signal, target, costs))
+    fit = np.flatnonzero(c <= budget)
+    if not len(fit):
         return math.nan, 0
-    pick = min(fit, key=lambda i: (-signal[i], costs[i], i))
-    return float(max(target[i] for i in fit) - target[pick]), len(fit)
+    pick = min(fit.tolist(), key=lambda i: (-s[i], c[i], i))
+    return float(t[fit].max() - t[pick]), len(fit)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ class OptunaSearchAdapter(OptunaSearch):
 
     @property
     def optuna_study(self) -> optuna.Study:
-        """The Optuna study the searcher asks and tells."""
+        """The Optuna study the searcher asks and tells (Ray creates it with the search space)."""
+        if self._ot_study is None:
+            raise RuntimeError("the searcher has no Optuna study before Ray Tune sets its search space")
         return self._ot_study
 
     @property
