@@ -8,6 +8,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SEARCH_ARGS ?= --budget-flops 1.3G
 COMMA := ,
 # jemalloc makes CPU training up to 2x faster (docs/proxy.md, "Speed"); used when installed.
+# proxy/runtime.py (JEMALLOC_PATH, JEMALLOC_CONF) is the home of the path and settings the trials use;
+# make cannot import it, and here it also finds the arm64 library for commands run through make.
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 RUN_ENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=oversize_threshold:0$(COMMA)dirty_decay_ms:-1$(COMMA)muzzy_decay_ms:-1)
 

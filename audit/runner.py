@@ -35,8 +35,9 @@ from optuna.trial import TrialState
 from localvit.cli import OneLineErrors, log, usage_errors
 from proxy.protocol import PROXY_GROUP, ProxyProtocol, parse_rungs, protocol_at_rung
 from proxy.runtime import precision_record
+from proxy.zero_cost import zero_cost_of
 from ranking.audits import protocol_key
-from ranking.evaluation import ProxyScore, score_audit, write_audit, zero_cost_of
+from ranking.evaluation import ProxyScore, score_audit, write_audit
 from ranking.ladder import ladder_for, write_ladder
 from search import stop
 from search.driver import connect, prepare, quiet_libraries, train_trials

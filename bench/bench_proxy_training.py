@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+from proxy.runtime import jemalloc_env  # noqa: E402 (the path above first)
+
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -160,10 +160,7 @@ def _env(jemalloc: bool, threads: int) -> dict:
     env.pop("LD_PRELOAD", None)
     env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = str(ROOT)
-    if jemalloc and Path(JEMALLOC).is_file():
-        env["LD_PRELOAD"] = JEMALLOC
-        env["MALLOC_CONF"] = JEMALLOC_CONF
-    return env
+    return jemalloc_env(env) if jemalloc else env
 
 
 def launch(kind: str, cfg: dict, jemalloc: bool) -> subprocess.Popen:

@@ -21,9 +21,9 @@ from typing import Any
 from bench.common import save
 from proxy.data import get_proxy_data
 from proxy.supernet import space_supernet, training_key
-from proxy.zero_cost import ZERO_COST
+from proxy.zero_cost import ZERO_COST, zero_cost_of
 from ranking.audits import SHIPPED_AUDITS, SHIPPED_SUPERNET_AUDITS, describe_precision, protocol_key
-from ranking.evaluation import evaluate_signals, zero_cost_of
+from ranking.evaluation import evaluate_signals
 from ranking.signals import (choose_default, combinations, describe_choice, evaluate, meets_goal, rank_by_choices,
                              signals_table, tau_standard_error)
 from search.settings import SearchSettings

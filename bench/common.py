@@ -20,7 +20,7 @@ RESULTS = Path(__file__).parent / "results"
 def environment() -> dict[str, Any]:
     """What a figure depends on: when, on which code, CPU (and its vector extensions: bf16 is
     native only with AVX512-BF16 or AMX), load, libraries and allocator."""
-    from space.throughput import device_name
+    from localvit.host import device_name
 
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit(),
             "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
@@ -41,7 +41,7 @@ def cpu_flags() -> list[str]:
 
 def commit() -> str | None:
     """The checkout's commit, with `+dirty` when tracked files differ from it."""
-    from imagenet.export import git_state
+    from localvit.host import git_state
 
     state = git_state()
     return None if state is None else state["commit"][:7] + ("+dirty" if state["dirty"] else "")

@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-from datetime import datetime, UTC
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,6 +21,7 @@ import yaml
 
 from imagenet.recipe import TIMM_GPUS, TrainConfig, to_timm_args
 from localvit.cli import run_cli
+from localvit.host import git_state
 from localvit.spec import ArchSpec
 from proxy.protocol import ProxyProtocol
 from space.cost import TARGET_IMG_SIZE, TARGET_IN_CHANS, TARGET_NUM_CLASSES, model_cost, target_cost
@@ -75,18 +75,6 @@ def _export_record() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"at": datetime.now(UTC).isoformat(timespec="seconds"), "versions": versions, "git": git_state()}
-
-
-def git_state() -> dict[str, Any] | None:
-    """The commit of this checkout and whether tracked files differ from it (None outside git)."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 # -- the README -----------------------------------------------------------------------------------

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from localvit.cli import fail
 from localvit.spec import ArchSpec, as_spec
 
 CONFIG_VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Bounds = dict[str, tuple[float, float | None]]
 TIMM_GPUS = 8
 """The GPU count the timm variant's per-GPU batch is written for (DeiT's 8 x 128 = 1024)."""
@@ -47,8 +47,8 @@ class DataConfig:
     workers: int = 10
     interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
     crop_pct: float = 0.875
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
 
     bounds: ClassVar[Bounds] = {"workers": (0, None), "crop_pct": (1e-3, 1.0)}
 
@@ -138,7 +138,7 @@ class TrainConfig:
         chans = self.model.spec.in_chans
         for name in ("mean", "std"):
             if len(getattr(self.data, name)) != chans:
-                _fail(f"data.{name}", list(getattr(self.data, name)), f"{chans} numbers (model.spec.in_chans)")
+                fail(f"data.{name}", list(getattr(self.data, name)), f"{chans} numbers (model.spec.in_chans)")
 
     @classmethod
     def for_spec(cls, spec: ArchSpec) -> TrainConfig:
@@ -158,11 +158,11 @@ class TrainConfig:
     def from_dict(cls, data: Any) -> TrainConfig:
         """Check every key and value (see the module doc); the spec is validated as an ArchSpec."""
         if not isinstance(data, Mapping):
-            _fail("config", data, "a mapping of sections")
+            fail("config", data, "a mapping of sections")
         data = dict(data)
         version = data.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
-            _fail("version", version, str(CONFIG_VERSION))
+            fail("version", version, str(CONFIG_VERSION))
         return _build(cls, data, "")
 
     def dump(self, header: str = "") -> str:
@@ -190,7 +190,7 @@ class TrainConfig:
         for key, value in changes.items():
             section, _, name = key.partition(".")
             if not name or section not in data or section == "version":
-                _fail(key, value, "section.key, sections: " + ", ".join(f.name for f in fields(self)))
+                fail(key, value, "section.key, sections: " + ", ".join(f.name for f in fields(self)))
             data[section][name] = value
         return TrainConfig.from_dict(data)
 
@@ -204,7 +204,7 @@ def to_timm_args(cfg: TrainConfig, gpus: int = TIMM_GPUS) -> dict[str, Any]:
     that `localvit_custom` is registered before timm creates the model.
     """
     if cfg.run.batch_size % gpus:
-        _fail("gpus", gpus, f"a divisor of the global batch size {cfg.run.batch_size}")
+        fail("gpus", gpus, f"a divisor of the global batch size {cfg.run.batch_size}")
     spec, data, optim, sched, aug, run = cfg.model.spec, cfg.data, cfg.optim, cfg.schedule, cfg.augment, cfg.run
     return {
         "model": "localvit_custom", "model_kwargs": {"spec": spec.to_dict()}, "device_modules": ["localvit"],
@@ -232,10 +232,6 @@ def to_timm_args(cfg: TrainConfig, gpus: int = TIMM_GPUS) -> dict[str, Any]:
 
 # -- strict conversion of plain data into the dataclasses ------------------------------------
 
-def _fail(key: str, value: Any, accepted: str) -> NoReturn:
-    raise ValueError(f"{key}={value!r} is invalid; accepted: {accepted}")
-
-
 def _to_plain(obj: Any) -> Any:
     if isinstance(obj, ArchSpec):
         return obj.to_dict()
@@ -250,7 +246,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     """An instance of the dataclass `cls` from a mapping, every key and value checked."""
     where = prefix.rstrip(".") or "config"
     if not isinstance(data, Mapping):
-        _fail(where, data, "a mapping with keys " + ", ".join(f.name for f in fields(cls)))
+        fail(where, data, "a mapping with keys " + ", ".join(f.name for f in fields(cls)))
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key, value in data.items():
@@ -267,7 +263,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name, (low, high) in getattr(cls, "bounds", {}).items():
         value = kwargs.get(name)
         if value is not None and (value < low or (high is not None and value > high)):
-            _fail(prefix + name, value, f"a value from {low} to {high}" if high is not None else f"at least {low}")
+            fail(prefix + name, value, f"a value from {low} to {high}" if high is not None else f"at least {low}")
     return cls(**kwargs)
 
 
@@ -275,7 +271,7 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     origin, args = get_origin(hint), get_args(hint)
     if hint is ArchSpec:
         if not isinstance(value, (Mapping, ArchSpec)):
-            _fail(key, value, _describe(hint))
+            fail(key, value, _describe(hint))
         try:
             return as_spec(value)
         except ValueError as err:
@@ -287,27 +283,27 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         if value is None:
-            _fail(key, value, _describe(hint))
+            fail(key, value, _describe(hint))
         return _convert(inner, value, key)
     if origin is Literal:
         if value not in args:
-            _fail(key, value, _describe(hint))
+            fail(key, value, _describe(hint))
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)) \
                 or not value:
-            _fail(key, value, _describe(hint))
+            fail(key, value, _describe(hint))
         return tuple(_convert(args[0] if args[-1] is Ellipsis else args[i], v, f"{key}[{i}]")
                      for i, v in enumerate(value))
     if hint is float and isinstance(value, str):  # YAML 1.1 reads `5e-4` as a string
         try:
             return float(value)
         except ValueError:
-            _fail(key, value, _describe(hint))
+            fail(key, value, _describe(hint))
     ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str)}
     if not ok[hint]:
-        _fail(key, value, _describe(hint))
+        fail(key, value, _describe(hint))
     return float(value) if hint is float else value
 
 

@@ -53,9 +53,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import localvit
-from imagenet.export import git_state
 from imagenet.recipe import TrainConfig
 from localvit.cli import usage_errors
+from localvit.host import git_state
 from localvit.spec import ArchSpec
 from localvit.vision_transformer import OFFICIAL_NAMES, PAPER_SPECS
 

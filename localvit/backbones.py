@@ -61,6 +61,13 @@ PAPER_NAMES: dict[str, tuple[str, str]] = {
     "tnt_tiny": ("tnt_t_legacy_patch16_224", "localvit_tnt_t_patch16_224"),
     "t2t_7": ("t2t_vit_7", "localvit_T2t_conv7"),
 }
+#: The paper's names of each backbone's LocalViT model and of the transformer it improves.
+BASELINE_NAMES: dict[str, tuple[str, str]] = {
+    "deit_tiny": ("LocalViT-T", "DeiT-T"), "deit_small": ("LocalViT-S", "DeiT-S"),
+    "pvt_tiny": ("LocalViT-PVT", "PVT-T"), "swin_tiny": ("LocalViT-Swin", "Swin-T"),
+    "swin_mini": ("LocalViT-Swin-M", "Swin-M"), "tnt_tiny": ("LocalViT-TNT", "TNT-T"),
+    "t2t_7": ("LocalViT-T2T", "T2T-ViT-7"),
+}
 
 #: Proxy geometry per stage backbone at 32x32 input (pad or resize 28x28 images to 32):
 #: PVT 8/4/2/1 grids; Swin 16/8/4/2 grids with 4x4 windows (shifted in stages 1-2);
@@ -101,6 +108,15 @@ def localvit_spec(backbone: str) -> ArchSpec:
     return _named(PAPER_NAMES[backbone][1])
 
 
+def vit_heads(backbone: str) -> tuple[int, ...]:
+    """The head counts of the paper's two models on a `deit_*` backbone (baseline's, LocalViT's):
+    what a vit space chooses among; () for a stage backbone, whose heads are fixed."""
+    _check(backbone)
+    if backbone not in VIT_BACKBONES:
+        return ()
+    return tuple(heads for name in PAPER_NAMES[backbone] if (heads := _named(name).num_heads) is not None)
+
+
 def _named(name: str) -> ArchSpec:
     return PAPER_SPECS[name] if name in PAPER_SPECS else STAGE_PAPER_SPECS[name]
 
@@ -138,5 +154,5 @@ def proxy_spec(spec: ArchSpec, img_size: int = PROXY_IMG_SIZE, in_chans: int | N
     return spec.replace(**changes)
 
 
-__all__ = ["PAPER_NAMES", "PROXY_GEOMETRY", "PROXY_IMG_SIZE", "SEARCH_BACKBONES", "STAGE_PAPER_SPECS",
-           "VIT_BACKBONES", "baseline_spec", "block_dims", "localvit_spec", "make_spec", "proxy_spec"]
+__all__ = ["BASELINE_NAMES", "PAPER_NAMES", "PROXY_GEOMETRY", "PROXY_IMG_SIZE", "SEARCH_BACKBONES", "STAGE_PAPER_SPECS",
+           "VIT_BACKBONES", "baseline_spec", "block_dims", "localvit_spec", "make_spec", "proxy_spec", "vit_heads"]

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, NoReturn, Sequence, TextIO
+from typing import Any, Callable, Iterator, NoReturn, Sequence, TextIO
 
 USAGE_ERROR = 2
 """argparse's exit status for bad usage; the project's commands use it for any bad input."""
@@ -23,6 +23,11 @@ def usage_errors() -> Iterator[None]:
     except (ValueError, FileNotFoundError) as err:
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         sys.exit(USAGE_ERROR)
+
+
+def fail(name: str, value: object, accepted: str) -> NoReturn:
+    """Raise the project's ValueError for bad input: the value by name, and what is accepted."""
+    raise ValueError(f"{name}={value!r} is invalid; accepted: {accepted}")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
@@ -42,6 +47,12 @@ class OneLineErrors(argparse.ArgumentParser):
 def log(message: str, out: TextIO | None = None) -> None:
     """One progress line, `[HH:MM:SS] message`, on `out` (standard output by default), flushed."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=out or sys.stdout, flush=True)
+
+
+def option(help: str, group: str, **more: Any) -> dict[str, Any]:
+    """The metadata of a dataclass field a user sets (`help`, the `group` of --help it is listed
+    in, and any of `flag`, `parse`, `metavar`, ...): `search.options` turns it into an option."""
+    return {"help": help, "group": group, **more}
 
 
 def option_flag(field: dataclasses.Field) -> str:

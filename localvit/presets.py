@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NoReturn
 
+from .cli import fail
+
 FAMILIES = ("pvt", "swin", "tnt", "t2t")
 
 
@@ -58,15 +60,11 @@ PRESETS: dict[str, StagePreset] = {
 }
 
 
-def _fail(field_name: str, value: object, accepted: str) -> NoReturn:
-    raise ValueError(f"{field_name}={value!r} is invalid; accepted: {accepted}")
-
-
 def get_preset(backbone: str) -> StagePreset:
     try:
         return PRESETS[backbone]
     except KeyError:
-        _fail("backbone", backbone, ", ".join(["vit", *PRESETS]))
+        fail("backbone", backbone, ", ".join(["vit", *PRESETS]))
         raise  # unreachable, keeps type checkers content
 
 
@@ -95,26 +93,26 @@ def stage_geometry(preset: StagePreset, img_size: int, patch_size: int | None,
     if preset.family == "t2t":
         sides = t2t_split_sizes(img_size)
         if min(sides) < 1 or sides[2] != img_size // 16:
-            _fail("img_size", img_size, "a multiple of 16 for T2T (three soft splits, strides 4, 2, 2)")
+            fail("img_size", img_size, "a multiple of 16 for T2T (three soft splits, strides 4, 2, 2)")
         return [StageGeometry(side) for side in sides]
     assert patch is not None, preset  # every stem but T2T's has a patch
     if img_size % patch:
-        _fail("img_size", img_size, f"a multiple of patch_size={patch}")
+        fail("img_size", img_size, f"a multiple of patch_size={patch}")
     grid = img_size // patch
     if preset.family == "tnt":
         assert preset.first_stride is not None, preset
         if patch % preset.first_stride:
-            _fail("patch_size", patch, f"a multiple of the TNT pixel stride {preset.first_stride}")
+            fail("patch_size", patch, f"a multiple of the TNT pixel stride {preset.first_stride}")
         return [StageGeometry(grid)]
     num_stages = len(preset.depths)
     if grid % (2 ** (num_stages - 1)):
-        _fail("img_size", img_size, f"a size whose {grid}x{grid} patch grid halves {num_stages - 1} times "
+        fail("img_size", img_size, f"a size whose {grid}x{grid} patch grid halves {num_stages - 1} times "
                                     f"(a multiple of {patch * 2 ** (num_stages - 1)})")
     grids = [grid // 2 ** i for i in range(num_stages)]
     if preset.family == "pvt":
         for side, ratio in zip(grids, preset.sr_ratios):
             if side < ratio:
-                _fail("img_size", img_size, f"a size giving stage grids of at least the reduction ratios "
+                fail("img_size", img_size, f"a size giving stage grids of at least the reduction ratios "
                                             f"{preset.sr_ratios} (got {grids})")
         return [StageGeometry(side, kv_grid=side // ratio) for side, ratio in zip(grids, preset.sr_ratios)]
     window = preset.window_size if window_size is None else window_size
@@ -124,7 +122,7 @@ def stage_geometry(preset: StagePreset, img_size: int, patch_size: int | None,
         if side <= window:  # the official rule: one window over the whole grid, no shift
             stages.append(StageGeometry(side, window=side, shift=0))
         elif side % window:
-            _fail("window_size", window, f"a divisor of every stage grid larger than it (grids {grids})")
+            fail("window_size", window, f"a divisor of every stage grid larger than it (grids {grids})")
         else:
             stages.append(StageGeometry(side, window=window, shift=window // 2))
     return stages

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
+from .cli import fail
 from .presets import PRESETS, StagePreset, stage_geometry
 
 FFN_TYPES = ("mlp", "conv", "local")
@@ -22,10 +23,6 @@ ACTIVATIONS = ("relu6", "hswish", "gelu")
 CHANNEL_ATTENTIONS = ("none", "se", "eca")
 MAX_KERNEL = 7
 SPEC_VERSION = 1
-
-
-def _fail(field_name: str, value: Any, accepted: str) -> NoReturn:
-    raise ValueError(f"{field_name}={value!r} is invalid; accepted: {accepted}")
 
 
 @dataclass(frozen=True)
@@ -47,34 +44,34 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         if self.ffn not in FFN_TYPES:
-            _fail("ffn", self.ffn, ", ".join(FFN_TYPES))
+            fail("ffn", self.ffn, ", ".join(FFN_TYPES))
         act = self.act if self.act is not None else ("gelu" if self.ffn == "mlp" else "hswish")
         if act not in ACTIVATIONS:
-            _fail("act", act, ", ".join(ACTIVATIONS))
+            fail("act", act, ", ".join(ACTIVATIONS))
         if self.ffn == "mlp" and act != "gelu":
-            _fail("act", act, "'gelu' for ffn='mlp' (the DeiT MLP)")
+            fail("act", act, "'gelu' for ffn='mlp' (the DeiT MLP)")
         if self.attn not in CHANNEL_ATTENTIONS:
-            _fail("attn", self.attn, ", ".join(CHANNEL_ATTENTIONS))
+            fail("attn", self.attn, ", ".join(CHANNEL_ATTENTIONS))
         if self.ffn == "mlp" and self.attn != "none":
-            _fail("attn", self.attn, "'none' for ffn='mlp' (channel attention needs the 2-D FFN)")
+            fail("attn", self.attn, "'none' for ffn='mlp' (channel attention needs the 2-D FFN)")
         if self.attn == "se":
             if isinstance(self.se_ratio, bool) or not isinstance(self.se_ratio, int) or self.se_ratio < 1:
-                _fail("se_ratio", self.se_ratio, "a positive integer when attn='se'")
+                fail("se_ratio", self.se_ratio, "a positive integer when attn='se'")
         elif self.se_ratio is not None:
-            _fail("se_ratio", self.se_ratio, f"None when attn={self.attn!r} (only SE has a ratio)")
+            fail("se_ratio", self.se_ratio, f"None when attn={self.attn!r} (only SE has a ratio)")
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)):
-            _fail("gamma", self.gamma, "a positive multiple of 0.5")
+            fail("gamma", self.gamma, "a positive multiple of 0.5")
         gamma = float(self.gamma)
         if gamma <= 0 or (gamma * 2) != int(gamma * 2):
-            _fail("gamma", self.gamma, "a positive multiple of 0.5 (the paper uses 1, 2, 3, 4, 6)")
+            fail("gamma", self.gamma, "a positive multiple of 0.5 (the paper uses 1, 2, 3, 4, 6)")
         kernel = self.kernel
         if self.ffn == "local":
             kernel = 3 if kernel is None else kernel
             if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0 \
                     or kernel > MAX_KERNEL:
-                _fail("kernel", self.kernel, f"an odd integer from 1 to {MAX_KERNEL} (the paper uses 3)")
+                fail("kernel", self.kernel, f"an odd integer from 1 to {MAX_KERNEL} (the paper uses 3)")
         elif kernel is not None:
-            _fail("kernel", kernel, f"None when ffn={self.ffn!r} (only 'local' has a depth-wise conv)")
+            fail("kernel", kernel, f"None when ffn={self.ffn!r} (only 'local' has a depth-wise conv)")
         object.__setattr__(self, "act", act)
         object.__setattr__(self, "gamma", gamma)
         object.__setattr__(self, "kernel", kernel)
@@ -90,7 +87,7 @@ class LayerSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> LayerSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            _fail("layer field", sorted(unknown)[0], ", ".join(cls.__dataclass_fields__))
+            fail("layer field", sorted(unknown)[0], ", ".join(cls.__dataclass_fields__))
         return cls(**data)
 
 
@@ -123,56 +120,56 @@ class ArchSpec:
     def __post_init__(self) -> None:
         layers = tuple(LayerSpec.from_dict(x) if isinstance(x, Mapping) else x for x in self.layers)
         if not layers or not all(isinstance(x, LayerSpec) for x in layers):
-            _fail("layers", self.layers, "a non-empty sequence of LayerSpec (or dicts)")
+            fail("layers", self.layers, "a non-empty sequence of LayerSpec (or dicts)")
         object.__setattr__(self, "layers", layers)
         for name in ("embed_dim", "num_heads", "img_size", "patch_size", "in_chans", "num_classes", "window_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                _fail(name, value, "a positive integer")
+                fail(name, value, "a positive integer")
         if self.backbone == "vit":
             self._resolve_vit()
         elif self.backbone in PRESETS:
             self._resolve_stages(PRESETS[self.backbone])
         else:
-            _fail("backbone", self.backbone, ", ".join(["vit", *PRESETS]))
+            fail("backbone", self.backbone, ", ".join(["vit", *PRESETS]))
         if not 0.0 <= float(self.drop_path_rate) < 1.0:
-            _fail("drop_path_rate", self.drop_path_rate, "a number in [0, 1)")
+            fail("drop_path_rate", self.drop_path_rate, "a number in [0, 1)")
         object.__setattr__(self, "drop_path_rate", float(self.drop_path_rate))
         for i, (layer, dim) in enumerate(zip(layers, self.block_dims)):
             hidden = layer.hidden_dim(dim)
             if hidden < 1:
-                _fail(f"layers[{i}].gamma", layer.gamma, f"a ratio giving at least 1 hidden channel at dim {dim}")
+                fail(f"layers[{i}].gamma", layer.gamma, f"a ratio giving at least 1 hidden channel at dim {dim}")
             if layer.attn == "se" and layer.se_ratio is not None and layer.se_ratio > hidden:
-                _fail(f"layers[{i}].se_ratio", layer.se_ratio, f"at most the hidden width {hidden} (it divides it)")
+                fail(f"layers[{i}].se_ratio", layer.se_ratio, f"at most the hidden width {hidden} (it divides it)")
 
     def _resolve_vit(self) -> None:
         for name, default in (("embed_dim", 192), ("num_heads", 4), ("patch_size", 16)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
         if self.window_size is not None:
-            _fail("window_size", self.window_size, "None for backbone='vit' (only Swin has windows)")
+            fail("window_size", self.window_size, "None for backbone='vit' (only Swin has windows)")
         assert self.embed_dim is not None and self.num_heads is not None and self.patch_size is not None
         if self.embed_dim % self.num_heads:
-            _fail("num_heads", self.num_heads, f"a divisor of embed_dim={self.embed_dim}")
+            fail("num_heads", self.num_heads, f"a divisor of embed_dim={self.embed_dim}")
         if self.img_size % self.patch_size:
-            _fail("img_size", self.img_size, f"a multiple of patch_size={self.patch_size}")
+            fail("img_size", self.img_size, f"a multiple of patch_size={self.patch_size}")
 
     def _resolve_stages(self, preset: StagePreset) -> None:
         widths = ", ".join(map(str, preset.dims))
         for name in ("embed_dim", "num_heads"):
             if getattr(self, name) is not None:
-                _fail(name, getattr(self, name), f"None for backbone={self.backbone!r} (its preset fixes the "
+                fail(name, getattr(self, name), f"None for backbone={self.backbone!r} (its preset fixes the "
                                                  f"stage widths {widths} and heads)")
         if preset.patch_size is None and self.patch_size is not None:
-            _fail("patch_size", self.patch_size, f"None for backbone={self.backbone!r} (its stem is fixed)")
+            fail("patch_size", self.patch_size, f"None for backbone={self.backbone!r} (its stem is fixed)")
         if preset.window_size is None and self.window_size is not None:
-            _fail("window_size", self.window_size, f"None for backbone={self.backbone!r} (only Swin has windows)")
+            fail("window_size", self.window_size, f"None for backbone={self.backbone!r} (only Swin has windows)")
         if self.patch_size is None and preset.patch_size is not None:
             object.__setattr__(self, "patch_size", preset.patch_size)
         if self.window_size is None and preset.window_size is not None:
             object.__setattr__(self, "window_size", preset.window_size)
         if len(self.layers) != preset.depth:
-            _fail("layers", f"{len(self.layers)} layers", f"{preset.depth} for backbone={self.backbone!r} "
+            fail("layers", f"{len(self.layers)} layers", f"{preset.depth} for backbone={self.backbone!r} "
                                                           f"(stage depths {preset.depths})")
         stage_geometry(preset, self.img_size, self.patch_size, self.window_size)  # raises when it cannot run
 
@@ -226,12 +223,12 @@ class ArchSpec:
         data = dict(data)
         version = data.pop("version", SPEC_VERSION)
         if version != SPEC_VERSION:
-            _fail("version", version, str(SPEC_VERSION))
+            fail("version", version, str(SPEC_VERSION))
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            _fail("spec field", sorted(unknown)[0], ", ".join(cls.__dataclass_fields__))
+            fail("spec field", sorted(unknown)[0], ", ".join(cls.__dataclass_fields__))
         if "layers" not in data:
-            _fail("layers", None, "a list of layer dicts")
+            fail("layers", None, "a list of layer dicts")
         data["layers"] = tuple(LayerSpec.from_dict(x) for x in data["layers"])
         return cls(**data)
 
@@ -242,7 +239,7 @@ class ArchSpec:
         except json.JSONDecodeError as err:
             raise ValueError(f"spec JSON is not valid JSON: {err}") from None
         if not isinstance(data, dict):
-            _fail("spec JSON", type(data).__name__, "a JSON object")
+            fail("spec JSON", type(data).__name__, "a JSON object")
         return cls.from_dict(data)
 
     @classmethod
@@ -250,7 +247,7 @@ class ArchSpec:
         """A spec file: a bare spec, or a record holding one under `spec` (an exported `arch.json`)."""
         path = Path(path)
         if not path.is_file():
-            _fail("spec path", str(path), "an existing JSON file (a spec or an exported arch.json)")
+            fail("spec path", str(path), "an existing JSON file (a spec or an exported arch.json)")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:

@@ -123,18 +123,10 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     }
 
 
-_DOCS = {
-    "localvit_tiny": "LocalViT-T: h-swish + SE (4 channels, r=192), gamma 4, 4 heads. 5.91M params, 1.28 GFLOPs.",
-    "localvit_tiny_se4": "LocalViT-T-SE4: SE with r=4 (192 channels). 9.38M params.",
-    "localvit_tiny_relu6_mlp6": "LocalViT-T with ReLU6, gamma 6, no SE (Table I). 7.66M params.",
-    "localvit_small": "LocalViT-S: h-swish + SE (r=384), gamma 4, 8 heads. 22.43M params.",
-    "localvit_deit_tiny": "DeiT-T made by the per-layer builder (every block `mlp`). 5.72M params.",
-    "localvit_deit_small": "DeiT-S made by the per-layer builder (every block `mlp`). 22.05M params.",
-}
 #: The official ImageNet weights (MIT); timm downloads them only when asked for `pretrained=True`.
 _OFFICIAL_WEIGHTS = {"localvit_tiny": "localvit_t.pth", "localvit_tiny_se4": "localvit_t_se4.pth",
                      "localvit_small": "localvit_s.pth"}
-_NAMES = {**{name: name for name in _DOCS}, **OFFICIAL_NAMES}  # registered name -> spec name
+_NAMES = {**{name: name for name in PAPER_SPECS}, **OFFICIAL_NAMES}  # registered name -> spec name
 
 default_cfgs = generate_default_cfgs({
     **{f"{name}.in1k" if spec_name in _OFFICIAL_WEIGHTS else f"{name}.untrained":
@@ -158,17 +150,62 @@ def _create(variant: str, spec: ArchSpec, pretrained: bool = False, **kwargs: An
         pretrained_cfg_overlay=overlay, feature_cfg=dict(out_indices=3, feature_cls="getter"), **kwargs)
 
 
-def _register(name: str, spec_name: str, doc: str) -> None:
-    def entry(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
-        return _create(name, PAPER_SPECS[spec_name], pretrained, **kwargs)
-
-    entry.__name__ = entry.__qualname__ = name
-    entry.__doc__ = doc
-    entry.__module__ = __name__
-    register_model(entry)
+@register_model
+def localvit_tiny(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """LocalViT-T: h-swish + SE (4 channels, r=192), gamma 4, 4 heads. 5.91M params, 1.28 GFLOPs."""
+    return _create("localvit_tiny", PAPER_SPECS["localvit_tiny"], pretrained, **kwargs)
 
 
-for _name, _spec_name in _NAMES.items():
-    _register(_name, _spec_name, _DOCS[_spec_name] if _name == _spec_name else
-              f"Official name of `{_spec_name}`. " + _DOCS[_spec_name])
+@register_model
+def localvit_tiny_se4(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """LocalViT-T-SE4: SE with r=4 (192 channels). 9.38M params."""
+    return _create("localvit_tiny_se4", PAPER_SPECS["localvit_tiny_se4"], pretrained, **kwargs)
 
+
+@register_model
+def localvit_tiny_relu6_mlp6(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """LocalViT-T with ReLU6, gamma 6, no SE (Table I). 7.66M params."""
+    return _create("localvit_tiny_relu6_mlp6", PAPER_SPECS["localvit_tiny_relu6_mlp6"], pretrained, **kwargs)
+
+
+@register_model
+def localvit_small(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """LocalViT-S: h-swish + SE (r=384), gamma 4, 8 heads. 22.43M params."""
+    return _create("localvit_small", PAPER_SPECS["localvit_small"], pretrained, **kwargs)
+
+
+@register_model
+def localvit_deit_tiny(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """DeiT-T made by the per-layer builder (every block `mlp`). 5.72M params."""
+    return _create("localvit_deit_tiny", PAPER_SPECS["localvit_deit_tiny"], pretrained, **kwargs)
+
+
+@register_model
+def localvit_deit_small(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """DeiT-S made by the per-layer builder (every block `mlp`). 22.05M params."""
+    return _create("localvit_deit_small", PAPER_SPECS["localvit_deit_small"], pretrained, **kwargs)
+
+
+@register_model
+def localvit_tiny_mlp4_act3_r192(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """Official name of `localvit_tiny`. LocalViT-T: h-swish + SE (4 channels, r=192), gamma 4, 4 heads.
+    5.91M params, 1.28 GFLOPs."""
+    return _create("localvit_tiny_mlp4_act3_r192", PAPER_SPECS["localvit_tiny"], pretrained, **kwargs)
+
+
+@register_model
+def localvit_tiny_mlp4_act3_r4(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """Official name of `localvit_tiny_se4`. LocalViT-T-SE4: SE with r=4 (192 channels). 9.38M params."""
+    return _create("localvit_tiny_mlp4_act3_r4", PAPER_SPECS["localvit_tiny_se4"], pretrained, **kwargs)
+
+
+@register_model
+def localvit_tiny_mlp6_act1(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """Official name of `localvit_tiny_relu6_mlp6`. LocalViT-T with ReLU6, gamma 6, no SE (Table I). 7.66M params."""
+    return _create("localvit_tiny_mlp6_act1", PAPER_SPECS["localvit_tiny_relu6_mlp6"], pretrained, **kwargs)
+
+
+@register_model
+def localvit_small_mlp4_act3_r384(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
+    """Official name of `localvit_small`. LocalViT-S: h-swish + SE (r=384), gamma 4, 8 heads. 22.43M params."""
+    return _create("localvit_small_mlp4_act3_r384", PAPER_SPECS["localvit_small"], pretrained, **kwargs)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from typing import Any, Mapping
 
 from localvit.backbones import PROXY_IMG_SIZE, proxy_spec
-from localvit.cli import option_flag
+from localvit.cli import option, option_flag
 from localvit.spec import ArchSpec, LayerSpec, as_spec
 
 from .data import DATASETS, DEFAULT_FASHION_MNIST_DIR, DataConfig, get_proxy_data
@@ -24,8 +25,7 @@ from .runtime import PRECISIONS
 PROXY_GROUP = "proxy training"
 
 
-def _option(help: str, **more: Any) -> dict[str, Any]:
-    return {"help": help, "group": PROXY_GROUP, **more}
+_option = partial(option, group=PROXY_GROUP)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from space.throughput import device_name
+from localvit.host import device_name
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: GPU memory a training process holds before its first tensor (CUDA context, cuBLAS/cuDNN

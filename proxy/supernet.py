@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from localvit.host import cpu_threads
 from localvit.spec import ArchSpec, LayerSpec
 from localvit.supernet import Supernet, recalibrate_bn
 from space.budget import bounds
 from space.space import ListSpace, SearchSpace, Space
-from space.throughput import cpu_threads
 
 from .data import ProxyData
 from .protocol import ProxyProtocol, project_layer, proxy_of

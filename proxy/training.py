@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from localvit.builder import build_model
+from localvit.host import cpu_threads
 from localvit.spec import ArchSpec, as_spec
 from space.cost import model_cost
-from space.throughput import cpu_threads
 
 from .data import ProxyData, get_proxy_data
 from .protocol import ProxyProtocol, project_to_proxy

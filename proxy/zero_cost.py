@@ -43,10 +43,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from localvit.builder import build_model
+from localvit.host import cpu_threads
 from localvit.spec import ArchSpec
-from space.throughput import cpu_threads
+from space.references import ReferenceSet
 
-from .data import ProxyData
+from .data import ProxyData, get_proxy_data
 from .protocol import ProxyProtocol, proxy_of
 from .training import seed_everything
 
@@ -204,5 +205,11 @@ def zero_cost_scores(spec: ArchSpec, protocol: ProxyProtocol, data: ProxyData, i
         }
 
 
-__all__ = ["BATCH", "ZERO_COST", "ZeroCostScore", "dss", "grad_norm", "naswot", "snip", "synflow",
+def zero_cost_of(references: ReferenceSet, protocol: ProxyProtocol) -> dict[str, dict[str, ZeroCostScore]]:
+    """The zero-cost scores of every reference design at the protocol's proxy (seconds each), by spec id."""
+    data = get_proxy_data(protocol.data_config())
+    return {row.spec.id: zero_cost_scores(row.spec, protocol, data) for row in references.rows}
+
+
+__all__ = ["BATCH", "ZERO_COST", "ZeroCostScore", "dss", "grad_norm", "naswot", "snip", "synflow", "zero_cost_of",
            "zero_cost_scores"]

@@ -19,8 +19,7 @@ from typing import Any, Mapping, Sequence
 from localvit.spec import ArchSpec, LayerSpec
 from proxy.protocol import ProxyProtocol
 from proxy.runtime import precision_record
-from proxy.data import get_proxy_data
-from proxy.zero_cost import ZERO_COST, ZeroCostScore, zero_cost_scores
+from proxy.zero_cost import ZERO_COST, ZeroCostScore
 from space.cost import target_cost
 from space.references import ReferenceSet
 
@@ -97,12 +96,6 @@ def scores_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, P
             cpu_s = row.get("cpu_s")
             scores.setdefault(seed, {})[row["spec_id"]] = ProxyScore(accuracy, cpu_s, cpu_s or 0.0)
     return scores
-
-
-def zero_cost_of(references: ReferenceSet, protocol: ProxyProtocol) -> dict[str, dict[str, ZeroCostScore]]:
-    """The zero-cost scores of every reference design at the protocol's proxy (seconds each)."""
-    data = get_proxy_data(protocol.data_config())
-    return {row.spec.id: zero_cost_scores(row.spec, protocol, data) for row in references.rows}
 
 
 def _cost(scores: list[ProxyScore]) -> float:
@@ -361,4 +354,4 @@ def _scatter(result: AuditResult, path: Path) -> None:
 
 
 __all__ = ["AXES", "AuditResult", "ProxyScore", "audit_markdown", "pair_axis", "score_audit", "scores_from_rows",
-           "write_audit", "zero_cost_of"]
+           "write_audit"]

@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import rankdata
 
-from .statistics import (average_ranks, bootstrap_interval, bucket_pairs, bucket_tau_b, kendall_tau_b, near_pairs,
-                         Scores, pair_agreement, regret_at, spearman)
+from .statistics import (bootstrap_interval, bucket_pairs, bucket_tau_b, bucket_tau_b_rows, kendall_tau_b, near_pairs,
+                         pair_agreement, regret_at, spearman, tau_b_rows)
 
 FREE = ("params", "flops")
 MEASURED = ("proxy", "supernet")
@@ -79,7 +81,7 @@ def combine(name: str, columns: Mapping[str, Sequence[float]], weight: float | N
                 if pattern == "{m}+params":
                     return _z(m) + float(weight if weight is not None else 1.0) * _z(np.log(params))
                 if pattern == "{m}-params-rank":
-                    return (average_ranks(m) + average_ranks(params)) / 2
+                    return (rankdata(m) + rankdata(params)) / 2
                 return _params_then(params, m)
     raise ValueError(f"signal {name!r} is not a combination; accepted: "
                      f"{', '.join(c for m in MEASURED for c in combinations(m))}")
@@ -94,7 +96,7 @@ def _params_then(params: np.ndarray, measured: np.ndarray) -> np.ndarray:
         close = params[order[k]] <= params[order[k - 1]] * (1 + EQUAL_PARAMS)
         group[order[k]] = group[order[k - 1]] + (0 if close else 1)
     # the group index dominates; within a group the measured signal's rank, scaled below one step
-    return group + average_ranks(measured) / (len(params) + 1)
+    return group + rankdata(measured) / (len(params) + 1)
 
 
 def fit_weight(measured: Sequence[float], params: Sequence[float], target: Sequence[float]) -> float:
@@ -115,7 +117,7 @@ def groups_of(sources: Sequence[Mapping[str, Any]]) -> tuple[list[str], str]:
     return [str(i) for i in range(len(sources))], "leave-one-out"
 
 
-def out_of_sample(name: str, columns: Mapping[str, Sequence[float]], target: Scores,
+def out_of_sample(name: str, columns: Mapping[str, Sequence[float]], target: ArrayLike,
                   groups: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
     """A combined signal's values, each row scored with the weight fitted without its group;
     and the weights by held-out group. Rows of one group are ranked among themselves and the
@@ -173,18 +175,18 @@ def evaluate(signal: str, values: Sequence[float | None], target: Sequence[float
     x = np.array([values[i] for i in keep], dtype=float)
     y, p, f = (np.asarray(column, dtype=float)[keep] for column in (target, params, flops))
 
-    def bucket_statistic(a: np.ndarray, b: np.ndarray, costs: np.ndarray) -> float:
-        return bucket_tau_b(a, b, costs, FLOP_BUCKET)
+    def bucket_statistic(a: np.ndarray, b: np.ndarray, costs: np.ndarray) -> np.ndarray:
+        return bucket_tau_b_rows(a, b, costs, FLOP_BUCKET)
 
     enough = len(keep) >= 3
     agreed, counted = pair_agreement(x, y, near_pairs(p, EQUAL_PARAMS)) if enough else (0.0, 0)
     return Evaluation(
         signal=signal, n=len(keep), undefined=len(values) - len(keep),
         tau_b=kendall_tau_b(x, y) if enough else math.nan,
-        tau_b_interval=bootstrap_interval(kendall_tau_b, x, y, n_resamples=n_resamples) if enough
+        tau_b_interval=bootstrap_interval(tau_b_rows, x, y, n_resamples=n_resamples) if enough
         else (math.nan, math.nan),
         spearman=spearman(x, y) if enough else math.nan,
-        bucket_tau_b=bucket_statistic(x, y, f) if enough else math.nan,
+        bucket_tau_b=bucket_tau_b(x, y, f, FLOP_BUCKET) if enough else math.nan,
         bucket_interval=bootstrap_interval(bucket_statistic, x, y, f, n_resamples=n_resamples) if enough
         else (math.nan, math.nan),
         bucket_pairs=len(bucket_pairs(f, FLOP_BUCKET)), equal_params_agreed=agreed, equal_params_pairs=counted,

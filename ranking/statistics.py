@@ -1,7 +1,7 @@
 """Rank agreement between two scorings of the same designs (a proxy and a target such as ImageNet).
 
-Small and dependency-free (numpy only) so that the audit, the supernet benchmark and reports
-compute their figures the same way; the tests check every function against scipy.stats.
+One module so that the audit, the supernet benchmark and reports compute their figures the same
+way: scipy.stats where it has the statistic, numpy (vectorised over bootstrap resamples) where not.
 
 * ``kendall_tau_b``: pairs ordered alike minus pairs ordered oppositely, tie-corrected (the
   "b" variant, scipy's default), in [-1, 1]. The headline figure: it reads as "how much more
@@ -9,7 +9,8 @@ compute their figures the same way; the tests check every function against scipy
 * ``spearman``: Pearson correlation of the average ranks.
 * ``bootstrap_interval``: percentile bootstrap over the designs (resampled in pairs), the same
   resamples and quantiles as ``scipy.stats.bootstrap(..., paired=True, method="percentile")``;
-  degenerate resamples (all values tied, the statistic undefined) are left out.
+  degenerate resamples (all values tied, the statistic undefined) are left out. Its statistics
+  are the ``*_rows`` forms, which score every resample at once.
 * ``pair_agreement`` / ``top_k_overlap``: the share of given pairs ordered alike, and how many
   of the target's k best the proxy also puts in its k best.
 
@@ -25,16 +26,16 @@ Cost-aware figures, because a budgeted search decides among designs of about the
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
 
-Scores = Sequence[float] | np.ndarray
-"""One score per design: a sequence or a 1-D array."""
 
-
-def _pair(x: Scores, y: Scores) -> tuple[np.ndarray, np.ndarray]:
+def _pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"scores of shapes {x.shape} and {y.shape} are invalid; accepted: two 1-D sequences "
@@ -44,49 +45,63 @@ def _pair(x: Scores, y: Scores) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def kendall_tau_b(x: Scores, y: Scores, pairs: Iterable[tuple[int, int]] | None = None) -> float:
-    """Kendall's tau-b over all pairs of designs, or over the given index `pairs` only (ties
-    corrected among those); NaN when either side ties every pair counted."""
+def _quiet(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """scipy warns on a constant input (the statistic is NaN there, which is our answer too)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 in scipy's tau-b when a side ties every pair
+        return function(*args, **kwargs)
+
+
+def kendall_tau_b(x: ArrayLike, y: ArrayLike) -> float:
+    """Kendall's tau-b over all pairs of designs (``scipy.stats.kendalltau``); NaN when either side
+    ties every pair."""
     x, y = _pair(x, y)
-    if pairs is None:
-        i, j = np.triu_indices(len(x), k=1)
-    else:
-        index = np.array(list(pairs), dtype=int).reshape(-1, 2)
-        i, j = index[:, 0], index[:, 1]
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    untied_x, untied_y = np.count_nonzero(dx), np.count_nonzero(dy)
-    if untied_x == 0 or untied_y == 0:
-        return math.nan
-    return float(np.sum(dx * dy) / math.sqrt(untied_x * untied_y))
+    return float(_quiet(stats.kendalltau, x, y, variant="b").statistic)
 
 
-def average_ranks(x: Scores) -> np.ndarray:
-    """Ranks from 1, ties sharing their average rank (scipy.stats.rankdata's default)."""
-    x = np.asarray(x, dtype=float)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    sorted_x = x[order]
-    start = 0
-    for end in range(1, len(x) + 1):
-        if end == len(x) or sorted_x[end] != sorted_x[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2
-            start = end
-    return ranks
+def tau_b_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of every row of `x` and `y` (last axis: the designs; leading axes:
+    resamples): what the bootstrap evaluates at once, where scipy's takes one pair of 1-D samples."""
+    i, j = np.triu_indices(np.shape(x)[-1], k=1)
+    return _tau_b(np.sign(x[..., i] - x[..., j]), np.sign(y[..., i] - y[..., j]))
 
 
-def spearman(x: Scores, y: Scores) -> float:
-    """Spearman's rho: Pearson correlation of the average ranks; NaN when a side is constant."""
+def _tau_b(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Tau-b from the signs of the pair differences (last axis: the pairs; 0 also for a pair not counted)."""
+    untied = np.count_nonzero(dx, axis=-1) * np.count_nonzero(dy, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(untied > 0, np.sum(dx * dy, axis=-1) / np.sqrt(untied), math.nan)
+
+
+def spearman(x: ArrayLike, y: ArrayLike) -> float:
+    """Spearman's rho (``scipy.stats.spearmanr``); NaN when a side is constant."""
     x, y = _pair(x, y)
-    rx, ry = average_ranks(x) - (len(x) + 1) / 2, average_ranks(y) - (len(y) + 1) / 2
-    denominator = math.sqrt(float(np.sum(rx * rx) * np.sum(ry * ry)))
-    return float(np.sum(rx * ry) / denominator) if denominator else math.nan
+    return float(_quiet(stats.spearmanr, x, y).statistic)
 
 
-def bootstrap_interval(statistic: Callable[..., float], x: Scores, y: Scores,
-                       *more: Scores, confidence: float = 0.95, n_resamples: int = 10_000,
+def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of every row (last axis: the designs): Pearson correlation of the average
+    ranks (``scipy.stats.rankdata``), NaN where a row is constant."""
+    rx, ry = (stats.rankdata(v, axis=-1) for v in (x, y))
+    rx, ry = rx - rx.mean(axis=-1, keepdims=True), ry - ry.mean(axis=-1, keepdims=True)
+    denominator = np.sqrt(np.sum(rx * rx, axis=-1) * np.sum(ry * ry, axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, np.sum(rx * ry, axis=-1) / denominator, math.nan)
+
+
+def bootstrap_interval(statistic: Callable[..., np.ndarray], x: ArrayLike, y: ArrayLike,
+                       *more: ArrayLike, confidence: float = 0.95, n_resamples: int = 10_000,
                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(x, y, *more)``, the designs resampled with
-    replacement, every column of a design together."""
+    """Percentile bootstrap interval of a statistic, the designs resampled with replacement, every
+    column of a design together.
+
+    The resamples and quantiles are those of ``scipy.stats.bootstrap(..., paired=True,
+    method="percentile", rng=np.random.default_rng(seed))``; unlike it, degenerate resamples (the
+    statistic NaN: all values tied) are left out rather than making the interval NaN, so the
+    resampling is written here. `statistic` takes the columns as 2-D arrays (a resample a row)
+    and returns a value per row, as `tau_b_rows`, `spearman_rows` and `bucket_tau_b_rows` do.
+    """
     x, y = _pair(x, y)
     columns = [x, y, *(np.asarray(c, dtype=float) for c in more)]
     if any(c.shape != x.shape for c in columns):
@@ -95,9 +110,10 @@ def bootstrap_interval(statistic: Callable[..., float], x: Scores, y: Scores,
         raise ValueError(f"confidence={confidence!r} is invalid; accepted: a number in (0, 1)")
     if len(x) < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    resamples = rng.integers(0, len(x), size=(n_resamples, len(x)))
-    values = np.array([statistic(*(c[i] for c in columns)) for i in resamples])
+    resamples = np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))
+    batch = max(1, 2**21 // len(x) ** 2)  # bounds the pair arrays of the tau-b statistics
+    values = np.concatenate([statistic(*(c[resamples[k:k + batch]] for c in columns))
+                             for k in range(0, n_resamples, batch)])
     values = values[np.isfinite(values)]
     if not len(values):
         return math.nan, math.nan
@@ -106,22 +122,18 @@ def bootstrap_interval(statistic: Callable[..., float], x: Scores, y: Scores,
     return float(low), float(high)
 
 
-def pair_agreement(x: Scores, y: Scores, pairs: Iterable[tuple[int, int]]) -> tuple[float, int]:
+def pair_agreement(x: ArrayLike, y: ArrayLike, pairs: Iterable[tuple[int, int]]) -> tuple[float, int]:
     """(pairs ordered alike, pairs counted) among ``pairs`` of indices; a pair the target ``y``
     ties is not counted (there is no order to agree with), a proxy tie counts as half."""
     x, y = _pair(x, y)
-    agree = counted = 0.0
-    for i, j in pairs:
-        target = np.sign(y[i] - y[j])
-        if target == 0:
-            continue
-        counted += 1
-        proxy = np.sign(x[i] - x[j])
-        agree += 1.0 if proxy == target else 0.5 if proxy == 0 else 0.0
-    return agree, int(counted)
+    index = np.array(list(pairs), dtype=int).reshape(-1, 2)
+    target = np.sign(y[index[:, 0]] - y[index[:, 1]])
+    proxy = np.sign(x[index[:, 0]] - x[index[:, 1]])[target != 0]
+    target = target[target != 0]
+    return float(np.sum(proxy == target) + 0.5 * np.sum(proxy == 0)), len(target)
 
 
-def top_k_overlap(x: Scores, y: Scores, k: int) -> float:
+def top_k_overlap(x: ArrayLike, y: ArrayLike, k: int) -> float:
     """Share of the target's k best (by ``y``) that are among the proxy's k best (by ``x``)."""
     x, y = _pair(x, y)
     if not 1 <= k <= len(x):
@@ -131,47 +143,74 @@ def top_k_overlap(x: Scores, y: Scores, k: int) -> float:
     return len(best_x & best_y) / k
 
 
-def cost_buckets(costs: Scores, tolerance: float = 0.03) -> list[list[int]]:
+def cost_buckets(costs: ArrayLike, tolerance: float = 0.03) -> list[list[int]]:
     """Indices grouped by cost: in increasing order, a bucket takes every design whose cost is
     within `tolerance` (relative) of the bucket's cheapest; the next design opens a new one."""
-    order = sorted(range(len(costs)), key=lambda i: costs[i])
-    buckets: list[list[int]] = []
-    for i in order:
-        if buckets and costs[i] <= costs[buckets[-1][0]] * (1 + tolerance):
-            buckets[-1].append(i)
-        else:
-            buckets.append([i])
+    costs = np.asarray(costs, dtype=float)
+    ids = bucket_ids(costs, tolerance)
+    buckets: list[list[int]] = [[] for _ in range(int(ids.max()) + 1)] if len(ids) else []
+    for i in np.argsort(costs, kind="stable").tolist():
+        buckets[ids[i]].append(i)
     return buckets
 
 
-def bucket_pairs(costs: Scores, tolerance: float = 0.03) -> list[tuple[int, int]]:
+def bucket_ids(costs: np.ndarray, tolerance: float = 0.03) -> np.ndarray:
+    """The `cost_buckets` bucket of every design, numbered in increasing cost, for every row of
+    `costs` at once (last axis: the designs)."""
+    if costs.shape[-1] == 0:
+        return np.zeros(costs.shape, dtype=int)
+    order = np.argsort(costs, axis=-1, kind="stable")
+    ordered = np.take_along_axis(costs, order, axis=-1)
+    sorted_ids = np.zeros(ordered.shape, dtype=int)
+    opener, current = ordered[..., 0], np.zeros(ordered.shape[:-1], dtype=int)
+    for k in range(1, ordered.shape[-1]):  # a pass over the designs, every row at once
+        new = ordered[..., k] > opener * (1 + tolerance)
+        current = current + new
+        opener = np.where(new, ordered[..., k], opener)
+        sorted_ids[..., k] = current
+    ids = np.empty_like(sorted_ids)
+    np.put_along_axis(ids, order, sorted_ids, axis=-1)
+    return ids
+
+
+def bucket_pairs(costs: ArrayLike, tolerance: float = 0.03) -> list[tuple[int, int]]:
     """The pairs of designs that share a cost bucket (`cost_buckets`)."""
     return [(a, b) for bucket in cost_buckets(costs, tolerance) for k, a in enumerate(bucket) for b in bucket[k + 1:]]
 
 
-def bucket_tau_b(x: Scores, y: Scores, costs: Scores, tolerance: float = 0.03) -> float:
+def bucket_tau_b(x: ArrayLike, y: ArrayLike, costs: ArrayLike, tolerance: float = 0.03) -> float:
     """Kendall tau-b over the pairs inside cost buckets, pooled: how well a signal orders designs
     of about the same cost, which is what a budgeted search decides between."""
-    return kendall_tau_b(x, y, bucket_pairs(costs, tolerance))
+    x, y = _pair(x, y)
+    return float(bucket_tau_b_rows(x, y, np.asarray(costs, dtype=float), tolerance))
 
 
-def near_pairs(values: Scores, tolerance: float = 0.01) -> list[tuple[int, int]]:
+def bucket_tau_b_rows(x: np.ndarray, y: np.ndarray, costs: np.ndarray, tolerance: float = 0.03) -> np.ndarray:
+    """`bucket_tau_b` of every row (last axis: the designs), each row bucketed by its own costs."""
+    bucket = bucket_ids(costs, tolerance)
+    i, j = np.triu_indices(x.shape[-1], k=1)
+    inside = bucket[..., i] == bucket[..., j]
+    return _tau_b(np.sign(x[..., i] - x[..., j]) * inside, np.sign(y[..., i] - y[..., j]) * inside)
+
+
+def near_pairs(values: ArrayLike, tolerance: float = 0.01) -> list[tuple[int, int]]:
     """Pairs whose `values` (parameter counts) lie within `tolerance` of the smaller one."""
     v = np.asarray(values, dtype=float)
-    return [(i, j) for i in range(len(v)) for j in range(i + 1, len(v))
-            if abs(v[i] - v[j]) <= tolerance * min(v[i], v[j])]
+    i, j = np.triu_indices(len(v), k=1)
+    near = np.abs(v[i] - v[j]) <= tolerance * np.minimum(v[i], v[j])
+    return list(zip(i[near].tolist(), j[near].tolist()))
 
 
-def regret_at(budget: float, signal: Scores, target: Scores, costs: Scores
-              ) -> tuple[float, int]:
+def regret_at(budget: float, signal: ArrayLike, target: ArrayLike, costs: ArrayLike) -> tuple[float, int]:
     """(regret, designs within the budget): the target of the best design whose cost is within
     `budget` minus the target of the one the signal ranks first there (ties: the cheaper, then
     the first); (NaN, 0) when none fits."""
-    fit = [i for i in range(len(costs)) if costs[i] <= budget]
-    if not fit:
+    s, t, c = (np.asarray(v, dtype=float) for v in (signal, target, costs))
+    fit = np.flatnonzero(c <= budget)
+    if not len(fit):
         return math.nan, 0
-    pick = min(fit, key=lambda i: (-signal[i], costs[i], i))
-    return float(max(target[i] for i in fit) - target[pick]), len(fit)
+    pick = min(fit.tolist(), key=lambda i: (-s[i], c[i], i))
+    return float(t[fit].max() - t[pick]), len(fit)
 
 
 @dataclass(frozen=True)
@@ -193,18 +232,19 @@ class Agreement:
                 f"n={self.n})")
 
 
-def agreement(x: Scores, y: Scores, *, confidence: float = 0.95, n_resamples: int = 10_000,
+def agreement(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 10_000,
               seed: int = 0) -> Agreement:
     """Kendall tau-b and Spearman of proxy ``x`` against target ``y`` with their bootstrap intervals."""
     return Agreement(
         n=len(x), kendall_tau_b=kendall_tau_b(x, y),
-        kendall_interval=bootstrap_interval(kendall_tau_b, x, y, confidence=confidence, n_resamples=n_resamples,
+        kendall_interval=bootstrap_interval(tau_b_rows, x, y, confidence=confidence, n_resamples=n_resamples,
                                             seed=seed),
         spearman=spearman(x, y),
-        spearman_interval=bootstrap_interval(spearman, x, y, confidence=confidence, n_resamples=n_resamples,
+        spearman_interval=bootstrap_interval(spearman_rows, x, y, confidence=confidence, n_resamples=n_resamples,
                                              seed=seed),
         confidence=confidence)
 
 
-__all__ = ["Agreement", "agreement", "average_ranks", "bootstrap_interval", "bucket_pairs", "bucket_tau_b",
-           "cost_buckets", "kendall_tau_b", "near_pairs", "pair_agreement", "regret_at", "spearman", "top_k_overlap"]
+__all__ = ["Agreement", "agreement", "bootstrap_interval", "bucket_ids", "bucket_pairs", "bucket_tau_b",
+           "bucket_tau_b_rows", "cost_buckets", "kendall_tau_b", "near_pairs", "pair_agreement", "regret_at", "spearman",
+           "spearman_rows", "tau_b_rows", "top_k_overlap"]

@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from localvit.backbones import BASELINE_NAMES
 from localvit.cli import log
 from localvit.spec import ArchSpec
 from proxy.data import get_proxy_data
@@ -39,7 +40,7 @@ from .rank_by import resolve as resolve_rank_by
 from .settings import ONESHOT, SearchSettings
 from .stop import STOP, say, stopped_line
 from .storage import open_storage
-from .studies import (BASELINE_NAMES, Plan, close_interrupted, enqueue_baselines, enqueue_warm_starts, open_study,
+from .studies import (Plan, close_interrupted, enqueue_baselines, enqueue_warm_starts, open_study,
                       paper_baselines, trained_count)
 from .tune import BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
 

@@ -20,7 +20,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .optuna_adapter import set_system_attr, storage_of, trial_id
+from .optuna_adapter import admits, set_system_attr, storage_of, trial_id
 
 #: System attribute of a trial: the number of the trial it was mutated from.
 PARENT_ATTR = "evolution:parent"
@@ -77,7 +77,7 @@ class RegularizedEvolutionSampler(BaseSampler):
             return self._random.sample_independent(study, trial, param_name, param_distribution)
         params, forced = plan
         value = params[param_name]
-        if not param_distribution._contains(param_distribution.to_internal_repr(value)):
+        if not admits(param_distribution, value):
             return self._random.sample_independent(study, trial, param_name, param_distribution)
         if param_name == forced or self._rng.random() < self.mutation_prob:
             return self._other_value(study, trial, param_name, param_distribution, value)

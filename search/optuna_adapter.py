@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -36,6 +37,15 @@ def trial_id(trial: TrialRef) -> int:
 def set_system_attr(storage: BaseStorage, trial: TrialRef, key: str, value: Any) -> None:
     """A system attribute on a live or frozen trial (Optuna 5 removed `Trial.set_system_attr`)."""
     storage.set_trial_system_attr(trial_id(trial), key, value)
+
+
+def admits(distribution: BaseDistribution, value: Any) -> bool:
+    """Whether `value` (external form) lies in `distribution`: a parent's value may not, once the
+    space changed (Optuna's check is private: `_contains`; a choice no longer offered raises)."""
+    try:
+        return distribution._contains(distribution.to_internal_repr(value))
+    except ValueError:
+        return False
 
 
 def record_constraints(trial: optuna.Trial, violations: Mapping[str, float]) -> None:
@@ -73,5 +83,5 @@ def fill_waiting(study: optuna.Study, waiting_id: int, finished: FrozenTrial) ->
     return True
 
 
-__all__ = ["PRIVATE_STORAGE_CALLS", "fail_with", "fill_waiting", "record_constraints", "set_system_attr", "storage_of",
-           "trial_id"]
+__all__ = ["PRIVATE_STORAGE_CALLS", "admits", "fail_with", "fill_waiting", "record_constraints", "set_system_attr",
+           "storage_of", "trial_id"]

@@ -1,7 +1,7 @@
 """Reports of a study: a pandas table, a Pareto plot, a per-layer picture, a summary, exports.
 
 "Best" and the Pareto front are taken among feasible trials trained to the full proxy
-budget only (`search.export.ranked_candidates`, the same selection the exports use); trials
+budget only (`search.selection.ranked_candidates`, the same selection the exports use); trials
 stopped early by ASHA carry their low-epoch accuracy and are counted apart.
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ from ranking.audits import audit_for, describe_audit, ranking_audit, supernet_im
 from ranking.ladder import describe_ladder
 from ranking.signals import combinations
 
-from .export import export_trials, pareto_front, ranked_candidates
+from .export import export_trials
 from .rank_by import RankBy, ladder_of, measured_value, of_study, ranked, reference_set, values
+from .selection import pareto_front, ranked_candidates
 from .settings import ONESHOT, SUPERNET, TRAIN, SearchSettings
 
 

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localvit.backbones import SEARCH_BACKBONES
+from localvit.cli import option as _option
 from proxy.protocol import ProxyProtocol
 from proxy.supernet import DEFAULT_SAMPLING, SAMPLINGS
 from ranking.signals import rank_by_choices
@@ -38,7 +40,6 @@ def measured_by(strategy: str) -> str:
 #: A trial whose node or worker was lost with every retry spent: its candidate is queued again.
 LOST = "lost"
 OBJECTIVES = ("accuracy", "flops")
-BACKBONES = ("deit_tiny", "deit_small", "pvt_tiny", "swin_tiny", "swin_mini", "tnt_tiny", "t2t_7")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 SEARCH, ONESHOT_GROUP, WHERE, COMPUTE, TIME = (
@@ -82,11 +83,6 @@ def _objectives(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(","))
 
 
-def _option(help: str, group: str, **more: Any) -> dict[str, Any]:
-    """The metadata of a field a user sets: `search.options` turns it into a command-line option."""
-    return {"help": help, "group": group, **more}
-
-
 @dataclass(frozen=True)
 class SearchSettings:
     """One search: where it is stored, what it searches, under which budget, how it trains."""
@@ -99,7 +95,7 @@ class SearchSettings:
         "and never written to disk", WHERE, default_text="sqlite:///<results-dir>/<study>/study.db"))
     space: str = field(default="default", metadata=_option(
         "default, paper, a .yaml/.json space file, or a reference file (its designs; with --sampler grid)", SEARCH))
-    backbone: str = field(default="deit_tiny", metadata=_option(", ".join(BACKBONES), SEARCH))
+    backbone: str = field(default="deit_tiny", metadata=_option(", ".join(SEARCH_BACKBONES), SEARCH))
     budget: Budget = field(default_factory=Budget)
     sampler: str = field(default="auto", metadata=_option(
         f"auto, {', '.join(SAMPLERS)}; auto is tpe with --strategy train and evolution (aging evolution) with "
@@ -202,8 +198,8 @@ class SearchSettings:
                              f"{', '.join(SAMPLINGS)}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r} is invalid; accepted: {', '.join(STRATEGIES)}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone={self.backbone!r} is invalid; accepted: {', '.join(BACKBONES)}")
+        if self.backbone not in SEARCH_BACKBONES:
+            raise ValueError(f"backbone={self.backbone!r} is invalid; accepted: {', '.join(SEARCH_BACKBONES)}")
         if not _STUDY_NAME.match(self.study):
             raise ValueError(f"study={self.study!r} is invalid; accepted: letters, digits, '_', '.', '-' "
                              f"(at most 100, not starting with a symbol)")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from localvit.backbones import baseline_spec, localvit_spec
+from localvit.backbones import BASELINE_NAMES, baseline_spec, localvit_spec
 from localvit.cli import log
 from localvit.spec import ArchSpec
 from proxy.runtime import precision_record
@@ -26,15 +26,6 @@ from .optuna_adapter import fail_with
 from .rank_by import RankBy
 from .samplers import make_sampler
 from .settings import TRAIN, SearchSettings
-
-#: The paper's names of each backbone's LocalViT model and of the transformer it improves.
-BASELINE_NAMES: dict[str, tuple[str, str]] = {
-    "deit_tiny": ("LocalViT-T", "DeiT-T"), "deit_small": ("LocalViT-S", "DeiT-S"),
-    "pvt_tiny": ("LocalViT-PVT", "PVT-T"), "swin_tiny": ("LocalViT-Swin", "Swin-T"),
-    "swin_mini": ("LocalViT-Swin-M", "Swin-M"), "tnt_tiny": ("LocalViT-TNT", "TNT-T"),
-    "t2t_7": ("LocalViT-T2T", "T2T-ViT-7"),
-}
-
 
 @dataclass(frozen=True)
 class Plan:

@@ -17,7 +17,6 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from localvit.spec import ArchSpec
 from proxy.protocol import ProxyProtocol, project_to_proxy
@@ -28,6 +27,7 @@ from space.space import Space
 
 from .candidates import Skips, tell_values
 from .optuna_adapter import record_constraints
+from .ray_adapter import OptunaSearchAdapter
 from .settings import INFEASIBLE, LOST, TRAIN
 from .stop import STOP
 
@@ -117,7 +117,7 @@ class BaselineSparingASHA(ASHAScheduler):
         return TrialScheduler.CONTINUE if trial.config.get("baseline") else decision
 
 
-class ConstrainedOptunaSearch(OptunaSearch):
+class ConstrainedOptunaSearch(OptunaSearchAdapter):
     """OptunaSearch that never schedules a candidate the budget rules out or that was trained
     already: such an Optuna trial is closed at once (infeasible: worst value, with its
     constraints; duplicate: the earlier trial's values) and the sampler is asked again.
@@ -156,21 +156,21 @@ class ConstrainedOptunaSearch(OptunaSearch):
             config = super().suggest(trial_id)
             if not isinstance(config, dict):
                 return config
-            number = self._ot_trials[trial_id].number
+            number = self.optuna_trials[trial_id].number
             earlier = self._trained_value(config["spec"], number) if config["status"] == TRAIN else None
             if config["status"] == TRAIN and earlier is None:
                 self.skips.taken()
                 self._scheduled.add(number)
                 self._active.add(trial_id)
                 return config
-            self.skips.close(self._ot_trials.pop(trial_id), config, self.objectives, earlier,
-                             lambda trial, values: tell_values(self.study, trial, values))
+            self.skips.close(self.forget_optuna_trial(trial_id), config, self.objectives, earlier,
+                             lambda trial, values: tell_values(self.optuna_study, trial, values))
         return Searcher.FINISHED if not self._active else None
 
     def _trained_value(self, spec_json: str, trial_number: int) -> tuple[list[float] | None, int] | None:
         """The earlier trial of the same spec that trained (its values) or is training (None)."""
         spec_id = ArchSpec.from_json(spec_json).id
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        for t in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
             if t.number == trial_number or t.user_attrs.get("spec_id") != spec_id:
                 continue
             if t.state == TrialState.RUNNING and t.number in self._scheduled:
@@ -188,8 +188,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
         """Each epoch's validation top-1 as an intermediate value at step = epoch (the curve the
         dashboard draws), the epoch ASHA stopped a trial on included: Tune hands that result to
         `on_trial_complete` only. Multi-objective studies cannot report."""
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or isinstance(self.metric, list) or trial_id in self._completed_trials:
+        ot_trial = self.optuna_trials.get(trial_id)
+        if ot_trial is None or isinstance(self.metric, list) or self.told(trial_id):
             return  # a result Tune relays after the trial was told cannot be reported
         curve = result.get("val_acc_curve") or []
         done = self._reported.get(trial_id, 0)
@@ -201,7 +201,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def record_retry(self, trial_id: str, reason: str) -> None:
         """Tune restarts a trial whose node or worker was lost: note why on its Optuna trial."""
         self._retries.setdefault(trial_id, []).append(reason)
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = self.optuna_trials.get(trial_id)
         if ot_trial is not None:
             ot_trial.set_user_attr("retries", list(self._retries[trial_id]))
 
@@ -215,7 +215,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
             return  # stopped by a signal, not trained: left running, closed and queued again (`search.stop`)
         self._report_curve(trial_id, last)
         self._reported.pop(trial_id, None)
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = self.optuna_trials.get(trial_id)
         if ot_trial is not None:
             epochs = int(last.get("epoch") or 0)
             ot_trial.set_user_attr("status", LOST if error else TRAIN)
@@ -252,4 +252,4 @@ class ConstrainedOptunaSearch(OptunaSearch):
         ot_trial.set_user_attr("failure", reason)
         super().on_trial_complete(trial_id, None, error=True)
         attrs = {k: ot_trial.user_attrs[k] for k in ("baseline", "warm_start") if k in ot_trial.user_attrs}
-        self.study.enqueue_trial(ot_trial.params, user_attrs=attrs, skip_if_exists=False)
+        self.optuna_study.enqueue_trial(ot_trial.params, user_attrs=attrs, skip_if_exists=False)

@@ -6,22 +6,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from localvit.presets import PRESETS
+from localvit.backbones import VIT_BACKBONES, block_dims, vit_heads
 from localvit.spec import ArchSpec, LayerSpec
 
+#: The `deit_*` bases: LocalViT's width, depth and heads, a locality FFN in every block.
 BASES: dict[str, ArchSpec] = {
-    "deit_tiny": ArchSpec.uniform(LayerSpec("local"), depth=12, embed_dim=192, num_heads=4),
-    "deit_small": ArchSpec.uniform(LayerSpec("local"), depth=12, embed_dim=384, num_heads=8),
+    name: ArchSpec.uniform(LayerSpec("local"), depth=cfg["depth"], embed_dim=cfg["embed_dim"],
+                           num_heads=vit_heads(name)[1])
+    for name, cfg in VIT_BACKBONES.items()
 }
 
 
 def base_spec(name: str) -> ArchSpec:
-    """The base architecture of a backbone name: `deit_tiny`, `deit_small` or a stage preset."""
+    """The base architecture of a search backbone (`localvit.backbones.SEARCH_BACKBONES`)."""
     if name in BASES:
         return BASES[name]
-    if name in PRESETS:
-        return ArchSpec(layers=(LayerSpec("local"),) * PRESETS[name].depth, backbone=name)
-    raise ValueError(f"backbone={name!r} is invalid; accepted: {', '.join([*BASES, *PRESETS])}")
+    return ArchSpec(layers=(LayerSpec("local"),) * len(block_dims(name)), backbone=name)  # block_dims checks the name
 
 
 def read_data_file(path: str | Path, what: str) -> Any:

@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from localvit.cli import option
 from localvit.spec import ArchSpec
 
 from .cost import Cost, target_cost
@@ -44,7 +45,7 @@ def format_count(value: float, unit: str = "") -> str:
 
 def _bound(help: str, flag: str) -> dict:
     """A budget field's command-line option (`search.options` reads the metadata)."""
-    return {"help": help, "flag": flag, "parse": parse_budget, "metavar": "N", "group": BUDGET_GROUP}
+    return option(help, BUDGET_GROUP, flag=flag, parse=parse_budget, metavar="N")
 
 
 BUDGET_GROUP = "budget (at 224x224, 1000 classes; e.g. 1.3G, 900M, 5.9M, 1.3e9)"
@@ -59,10 +60,9 @@ class Budget:
     max_params: int | None = field(default=None, metadata=_bound("most parameters", "--budget-params"))
     min_flops: int | None = field(default=None, metadata=_bound("fewest FLOPs, for a bracket", "--min-flops"))
     min_params: int | None = field(default=None, metadata=_bound("fewest parameters, for a bracket", "--min-params"))
-    min_throughput: float | None = field(default=None, metadata={
-        "help": "least inference images/s, measured on this machine's CPU at 224x224 (batch and threads: "
-                "SearchSettings.throughput_batch and throughput_threads), BN folded",
-        "metavar": "IMG/S", "group": BUDGET_GROUP})
+    min_throughput: float | None = field(default=None, metadata=option(
+        "least inference images/s, measured on this machine's CPU at 224x224 (batch and threads: "
+        "SearchSettings.throughput_batch and throughput_threads), BN folded", BUDGET_GROUP, metavar="IMG/S"))
 
     def __post_init__(self) -> None:
         for low, high in (("min_flops", "max_flops"), ("min_params", "max_params")):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
+from localvit.backbones import vit_heads
 from localvit.spec import ACTIVATIONS, CHANNEL_ATTENTIONS, FFN_TYPES, ArchSpec, LayerSpec
 
 from .bases import base_spec, read_data_file
@@ -363,8 +364,7 @@ def make_space(preset: str = "default", backbone: str = "deit_tiny", include_unf
         return ListSpace()
     if preset == "default":
         base = base_spec(backbone)
-        heads = {"deit_tiny": (3, 4), "deit_small": (6, 8)}.get(backbone, ())
-        return SearchSpace("default", base, LayerChoices(kernel=(3, 5)), heads=heads)
+        return SearchSpace("default", base, LayerChoices(kernel=(3, 5)), heads=vit_heads(backbone))
     path = Path(preset)
     if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
         return load_space(path, backbone, include_unfinished)

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from localvit import ArchSpec, build_model
+from localvit.host import cpu_threads, device_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,33 +35,6 @@ class Throughput:
     threads: int | None
     repeats: int
     seconds: float  # wall time of the whole measurement, build included
-
-
-def device_name(device: str | torch.device) -> str:
-    """A name that identifies the hardware: the GPU's name, or the CPU model."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "cpu: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu: " + (platform.processor() or platform.machine())
-
-
-@contextmanager
-def cpu_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` inside (None: left as they are), restored after:
-    two 1-thread trainings side by side beat one 2-thread training on 2 cores."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _check(batch: int, img_size: int, dtype: str, warmup: int, repeats: int) -> None:

@@ -15,8 +15,9 @@ from typing import Any
 
 from localvit.cli import log
 from proxy.protocol import ProxyProtocol
+from proxy.zero_cost import zero_cost_of
 from ranking.audits import SHIPPED_AUDITS, SHIPPED_SUPERNET_AUDITS
-from ranking.evaluation import score_audit, scores_from_rows, zero_cost_of
+from ranking.evaluation import score_audit, scores_from_rows
 from space.references import load_references
 
 REPO = Path(__file__).resolve().parents[1]

@@ -145,9 +145,10 @@ def paper_audit(supernet: Any, data: Any, protocol: Any, settings: Any, checkpoi
     """The supernet's scores of the paper's ImageNet designs (those it holds), audited against
     their ImageNet top-1 by `ranking.evaluation`, as a proxy-trained protocol is; written to
     `<checkpoint stem>.paper-audit/` beside the checkpoint."""
-    from ranking.evaluation import ProxyScore, score_audit, write_audit, zero_cost_of
     from proxy.protocol import proxy_of
     from proxy.supernet import score
+    from proxy.zero_cost import zero_cost_of
+    from ranking.evaluation import ProxyScore, score_audit, write_audit
     from space.references import load_references
 
     references = load_references()

@@ -1,6 +1,7 @@
 """Shared test helpers: one intra-op thread (tests run beside other work on 2 cores)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -32,8 +33,6 @@ def fvcore_cost(model: torch.nn.Module, img_size: int, in_chans: int = 3) -> tup
 
 @pytest.fixture(scope="session")
 def official_full_size() -> dict:
-    import json
-
     """The official full-size models by registered name: params, [key, shape] list, buffers."""
     return {m["factory_name"]: m for m in json.loads((OFFICIAL / "full_size.json").read_text())["models"]}
 

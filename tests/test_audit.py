@@ -9,6 +9,7 @@ import sys
 import time
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -21,7 +22,8 @@ from proxy.protocol import ProxyProtocol
 from proxy.zero_cost import ZERO_COST
 from ranking.audits import protocol_key
 from ranking.evaluation import AXES, ProxyScore, pair_axis, score_audit
-from ranking.statistics import bootstrap_interval, kendall_tau_b, pair_agreement, spearman, top_k_overlap
+from ranking.statistics import (bootstrap_interval, kendall_tau_b, pair_agreement, spearman, spearman_rows,
+                                tau_b_rows, top_k_overlap)
 from space.cost import target_cost
 from space.paper import PAPER_NAMED_SPECS
 from space.references import PAPER_IMAGENET, load_references, references_from_dict
@@ -48,13 +50,13 @@ def test_kendall_tau_b_and_spearman_equal_scipy_with_ties() -> None:
 
 
 def test_bootstrap_interval_equals_scipy_paired_percentile_bootstrap() -> None:
-    for statistic, reference in ((kendall_tau_b, stats.kendalltau), (spearman, stats.spearmanr)):
+    for statistic, reference in ((tau_b_rows, stats.kendalltau), (spearman_rows, stats.spearmanr)):
         ours = bootstrap_interval(statistic, PROXY, TARGET, n_resamples=2000, seed=11)
         theirs = stats.bootstrap((PROXY, TARGET), lambda a, b, ref=reference: ref(a, b).statistic, paired=True,
                                  vectorized=False, n_resamples=2000, method="percentile",
                                  rng=np.random.default_rng(11)).confidence_interval
         assert ours == pytest.approx((theirs.low, theirs.high), abs=1e-12)
-        assert ours[0] < statistic(PROXY, TARGET) < ours[1]
+        assert ours[0] < reference(PROXY, TARGET).statistic < ours[1]
 
 
 def test_pair_agreement_and_top_k_by_hand() -> None:
@@ -349,3 +351,39 @@ def test_the_default_one_shot_supernet_has_a_shipped_audit() -> None:
     # and it scored candidates as a default search does
     assert (entry["stand_alone"]["recalibration_images"], entry["stand_alone"]["score_images"]) == \
         (settings.recalibration_images, settings.score_images)
+
+
+def _leaves(value: Any, path: str = "") -> dict[str, Any]:
+    """A nested figure as {path: number or text}, CPU times left out (they are measured, not computed)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() if "cpu_s" not in key and key != "created"
+                for k, v in _leaves(item, f"{path}/{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _leaves(item, f"{path}[{i}]").items()}
+    return {path: value}
+
+
+@pytest.mark.slow
+def test_the_shipped_audits_rescored_from_their_rows_give_their_figures_again() -> None:
+    """Every figure of ranking/audited_*.json follows from its rows with today's statistics (the
+    zero-cost values as the rows hold them): intervals, buckets, regrets, agreements (minutes)."""
+    from proxy.zero_cost import ZeroCostScore
+    from ranking.audits import SHIPPED_AUDITS, SHIPPED_SUPERNET_AUDITS
+    from ranking.evaluation import scores_from_rows
+
+    audits = [(a, "proxy") for a in json.loads(SHIPPED_AUDITS.read_text()).values()]
+    audits += [(e["imagenet"], "supernet") for e in json.loads(SHIPPED_SUPERNET_AUDITS.read_text()).values()
+               if "imagenet" in e]
+    assert len(audits) >= 4
+    for audit, measured in audits:
+        zero_cost = {row["spec_id"]: {name: ZeroCostScore(value, 0.0, row.get("undefined", {}).get(name, ""))
+                                      for name, value in row["signals"].items() if name in ZERO_COST}
+                     for row in audit["rows"]}
+        again = score_audit(load_references(REPO / audit["references"]["path"]), scores_from_rows(audit["rows"]),
+                            study=audit["study"], protocol=ProxyProtocol.from_dict(audit["protocol"]),
+                            precision=audit["precision"], measured=measured, zero_cost=zero_cost).to_dict()
+        shipped, computed = _leaves(audit), _leaves(again)
+        assert shipped.keys() == computed.keys()
+        for key, value in shipped.items():
+            assert computed[key] == (pytest.approx(value, abs=1e-12, nan_ok=True) if isinstance(value, float)
+                                     else value), key

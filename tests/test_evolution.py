@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from search.evolution import PARENT_ATTR, RegularizedEvolutionSampler
-from search.optuna_adapter import set_system_attr
+from search.optuna_adapter import admits, set_system_attr
 
 LAYERS = 8
 
@@ -101,3 +102,10 @@ def test_several_objectives_take_a_non_dominated_parent() -> None:
 def test_bad_settings_are_one_clear_error(kwargs, words) -> None:
     with pytest.raises(ValueError, match=words):
         RegularizedEvolutionSampler(**kwargs)
+
+
+def test_admits_says_whether_a_parents_value_lies_in_a_changed_distribution() -> None:
+    assert admits(CategoricalDistribution(["local", "mlp"]), "mlp")
+    assert not admits(CategoricalDistribution(["local", "mlp"]), "conv")
+    assert admits(IntDistribution(2, 8, step=2), 6) and not admits(IntDistribution(2, 8, step=2), 5)
+    assert admits(FloatDistribution(0.0, 1.0), 0.5) and not admits(FloatDistribution(0.0, 1.0), 1.5)

@@ -12,9 +12,10 @@ import yaml
 from localvit import ArchSpec, LayerSpec, build_model, localvit_spec, proxy_spec
 from imagenet.export import export_spec
 from imagenet.export import main as export_spec_main
-from search.export import export_trials, load_study, select_trials, trial_provenance
+from search.export import export_trials, load_study, trial_provenance
 from search.export import main as export_study_main
 from search.optuna_adapter import set_system_attr
+from search.selection import select_trials
 from imagenet.recipe import TrainConfig, to_timm_args
 from space.cost import target_cost
 from tests.conftest import FIXTURES, fvcore_cost

@@ -11,6 +11,8 @@ import torch
 import localvit
 from localvit import ArchSpec, LayerSpec, build_model, optimize_for_inference
 from localvit.layers import ConvActivation
+from localvit.vision_transformer import PAPER_SPECS
+from space.cost import model_cost
 from space.paper import PAPER_ROWS
 from tests.conftest import OFFICIAL, fvcore_cost
 from tests.paper_counter import paper_flops
@@ -33,11 +35,8 @@ OFFICIAL_NAME = {
     "localvit_deit_small": "deit_small_patch16_224",
     "localvit_small": "localvit_small_mlp4_act3_r384",
 }
-# fvcore counts of the official models at 224x224 with attention counted (docs/models.md, "Counts").
-OFFICIAL_FVCORE_GFLOPS = {
-    "localvit_deit_tiny": 1.258, "localvit_tiny": 1.279, "localvit_tiny_se4": 1.282,
-    "localvit_tiny_relu6_mlp6": 1.636, "localvit_deit_small": 4.608, "localvit_small": 4.642,
-}
+# timm's DeiT is the official implementation: the builder's DeiT must count as it does.
+TIMM_OFFICIAL = {"localvit_deit_tiny": "deit_tiny_patch16_224", "localvit_deit_small": "deit_small_patch16_224"}
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -65,10 +64,15 @@ def test_official_names_are_registered_aliases(official: str, ours: str) -> None
     assert timm.create_model(official).spec == timm.create_model(ours).spec
 
 
-@pytest.mark.parametrize("name", sorted(OFFICIAL_FVCORE_GFLOPS))
-def test_fvcore_flops_match_the_official_models(name: str) -> None:
-    flops, _ = fvcore_cost(timm.create_model(name), 224)
-    assert flops / 1e9 == pytest.approx(OFFICIAL_FVCORE_GFLOPS[name], rel=5e-3)
+@pytest.mark.parametrize("name", sorted(PAPER_SPECS))
+def test_fvcore_counts_equal_the_cost_model_and_the_official_deit(name: str) -> None:
+    """fvcore's count of every registered model at 224 equals the analytic count the budgets use
+    (`space.cost`), and, for the builder's DeiT, fvcore's count of timm's official DeiT."""
+    counted = fvcore_cost(timm.create_model(name), 224)
+    cost = model_cost(PAPER_SPECS[name])
+    assert (cost.flops, cost.params) == counted
+    if name in TIMM_OFFICIAL:
+        assert fvcore_cost(timm.create_model(TIMM_OFFICIAL[name]), 224) == counted
 
 
 @pytest.mark.parametrize("row", PAPER_ROWS, ids=lambda r: f"{r.table}/{r.name}")

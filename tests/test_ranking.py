@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 from proxy.zero_cost import dss, grad_norm, naswot, snip, synflow, zero_cost_scores
 from ranking.signals import (choose_default, combine, evaluate, evaluate_all, fit_weight, groups_of, meets_goal,
                              out_of_sample, tau_standard_error)
-from ranking.statistics import (bucket_pairs, bucket_tau_b, cost_buckets, kendall_tau_b, near_pairs, pair_agreement,
-                                regret_at)
+from ranking.statistics import (bucket_pairs, bucket_tau_b, bucket_tau_b_rows, cost_buckets, near_pairs, pair_agreement,
+                                regret_at, spearman_rows, tau_b_rows)
 
 
 def _linear(weight: list[list[float]]) -> nn.Linear:
@@ -125,7 +126,23 @@ def test_cost_buckets_and_the_tau_b_inside_them_by_hand() -> None:
     # pairs (0,5): signal 3>2, target tied; (0,1): 3>1, 2>1 concordant; (5,1): 2>1, 2>1 concordant;
     # (2,3): signal tied, target 7<8. Untied in the signal: 3, in the target: 3; concordant 2, discordant 0.
     assert bucket_tau_b(signal, target, flops, 0.03) == pytest.approx(2 / math.sqrt(3 * 3))
-    assert kendall_tau_b(signal, target, [(0, 1)]) == 1.0
+
+
+def test_the_row_statistics_equal_scipy_and_the_bucket_pairs_row_by_row() -> None:
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 4, (50, 9)).astype(float), rng.integers(0, 3, (50, 9)).astype(float)  # many ties
+    costs = rng.choice([1.0, 1.01, 1.02, 1.05, 1.2, 2.0], (50, 9))
+    x[0] = 2.0  # a constant row: every statistic NaN there
+    taus, rhos, buckets = tau_b_rows(x, y), spearman_rows(x, y), bucket_tau_b_rows(x, y, costs, 0.03)
+    for k in range(len(x)):  # every row against scipy and against the pair list of its own buckets
+        assert taus[k] == pytest.approx(stats.kendalltau(x[k], y[k]).statistic, abs=1e-12, nan_ok=True)
+        assert rhos[k] == pytest.approx(stats.spearmanr(x[k], y[k]).statistic, abs=1e-12, nan_ok=True)
+        pairs = np.array(bucket_pairs(costs[k], 0.03), dtype=int).reshape(-1, 2)
+        dx, dy = (np.sign(v[k][pairs[:, 0]] - v[k][pairs[:, 1]]) for v in (x, y))
+        untied = np.count_nonzero(dx) * np.count_nonzero(dy)
+        assert buckets[k] == pytest.approx(np.sum(dx * dy) / math.sqrt(untied) if untied else math.nan,
+                                           abs=1e-12, nan_ok=True)
+    assert np.isnan(taus[0]) and np.isnan(rhos[0]) and np.isfinite(buckets).sum() > 10
 
 
 def test_equal_parameter_pairs_and_regret_by_hand() -> None:

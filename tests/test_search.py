@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import time
@@ -40,11 +41,21 @@ def trained(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def finished_once(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One tiny finished search for the module (minutes); tests read copies of it (`finished`)."""
     tmp = tmp_path_factory.mktemp("search")
     result = search(tmp, "--budget-flops", "1.3G", "--trials", "4", "--confirm-seeds", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp, result
+
+
+@pytest.fixture
+def finished(finished_once, tmp_path) -> tuple[Path, subprocess.CompletedProcess]:
+    """A copy of the finished search for one test: a test that ranks it again or writes to it
+    changes its own copy, so no test reads what another one left."""
+    source, result = finished_once
+    shutil.copytree(source, tmp_path / "finished")
+    return tmp_path / "finished", result
 
 
 def test_tiny_search_writes_study_csv_plots_summary_and_exports(finished) -> None:
