@@ -196,10 +196,10 @@ def _audit(args: argparse.Namespace) -> int:
         if len(rungs) > 1:
             log(f"audit: rung {rung} of {', '.join(map(str, rungs))}: {protocol.train_size} images x "
                 f"{protocol.epochs} epochs")
-        scores = train_references(plans)
-        if scores is None:
+        trained = train_references(plans)
+        if trained is None:
             return STOP.exit_status
-        _write(args, references, scores, study, protocol, base, rung, precision, plans[0][0].storage_url)
+        _write(args, references, trained, study, protocol, base, rung, precision, plans[0][0].storage_url)
     if args.rungs:
         key = protocol_key(base)
         folder = Path(args.results_dir).resolve() / f"ladder-{references.name}-{key}"

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot_ladder(rows, RESULTS / "ladder.png", title)
     save("ladder", rows, {"protocol_key": key, "references": references.name, "trend": crossing(rows),
-                          "audits": {str(r): a.get("file", "ranking/audited_protocols.json") for r, a in ladder.items()}},
+                          "audits": {str(r): a.get("file", "ranking/audited_protocols.json")
+                                     for r, a in ladder.items()}},
          text)
     print(json.dumps({"saved": str(RESULTS / "ladder.md")}))
 

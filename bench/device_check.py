@@ -32,7 +32,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Callable
 
@@ -239,7 +239,8 @@ def _study_figures(db: Path) -> dict:
             "precision": sorted({str(t.user_attrs.get("precision")) for t in done}),
             "study_precision": study.user_attrs.get("precision"),
             "train_images_per_s_median": float(np.median(speeds)) if speeds else None,
-            "wall_time_s_median": float(np.median([t.user_attrs.get("wall_time_s", 0) for t in done])) if done else None}
+            "wall_time_s_median": float(np.median([t.user_attrs.get("wall_time_s", 0) for t in done])) if done
+            else None}
 
 
 def _tail(log: Path, lines: int = 3) -> str:
@@ -373,14 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     budget = args.budget or (TINY_BUDGET_S if args.tiny else BUDGET_S)
     out = Path(args.out or os.environ.get("OUT") or
-               RESULTS / f"device-check-{datetime.now(timezone.utc):%Y-%m-%d}").resolve()
+               RESULTS / f"device-check-{datetime.now(UTC):%Y-%m-%d}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     check = Check(tiny=args.tiny, out=out, device="cuda" if torch.cuda.is_available() else "cpu", deadline=started)
     try:
         machine = environment()
     except Exception as err:  # noqa: BLE001 - the steps say more
         machine = {"error": f"{type(err).__name__}: {err}"}
-    report: dict[str, Any] = {"date": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}", "environment": machine,
+    report: dict[str, Any] = {"date": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}", "environment": machine,
                               "tiny": args.tiny, "budget_s": budget, "seconds": 0.0, "steps": {}}
     check.data_dir = proxy_data_dir(out)
     share = 0.0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import types
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, NoReturn, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD

@@ -10,7 +10,6 @@ two token blocks of the tokens-to-token module come first (stages 0 and 1), then
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NoReturn
 
 from .cli import fail
 

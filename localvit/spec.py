@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping, NoReturn
+from typing import Any, Mapping
 
 from .cli import fail
 from .presets import PRESETS, StagePreset, stage_geometry

@@ -24,8 +24,8 @@ Sources:
   better than plain Fashion-MNIST at the same cost (studies/protocol_study.py, README).
 * ``imagefolder``: any ImageNet-layout folder (``DIR/train/<class>/*.JPEG`` and optionally
   ``DIR/val/<class>/...``, or ``DIR/<class>/...``), decoded once at ``img_size`` into a uint8
-  cache that every trial on the node memory-maps (`proxy.image_cache`, `python -m proxy.prepare`; ``--data-dir`` may also name
-  a prepared cache); training batches get random-resized crops and flips on the batch.
+  cache that every trial on the node memory-maps (`proxy.image_cache`, `python -m proxy.prepare`;
+  ``--data-dir`` may also name a prepared cache); training batches get random-resized crops and flips on the batch.
 
 Every source ends as uint8 tensors; batches are cut, augmented and normalised on the data's
 device (``ProxyData.to``), from random draws made on the CPU, so a seed gives the same batches

@@ -276,4 +276,5 @@ def proxy_of(spec: ArchSpec, protocol: ProxyProtocol, data_shape: tuple[int, int
     return project_to_proxy(spec, protocol, num_classes=num_classes, in_chans=in_chans)
 
 
-__all__ = ["DEFAULT_RUNGS", "ProxyProtocol", "at_rung", "parse_rungs", "protocol_at_rung", "training_pool", "project_layer", "project_to_proxy", "proxy_of", "scaled_width"]
+__all__ = ["DEFAULT_RUNGS", "ProxyProtocol", "at_rung", "parse_rungs", "project_layer", "project_to_proxy",
+           "protocol_at_rung", "proxy_of", "scaled_width", "training_pool"]

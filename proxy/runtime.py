@@ -67,7 +67,8 @@ def prepare_device(precision: str, device: str = "cpu") -> str:
 def precision_record(precision: str, device: str = "cpu") -> dict[str, Any]:
     """What `precision` resolves to for trials on `device` and why (`auto` differs from one device
     to the next): stored with a study, so that a study resumed elsewhere can say it changed."""
-    record = {"requested": precision, "resolved": resolve_precision(precision, device), "cpu": cpu_name(),
+    record: dict[str, Any] = {"requested": precision, "resolved": resolve_precision(precision, device),
+                              "cpu": cpu_name(),
               "device": "cpu"}
     if torch.device(device).type == "cuda":
         record["device"] = f"cuda: {device_name(device)}" if torch.cuda.is_available() else "cuda"

@@ -197,7 +197,8 @@ def ladder_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
         measured = r["measured"]
         bucket = "-" if not measured else f"{measured['bucket_tau_b']:.2f}"
         lines.append(
-            f"| {r['rung']}x | {r['train_size']:,} x {r['epochs']} ({r['steps']}) | {r['cpu_s_per_candidate'] / 60:.1f} "
+            f"| {r['rung']}x | {r['train_size']:,} x {r['epochs']} ({r['steps']}) | "
+            f"{r['cpu_s_per_candidate'] / 60:.1f} "
             f"| {_cell(measured)} | {_cell(r['mean_of_seeds'])} ({len(r['seeds'])} seeds) | {bucket} | "
             f"{_pairs(measured)} | {_regret(measured)} | {gap_text} | {r['default_signal']} |")
     if base:
@@ -275,5 +276,5 @@ def write_ladder(ladder: Mapping[int, Mapping[str, Any]], folder: Path, title: s
     return path
 
 
-__all__ = ["HEADLINE_PAIR", "base_key_of", "crossing", "describe_ladder", "headline_gap", "ladder_for", "ladder_markdown", "ladder_rows", "plot_ladder", "rung_of",
-           "trusted_rung", "write_ladder"]
+__all__ = ["HEADLINE_PAIR", "base_key_of", "crossing", "describe_ladder", "headline_gap", "ladder_for",
+           "ladder_markdown", "ladder_rows", "plot_ladder", "rung_of", "trusted_rung", "write_ladder"]

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
-from numpy.typing import ArrayLike
 from scipy.stats import rankdata
 
 from .statistics import (bootstrap_interval, bucket_pairs, bucket_tau_b, bucket_tau_b_rows, kendall_tau_b, near_pairs,
@@ -117,7 +116,7 @@ def groups_of(sources: Sequence[Mapping[str, Any]]) -> tuple[list[str], str]:
     return [str(i) for i in range(len(sources))], "leave-one-out"
 
 
-def out_of_sample(name: str, columns: Mapping[str, Sequence[float]], target: ArrayLike,
+def out_of_sample(name: str, columns: Mapping[str, Sequence[float]], target: Sequence[float] | np.ndarray,
                   groups: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
     """A combined signal's values, each row scored with the weight fitted without its group;
     and the weights by held-out group. Rows of one group are ranked among themselves and the

@@ -246,5 +246,5 @@ def agreement(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.9
 
 
 __all__ = ["Agreement", "agreement", "bootstrap_interval", "bucket_ids", "bucket_pairs", "bucket_tau_b",
-           "bucket_tau_b_rows", "cost_buckets", "kendall_tau_b", "near_pairs", "pair_agreement", "regret_at", "spearman",
-           "spearman_rows", "tau_b_rows", "top_k_overlap"]
+           "bucket_tau_b_rows", "cost_buckets", "kendall_tau_b", "near_pairs", "pair_agreement", "regret_at",
+           "spearman", "spearman_rows", "tau_b_rows", "top_k_overlap"]

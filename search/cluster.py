@@ -166,10 +166,12 @@ def gpu_plan(settings: SearchSettings, nodes: list[Node]) -> tuple[float, int]:
     cluster has none (as `0`), else a 1/k share of one GPU (`trials_per_gpu`); `--workers` left
     out is then every GPU's k trials, `--gpus-per-trial g` the trials the GPUs hold at g each,
     and 2 (`CPU_WORKERS`) without GPUs."""
-    gpus, total = settings.gpus_per_trial, sum(n.gpus for n in nodes)
-    if gpus == AUTO:
+    total = sum(n.gpus for n in nodes)
+    if settings.gpus_per_trial == AUTO:
         gpus = 0.0 if not total else gpu_share(trials_per_gpu(nodes, gpu_memory(), proxy_training_bytes(
             settings.space, settings.backbone, settings.include_unfinished, settings.protocol)))
+    else:
+        gpus = float(settings.gpus_per_trial)
     workers = settings.workers or (max(1, int(total / gpus + 1e-6)) if gpus else CPU_WORKERS)
     return gpus, workers
 

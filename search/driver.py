@@ -135,13 +135,14 @@ def _train_grid(settings: SearchSettings, cluster: Cluster, configs: list[dict[s
     tuner = tune.Tuner(
         tune.with_resources(confirm_candidate, cluster.resources),
         param_space={"candidate": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=settings.workers, reuse_actors=True),
+        tune_config=tune.TuneConfig(max_concurrent_trials=cluster.workers, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=cluster.storage_path, verbose=0,
                                   progress_reporter=None,
                                   failure_config=tune.FailureConfig(max_failures=settings.max_retries)))
     with ray_output(cluster.log):
         results = tuner.fit()
-    return [(result.config["candidate"], (result.metrics or {}).get("accuracy")) for result in results]
+    done = (results[i] for i in range(len(results)))  # ResultGrid is indexed; it declares no __iter__
+    return [((result.config or {})["candidate"], (result.metrics or {}).get("accuracy")) for result in done]
 
 
 def _config(name: str, trial: optuna.trial.FrozenTrial, seed: int, protocol: Any) -> dict[str, Any]:
@@ -184,8 +185,8 @@ def promote(settings: SearchSettings, study: optuna.Study, cluster: Cluster, run
     baseline again at `rung` of the protocol, with the search's seed; record their values there
     (study attribute `promotion`), which `--rank-by auto` ranks them by when that rung's audit
     beats counting (`search.rank_by.resolve`)."""
-    from .export import ranked_candidates
     from .rank_by import RankBy
+    from .selection import ranked_candidates
 
     finalists = ranked_candidates(study, rank_by=RankBy("proxy"))[:settings.finalists]
     localvit = {t.user_attrs["baseline"]: t for t in ranked_candidates(study, include_baselines=True,

@@ -195,7 +195,7 @@ def evaluate_candidates(settings: SearchSettings, plan: Plan, checkpoint: Path, 
     actors = [evaluator.remote(settings.space, settings.backbone, protocol.to_dict(), str(checkpoint),
                                settings.supernet_epochs, settings.supernet_sampling, settings.recalibration_images,
                                settings.score_images)
-              for _ in range(settings.workers)]
+              for _ in range(settings.workers or 1)]
     calls = [0] * len(actors)  # calls sent to each actor and not yet returned
     busy: dict[Any, tuple[int, list]] = {}
     started, last_log, scored = time.time(), time.time(), 0

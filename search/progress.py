@@ -108,7 +108,7 @@ class Progress(Callback):
         left = ""
         if self.durations and finished < self.total:
             mean = sum(self.durations) / len(self.durations)
-            left = f", ~{_clock(mean * (self.total - finished) / self.settings.workers)} left (mm:ss)"
+            left = f", ~{_clock(mean * (self.total - finished) / (self.settings.workers or 1))} left (mm:ss)"
         best = f"best {self.best[0]:.2f}% ({self.best[1]})" if self.best else "best -"
         bases = " ".join(f"{k} {v:.2f}%" for k, v in self.baselines.items())
         skipped = self.searcher.skips.counts

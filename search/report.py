@@ -263,11 +263,13 @@ def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSe
                   f"| | trial | proxy top-1 at rung 1 (%) | at rung {promotion['rung']} (%) |", "|---|---|---|---|"]
         by_number = {str(t.number): t for t in standing.population}
         for number, value in sorted(promotion["values"].items(), key=lambda kv: -kv[1]):
-            t = by_number.get(number)
-            lines.append(f"| | {number} | {t.values[0]:.2f} | {value:.2f} |" if t else f"| | {number} | - | {value:.2f} |")
+            finalist = by_number.get(number)
+            lines.append(f"| | {number} | {finalist.values[0]:.2f} | {value:.2f} |" if finalist
+                         else f"| | {number} | - | {value:.2f} |")
         for name, value in promotion["baselines"].items():
-            t = baselines.get(name)
-            lines.append(f"| {name} baseline | {t.number if t else '-'} | {t.values[0] if t else float('nan'):.2f} | "
+            baseline = baselines.get(name)
+            lines.append(f"| {name} baseline | {baseline.number if baseline else '-'} | "
+                         f"{baseline.values[0] if baseline else float('nan'):.2f} | "
                          f"{'-' if value is None else f'{value:.2f}'} |")
     confirmation = study.user_attrs.get("confirmation")
     if confirmation:

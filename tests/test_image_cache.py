@@ -102,7 +102,8 @@ def test_search_data_builds_the_cache_on_first_use_and_never_decodes_again(tmp_p
 
     xv, _ = next(data.batches("test", 6))
     raw = data.tensors("test")[0][:6].float() / 255
-    expected = (raw - torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
+    expected = (raw - mean) / std
     assert torch.allclose(xv, expected)
     # a prepared cache may be named directly
     direct = ProxyData(**{**config, "data_dir": str(image_cache_path(root, 16, tmp_path / "cache"))})
@@ -158,7 +159,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     args += ["--cache-dir", str(tmp_path / "cache")]
     capsys.readouterr()
     if case == "no images":  # the command itself, once
-        run = subprocess.run([sys.executable, "-m", "proxy.prepare", *args], capture_output=True, text=True, check=False)
+        run = subprocess.run([sys.executable, "-m", "proxy.prepare", *args], capture_output=True, text=True,
+                             check=False)
         status, out, err = run.returncode, run.stdout, run.stderr
     else:
         with pytest.raises(SystemExit) as exited:

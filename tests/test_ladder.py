@@ -96,7 +96,7 @@ def test_the_headline_gap_is_localvit_t_minus_deit_t() -> None:
 def test_a_ladder_gathers_each_rungs_audit_and_trusts_the_lowest_that_beats_counting(tmp_path) -> None:
     base = ProxyProtocol(train_size=3000)  # a protocol no shipped audit holds
     audits = {1: _audit(1, 3.0, base), 3: _audit(3, 0.01, base, seed=1), 10: _audit(10, 0.001, base, seed=2)}
-    for rung, audit in audits.items():
+    for audit in audits.values():
         (tmp_path / audit["study"]).mkdir()
         (tmp_path / audit["study"] / "audit.json").write_text(json.dumps(audit))
     (tmp_path / "other").mkdir()
@@ -120,7 +120,8 @@ def test_a_ladder_gathers_each_rungs_audit_and_trusts_the_lowest_that_beats_coun
 
 
 def test_the_trend_is_a_least_squares_line_in_log_rung() -> None:
-    rows = [{"rung": r, "measured": {"tau_b": t}, "params": {"tau_b": 0.78}} for r, t in ((1, 0.5), (3, 0.6), (10, 0.65))]
+    rows = [{"rung": r, "measured": {"tau_b": t}, "params": {"tau_b": 0.78}}
+            for r, t in ((1, 0.5), (3, 0.6), (10, 0.65))]
     fit = stats.linregress(np.log10([1, 3, 10]), [0.5, 0.6, 0.65])
     trend = crossing(rows)
     assert trend["slope_per_decade"] == pytest.approx(fit.slope)
