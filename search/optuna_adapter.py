@@ -55,6 +55,13 @@ def fail_with(study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any])
     storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
 
 
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """Ids of the study's RUNNING trials whose heartbeat is older than the grace period of the
+    study's storage (an RDB storage opened with `heartbeat_interval`), judged by the database's
+    clock; trials that never beat are not among them."""
+    return study._storage._get_stale_trial_ids(study._study_id)
+
+
 def fill_waiting(study: optuna.Study, waiting_id: int, finished: FrozenTrial) -> bool:
     """Write a trial finished elsewhere (an in-memory copy of the study) into the study's waiting
     trial `waiting_id`, claimed first so that no other driver takes it; False when another
@@ -73,4 +80,5 @@ def fill_waiting(study: optuna.Study, waiting_id: int, finished: FrozenTrial) ->
     return True
 
 
-__all__ = ["PRIVATE_STORAGE_CALLS", "fail_with", "fill_waiting", "record_constraints", "set_system_attr", "storage_of", "trial_id"]
+__all__ = ["PRIVATE_STORAGE_CALLS", "fail_with", "fill_waiting", "record_constraints", "set_system_attr", "stale_trial_ids",
+           "storage_of", "trial_id"]
