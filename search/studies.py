@@ -187,8 +187,8 @@ class Lease:
     def hold(self, trial: optuna.Trial) -> None:
         """Mark a trial this driver has just taken as its own and beat it at once."""
         storage = storage_of(self._study)
+        storage.record_heartbeat(trial_id(trial))  # first: a trial that beat is judged on any machine
         set_system_attr(storage, trial, DRIVER, self.record)
-        storage.record_heartbeat(trial_id(trial))
         with self._lock:
             self._held.add(trial_id(trial))
             self._taken.add(trial_id(trial))
