@@ -122,7 +122,8 @@ def test_a_driver_that_ended_on_this_machine_is_gone_at_once_and_a_trial_that_ne
         study) -> None:
     old = _ask(study, None, 2)  # never beat: judged by its start, once the grace period has passed
     dead = _ask(study, None, 1)
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
     record = {**driver_record(), "pid": int(child.stdout)}  # a process of this machine that has ended
     set_system_attr(storage_of(study), dead, DRIVER, record)
     storage_of(study).record_heartbeat(dead._trial_id)  # its heartbeat is fresh: the process table decides
@@ -154,8 +155,8 @@ def test_a_second_driver_on_a_running_study_joins_it_and_fails_none_of_its_trial
     first = _start(_command("--trials", "4"), tmp_path)
     _wait(first, lambda: _held(db) >= 1)
     second = _start(_command("--trials", "4"), tmp_path)
-    out2, err2 = _finish(second)
-    out1, err1 = _finish(first)
+    out2, _ = _finish(second)
+    _finish(first)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
     by = _end_state(study, 4)
     assert set(by) == {"train"}, {k: len(v) for k, v in by.items()}  # nothing failed, interrupted or repeated
@@ -167,7 +168,7 @@ def test_a_second_driver_on_a_running_study_joins_it_and_fails_none_of_its_trial
 
 @pytest.mark.slow
 def test_a_driver_killed_elsewhere_is_found_by_its_heartbeat_and_its_trial_trained_by_another(tmp_path) -> None:
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "--uts", "true"]).returncode:
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--uts", "true"], check=False).returncode:
         pytest.skip("needs unshare --uts (root) to run a driver as another host")
     db = tmp_path / "s" / "study.db"
     cmd = _command("--trials", "2", "--heartbeat-grace", "4s")
