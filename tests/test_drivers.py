@@ -241,15 +241,16 @@ layers: {ffn: [mlp, conv, local], act: [relu6, hswish], attn: [none, se, eca], s
 @pytest.mark.timeout(1500)
 def test_a_supernet_being_trained_by_one_driver_is_waited_for_by_another(tmp_path) -> None:
     (tmp_path / "tiny.yaml").write_text(SPACE)
-    cmd = _command("--space", "tiny.yaml", "--strategy", "oneshot", "--min-flops", "35M", "--supernet-epochs", "2",
-                   "--candidates", "12", "--top-k", "2", "--recalibration-images", "50", "--rank-by", "supernet",
-                   "--trials", "2")
+    # a supernet that trains for longer than the second driver takes to start
+    cmd = _command("--space", "tiny.yaml", "--strategy", "oneshot", "--min-flops", "35M", "--supernet-epochs", "6",
+                   "--train-size", "600", "--candidates", "12", "--top-k", "2", "--recalibration-images", "50",
+                   "--rank-by", "supernet", "--trials", "2")
     first = _start(cmd, tmp_path)
     _wait(first, lambda: any((tmp_path / ".supernets").glob("*.pt.lock")))
     second = _start(cmd, tmp_path)
     out2, _ = _finish(second)
     out1, _ = _finish(first)
-    assert "supernet epoch 1/2" in out1 and "supernet epoch" not in out2  # trained once, by the first
+    assert "supernet epoch 6/6" in out1 and "supernet epoch" not in out2  # trained once, by the first
     assert "is being trained by the driver" in out2 and "waiting for its checkpoint" in out2
     assert not list((tmp_path / ".supernets").glob("*.lock"))
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
