@@ -45,7 +45,6 @@ from search.options import add_options, compute_from_args, protocol_from_args
 from search.settings import COMPUTE, TRAIN, SearchSettings
 from search.stop import STOP, say, stopped_line
 from search.storage import open_storage, storage_faults, without_password
-from search.studies import close_interrupted
 from space.references import PAPER_IMAGENET, ReferenceSet, load_references
 
 
@@ -96,9 +95,8 @@ def train_references(plans: Sequence[tuple[SearchSettings, Any, Any]]) -> dict[s
     scores = {}
     for settings, plan, cluster in plans:
         log(f"audit: study {settings.study!r}, {plan.space.size()} reference designs, seed {settings.seed}")
-        train_trials(settings, plan, cluster)
+        interrupted = train_trials(settings, plan, cluster)
         if STOP.requested:
-            interrupted = close_interrupted(plan.study)
             say(stopped_line(f"{len(read_scores(plan.study))} of {plan.space.size()} designs trained with seed "
                              f"{settings.seed}, {interrupted} interrupted and queued again; no audit was written"))
             return None

@@ -2,9 +2,11 @@
 write the reports and export the best architectures.
 
 A search that is run again with the same study (or `--resume`) continues from what the
-storage holds (`search.studies`): trials a crash left RUNNING are closed as failed and their
-candidates queued again, so no trial is lost or trained twice, and the number of trained
-trials ends as asked.
+storage holds (`search.studies`): trials a lost driver left RUNNING (its heartbeat silent, or
+its process ended on this machine) are closed as failed and their candidates queued again, so
+no trial is lost or trained twice, and the number of trained trials ends as asked. Drivers
+started beside a running one join it, Optuna's way: each trains trials of its own, and
+`--trials` counts the study's total.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from .rank_by import resolve as resolve_rank_by
 from .settings import ONESHOT, SearchSettings
 from .stop import STOP, say, stopped_line
 from .storage import open_storage
-from .studies import (Plan, close_interrupted, enqueue_baselines, enqueue_warm_starts, open_study,
+from .studies import (Holding, Lease, Plan, enqueue_baselines, enqueue_warm_starts, open_study,
                       paper_baselines, trained_count)
 from .tune import BaselineSparingASHA, ConstrainedOptunaSearch, DefineByRun, confirm_candidate, train_candidate
 
@@ -74,7 +76,7 @@ def connect(settings: SearchSettings, plan: Plan) -> Cluster | None:
 
 
 def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSpec], remaining: int,
-               cluster: Cluster) -> None:
+               cluster: Cluster, lease: Lease) -> None:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -85,12 +87,13 @@ def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSp
     protocol = settings.protocol.replace(threads=max(1, int(resources["cpu"])))
     throughput = _throughput_measurer(settings) if settings.budget.min_throughput else None
     searcher = ConstrainedOptunaSearch(
-        space=DefineByRun(plan.space, settings.budget, protocol, baselines, plan.data_shape, throughput),
+        space=Holding(lease, DefineByRun(plan.space, settings.budget, protocol, baselines, plan.data_shape,
+                                         throughput)),
         metric=list(settings.objectives) if settings.multi_objective else "accuracy",
         mode=["max" if o == "accuracy" else "min" for o in settings.objectives] if settings.multi_objective
         else "max",
         sampler=plan.study.sampler, study_name=plan.study.study_name, storage=storage_of(plan.study),
-        objectives=settings.objectives, full_epochs=protocol.epochs, target=remaining)
+        objectives=settings.objectives, full_epochs=protocol.epochs, target=remaining, elsewhere=lease.elsewhere)
     scheduler = BaselineSparingASHA(metric="accuracy", mode="max", time_attr="epoch", max_t=protocol.epochs,
                               grace_period=settings.asha_grace, reduction_factor=2) \
         if settings.asha and protocol.epochs > settings.asha_grace \
@@ -273,11 +276,19 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
                 resolve_rank_by(settings, supernet, study.user_attrs.get("promotion")))
 
 
-def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> None:
-    """Close what a crash left running, queue baselines and warm starts, and train trials until the
-    study holds as many as asked (one-shot: score candidates on the supernet first, then train its
-    top-k), on the Ray `connect` gave (None: nothing is left to train)."""
-    started = time.time()
+def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> int:
+    """Close what lost drivers left running, queue baselines and warm starts, and train trials until
+    the study holds as many as asked, with any other drivers of the study (one-shot: score
+    candidates on the supernet first, then train its top-k), on the Ray `connect` gave (None:
+    nothing is left to train). Returns how many trials a signal left unfinished (closed and queued
+    again)."""
+    with Lease(plan.study, settings.storage_url, settings.heartbeat_grace_s, settings.storage_retry_s) as lease:
+        _train_trials(settings, plan, cluster, lease, time.time())
+        return lease.release() if STOP.requested else 0
+
+
+def _train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None, lease: Lease,
+                  started: float) -> None:
     space, study = plan.space, plan.study
     cost = plan.bounds.cheapest_flops[1]
     record_rank_by(study, plan.rank_by)  # a resumed study may be ranked anew: nothing trained depends on it
@@ -286,9 +297,13 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
         f"{format_count(cost.flops, 'FLOPs')} / {format_count(plan.bounds.cheapest_params[1].params)} params, "
         f"costliest {format_count(plan.bounds.costliest_flops[1].flops, 'FLOPs')}; "
         f"budget: {settings.budget.describe()}")
-    interrupted = close_interrupted(study)
+    interrupted = lease.reap()
     if interrupted:
         log(f"resuming: closed {interrupted} interrupted trial(s) and queued them again")
+    _, running = lease.elsewhere()
+    if running:
+        log(f"{running} trial(s) of this study run in other drivers (heartbeats within {lease.grace} s): this "
+            f"driver joins them; --trials {settings.trials} counts the study's total")
     baselines = paper_baselines(settings) if settings.baselines else {}
     for name, spec in baselines.items():
         verdict = "fits" if settings.budget.admits(spec) else "is over the budget; not trained"
@@ -331,13 +346,13 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
     if remaining > 0 and cluster is not None and not STOP.requested:
         if queued:
             log(f"baselines first: {', '.join(queued)}")
-        run_trials(trial_settings, plan, baselines, remaining, cluster)
+        run_trials(trial_settings, plan, baselines, remaining, cluster, lease)
 
 
 def run(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> int:
     """Run (or resume) the search `prepare` checked on the Ray `connect` gave, write its reports;
     returns the exit status: 0, or 128 + the signal that stopped it (`search.stop`)."""
-    train_trials(settings, plan, cluster)
+    interrupted = train_trials(settings, plan, cluster)
     rung = promotion_rung(settings) if settings.strategy != ONESHOT else 1
     if rung > 1 and "promotion" not in plan.study.user_attrs and cluster is not None and not STOP.requested:
         promotion = promote(settings, plan.study, cluster, rung)
@@ -348,7 +363,6 @@ def run(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> int:
     if settings.confirm_seeds and "confirmation" not in plan.study.user_attrs and cluster is not None \
             and not STOP.requested:
         confirm(settings, plan.study, cluster)
-    interrupted = close_interrupted(plan.study) if STOP.requested else 0
     partial = STOP.requested and needs_ray(settings, plan)  # else the signal came when all was done
     from .report import write_reports
 

@@ -3,7 +3,8 @@
 1. Train the space's supernet on the proxy, or reuse it: it is kept under
    `<results-dir>/.supernets/<key>.pt`, keyed by the space, the proxy protocol (its seed
    included), the epochs and the subnet sampling, checkpointed every epoch, so a killed
-   search resumes it.
+   search resumes it. One driver trains it at a time (a lock file beside it); the other
+   drivers of a study wait for it and reuse it.
 2. Score the candidates the study's sampler proposes with inherited weights, on Ray actors
    that each load the supernet once and score a chunk of candidates per call, the next chunk
    queued behind the running one. Every candidate is an Optuna trial of the study: over budget
@@ -15,9 +16,13 @@
 """
 from __future__ import annotations
 
+import json
+import os
+import threading
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Iterator, Sequence, TextIO
 
 import optuna
 import torch
@@ -28,6 +33,7 @@ from localvit.spec import ArchSpec
 from proxy.data import get_proxy_data
 from proxy.protocol import ProxyProtocol
 from proxy.supernet import check_checkpoint, load_supernet, score, space_supernet, train_supernet, training_key
+from proxy.training import TrainingStopped
 from space.space import Space, make_space
 
 from .candidates import Skips, exhausted_message, tell_values
@@ -35,7 +41,7 @@ from .optuna_adapter import fill_waiting, trial_id
 from .rank_by import of_study, ranked
 from .stop import STOP
 from .settings import DUPLICATE, INFEASIBLE, SUPERNET, SearchSettings
-from .studies import Plan
+from .studies import BEATS_PER_GRACE, Plan, driver_record, gone_here
 from .tune import DefineByRun
 
 #: Candidates per actor call: Ray's overhead per call (milliseconds) is paid once for them.
@@ -56,9 +62,69 @@ def supernet_checkpoint(settings: SearchSettings, space: Space, data_shape: tupl
     return path, key
 
 
+@contextmanager
+def checkpoint_lock(path: Path, grace_s: float) -> Iterator[None]:
+    """Hold `<checkpoint>.lock` inside, so that one driver trains a supernet and the others of a
+    study wait for it, then reuse its checkpoint. The lock file names its driver and is touched
+    every `grace_s / BEATS_PER_GRACE` seconds; a lock not touched for `grace_s`, or whose driver
+    ended on this machine, is taken over (the checkpoint holds the last finished epoch)."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    record, said = driver_record(), False
+    while True:
+        try:
+            with open(lock, "x") as file:
+                json.dump(record, file)
+            break
+        except FileExistsError:
+            pass
+        try:
+            owner = json.loads(lock.read_text() or "{}")
+            age = time.time() - lock.stat().st_mtime
+        except (OSError, ValueError):  # released, or being written, just now
+            continue
+        if age > grace_s or gone_here(owner):
+            _remove(lock, owner)
+            continue
+        if not said:
+            log(f"supernet {path.name} is being trained by the driver {owner.get('host')}:{owner.get('pid')} (its lock "
+                f"touched {age:.0f} s ago): waiting for its checkpoint")
+            said = True
+        if STOP.requested:
+            raise TrainingStopped
+        time.sleep(1.0)
+    done = threading.Event()
+
+    def touch() -> None:
+        while not done.wait(max(1.0, grace_s / BEATS_PER_GRACE)):
+            with suppress(OSError):
+                os.utime(lock)
+    toucher = threading.Thread(target=touch, name="supernet-lock", daemon=True)
+    toucher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        toucher.join()
+        _remove(lock, record)
+
+
+def _remove(lock: Path, owner: dict) -> None:
+    """Remove the lock when it is still `owner`'s (another driver may have taken it over)."""
+    with suppress(OSError, ValueError):
+        if json.loads(lock.read_text() or "{}") == owner:
+            lock.unlink()
+
+
 def ensure_supernet(settings: SearchSettings, plan: Plan, threads: int) -> Path:
-    """Train the supernet (or resume or reuse it) in this process, with `threads` threads."""
+    """Train the supernet (or resume or reuse it) in this process, with `threads` threads; another
+    driver training it is waited for (`checkpoint_lock`)."""
     path, key = supernet_checkpoint(settings, plan.space, plan.data_shape)
+    with checkpoint_lock(path, settings.heartbeat_grace_s):
+        return _train_supernet(settings, plan, threads, path, key)
+
+
+def _train_supernet(settings: SearchSettings, plan: Plan, threads: int, path: Path, key: dict[str, Any]) -> Path:
     data = get_proxy_data(settings.protocol.data_config())
     started = time.perf_counter()
 
@@ -284,5 +350,5 @@ def enqueue_top_k(study: optuna.Study, settings: SearchSettings, exclude: set[st
     return top
 
 
-__all__ = ["SupernetEvaluator", "enqueue_top_k", "ensure_supernet", "evaluate_candidates", "layers_apart",
-           "pick_finalists", "supernet_checkpoint", "supernet_trials"]
+__all__ = ["SupernetEvaluator", "checkpoint_lock", "enqueue_top_k", "ensure_supernet", "evaluate_candidates",
+           "layers_apart", "pick_finalists", "supernet_checkpoint", "supernet_trials"]

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 TrialRef = optuna.Trial | FrozenTrial
@@ -65,6 +66,22 @@ def fail_with(study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any])
     storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
 
 
+def heartbeat_storage(study: optuna.Study) -> BaseHeartbeat:
+    """The study's storage as Optuna's heartbeat interface (an RDB storage, cached or not); a
+    TypeError for a storage without heartbeats (in memory, a journal file)."""
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat):
+        raise TypeError(f"storage {type(storage).__name__} has no heartbeats; accepted: an RDB storage")
+    return storage
+
+
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """Ids of the study's RUNNING trials whose heartbeat is older than the grace period of the
+    study's storage (an RDB storage opened with `heartbeat_interval`), judged by the database's
+    clock; trials that never beat are not among them."""
+    return heartbeat_storage(study)._get_stale_trial_ids(study._study_id)
+
+
 def fill_waiting(study: optuna.Study, waiting_id: int, finished: FrozenTrial) -> bool:
     """Write a trial finished elsewhere (an in-memory copy of the study) into the study's waiting
     trial `waiting_id`, claimed first so that no other driver takes it; False when another
@@ -83,5 +100,5 @@ def fill_waiting(study: optuna.Study, waiting_id: int, finished: FrozenTrial) ->
     return True
 
 
-__all__ = ["PRIVATE_STORAGE_CALLS", "admits", "fail_with", "fill_waiting", "record_constraints", "set_system_attr",
-           "storage_of", "trial_id"]
+__all__ = ["PRIVATE_STORAGE_CALLS", "admits", "fail_with", "fill_waiting", "heartbeat_storage", "record_constraints",
+           "set_system_attr", "stale_trial_ids", "storage_of", "trial_id"]

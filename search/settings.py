@@ -164,6 +164,12 @@ class SearchSettings:
         "how long to retry a lost or refused database connection (a server restarting, a network blip) before "
         "the search stops, resumable, e.g. 30s or 5m", WHERE, flag="--storage-retry", parse=parse_duration,
         cli_default="1m", metavar="DURATION"))
+    # Above --storage-retry and the retries' back-off: after a database outage every driver beats again
+    # before another may judge it gone (docs/cluster.md).
+    heartbeat_grace_s: float = field(default=120.0, metadata=_option(
+        "a trial whose driver has not recorded a heartbeat for this long is judged crashed: another driver of "
+        "the study closes it and queues its candidate again (a driver seen dead on this machine, at once)", WHERE,
+        flag="--heartbeat-grace", parse=parse_duration, cli_default="2m", metavar="DURATION"))
     throughput_batch: int = 64
     throughput_threads: int = 1
     strategy: str = field(default="train", metadata=_option(
@@ -238,6 +244,9 @@ class SearchSettings:
             raise ValueError(f"max_rung={self.max_rung!r} is invalid; accepted: auto or a positive integer")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ValueError(f"time_limit_s={self.time_limit_s!r} is invalid; accepted: a positive number")
+        if self.heartbeat_grace_s is None or self.heartbeat_grace_s < 2:
+            raise ValueError(f"heartbeat_grace_s={self.heartbeat_grace_s!r} is invalid; accepted: a duration of at "
+                             f"least 2 s")
         if self.storage_retry_s is None or self.storage_retry_s < 0:
             raise ValueError(f"storage_retry_s={self.storage_retry_s!r} is invalid; accepted: a duration >= 0")
 

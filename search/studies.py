@@ -1,17 +1,26 @@
-"""The study of a search: opened (or checked against the search that made it), what a crash left
-running closed and queued again, the baselines and the paper's designs queued first, and the
-`Plan` that `driver.prepare` checked.
+"""The study of a search: opened (or checked against the search that made it), the `Lease` by
+which many drivers share it (what a lost driver left running is closed and queued again), the
+baselines and the paper's designs queued first, and the `Plan` that `driver.prepare` checked.
 
 The Optuna storage is the single source of truth: a search that is run again with the same
-study (or `--resume`) continues from what the storage holds.
+study (or `--resume`), or started beside a running one, continues from what the storage holds.
 """
 from __future__ import annotations
 
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+import warnings
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
 
 import optuna
-from optuna.trial import TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
 from localvit.backbones import BASELINE_NAMES, baseline_spec, localvit_spec
 from localvit.cli import log
@@ -22,10 +31,12 @@ from space.cost import target_cost
 from space.space import ListSpace, Space
 
 from .cluster import planned_device
-from .optuna_adapter import fail_with
+from .optuna_adapter import fail_with, heartbeat_storage, set_system_attr, stale_trial_ids, storage_of, trial_id
 from .rank_by import RankBy
 from .samplers import make_sampler
 from .settings import TRAIN, SearchSettings
+from .stop import say
+from .storage import RetryingRDBStorage
 
 @dataclass(frozen=True)
 class Plan:
@@ -78,29 +89,205 @@ def _check_same_search(settings: SearchSettings, recorded: dict[str, Any]) -> No
                              f"same settings to resume, or a new --study")
 
 
-def close_interrupted(study: optuna.Study) -> int:
-    """Close trials a crash left RUNNING as failed and queue their candidates again, ahead of
-    the candidates that were still waiting (those are re-queued behind them), so that an
-    interrupted candidate is never pushed out of the trials asked for."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if not running:
-        return 0
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    for trial, status in [(t, "interrupted") for t in running] + [(t, "requeued") for t in waiting]:
-        reason = ("interrupted (the driver stopped)" if status == "interrupted"
-                  else "queued again behind the interrupted")
-        fail_with(study, trial, {"failure": reason, "status": status})
-        keep = ("baseline", "warm_start", "oneshot_rank", "supernet_accuracy", "supernet_trial")
-        attrs: dict[str, Any] = {k: trial.user_attrs[k] for k in keep if k in trial.user_attrs}
-        study.enqueue_trial(trial.params or trial.system_attrs.get("fixed_params", {}), user_attrs=attrs,
-                            skip_if_exists=False)
-    return len(running)
+#: The system attribute that names the driver of a trial: who trains it, and how to tell it is gone.
+DRIVER = "driver"
+#: Heartbeats recorded within one grace period: a driver's trials are beaten (and other drivers'
+#: checked) every `grace / BEATS_PER_GRACE` seconds.
+BEATS_PER_GRACE = 6
+_COPIED_ATTRS = ("baseline", "warm_start", "oneshot_rank", "supernet_accuracy", "supernet_trial")
+
+
+def driver_record() -> dict[str, Any]:
+    """A driver: its host and process id, the process's start time (a reused id is not it), the
+    boot and process namespace it runs in (two containers may share a host name and ids), and an
+    id of its own (a process may drive several studies)."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time(),
+            "machine": _machine(), "id": uuid.uuid4().hex[:12]}
+
+
+def _machine() -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:  # not Linux: no driver is ever judged by its process, only by its heartbeat
+        return ""
+
+
+def gone_here(record: Mapping[str, Any]) -> bool:
+    """Whether the driver `record` names ran on this machine and its process has ended."""
+    import psutil
+
+    if not record.get("machine") or record["machine"] != _machine() or record.get("host") != socket.gethostname():
+        return False
+    try:
+        return abs(psutil.Process(record["pid"]).create_time() - record["started"]) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+
+
+class Lease:
+    """This driver's hold on the trials it runs, so that many drivers can share one study.
+
+    Each trial the driver takes is marked with its `driver_record` and beaten in Optuna's heartbeat
+    table, from a thread, every `grace / BEATS_PER_GRACE` seconds: the table's times are the
+    database's clock, the one clock every node shares, and Optuna's own `fail_stale_trials` and
+    `optimize` read the same table. A trial counts as crashed only on evidence that its driver is
+    gone: its heartbeat silent for the grace period, or its process ended on this machine (a resume
+    after kill -9 needs no wait); a RUNNING trial that never beat (a study of an older version, a
+    driver killed between asking and beating) once it started more than the grace period ago. The
+    same thread closes such trials of other drivers while this one runs, so a lost driver's
+    candidates are queued again and trained by the living ones.
+
+    Args:
+        study: the study, as the driver reads it.
+        url: its storage URL; the lease opens its own connections there.
+        grace_s: seconds of silence after which a trial's driver is judged gone.
+        retry_s: how long a lost database connection is retried (`--storage-retry`).
+    """
+
+    def __init__(self, study: optuna.Study, url: str, grace_s: float, retry_s: float) -> None:
+        self.study, self.grace = study, max(2, math.ceil(grace_s))
+        self.interval = max(1, self.grace // BEATS_PER_GRACE)
+        self.record = driver_record()
+        with warnings.catch_warnings():  # Optuna's heartbeat arguments are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RetryingRDBStorage(url, retry_s, heartbeat_interval=self.interval, grace_period=self.grace)
+        self._study = optuna.load_study(study_name=study.study_name, storage=storage)
+        self._held: set[int] = set()  # trial ids this driver runs now
+        self._taken: set[int] = set()  # trial ids this driver ever ran
+        self._before = {trial_id(t) for t in study.get_trials(deepcopy=False) if _trained(t)}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a saved copy keeps (Ray Tune pickles its searcher): whose lease it was, no more; a
+        lease lives and ends with its process."""
+        return {"record": self.record}
+
+    def __enter__(self) -> Lease:
+        self._thread = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def hold(self, trial: optuna.Trial) -> None:
+        """Mark a trial this driver has just taken as its own and beat it at once."""
+        heartbeat_storage(self._study).record_heartbeat(trial_id(trial))  # first: a trial that beat is judged anywhere
+        set_system_attr(storage_of(self._study), trial, DRIVER, self.record)
+        with self._lock:
+            self._held.add(trial_id(trial))
+            self._taken.add(trial_id(trial))
+
+    def beat(self) -> None:
+        """A heartbeat for each trial this driver still runs; the finished ones are let go."""
+        with self._lock:
+            held = set(self._held)
+        running = {trial_id(t) for t in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        for tid in held:
+            if tid in running:
+                heartbeat_storage(self._study).record_heartbeat(tid)
+        with self._lock:
+            self._held -= held - running
+
+    def reap(self) -> int:
+        """Close the trials of drivers that are gone as failed and queue their candidates again,
+        ahead of the candidates still waiting (those are re-queued behind them), so that an
+        interrupted candidate is never pushed out of the trials asked for. Returns how many."""
+        stale = set(stale_trial_ids(self._study))
+        now = time.time()
+        with self._lock:
+            held = set(self._held)
+        gone = []
+        for t in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            record = t.system_attrs.get(DRIVER)
+            if trial_id(t) in held or record == self.record:
+                continue
+            if trial_id(t) in stale or (gone_here(record) if record else
+                                        t.datetime_start is not None and now - t.datetime_start.timestamp()
+                                        > self.grace):
+                gone.append(t)
+        return self._requeue(gone, "interrupted (its driver stopped)")
+
+    def release(self) -> int:
+        """Close the trials this driver leaves running (a stop) and queue them again, first in line."""
+        with self._lock:
+            held, self._held = set(self._held), set()
+        mine = [t for t in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if trial_id(t) in held]
+        return self._requeue(mine, "interrupted (the driver stopped)")
+
+    def elsewhere(self) -> tuple[int, int]:
+        """Trials of this search that other drivers trained since this one started, and those they
+        run now (`--trials` counts the study's total)."""
+        trained = running = 0
+        with self._lock:
+            taken = set(self._taken)
+        for t in self.study.get_trials(deepcopy=False):
+            if trial_id(t) in taken or trial_id(t) in self._before:
+                continue
+            running += t.state == TrialState.RUNNING
+            trained += _trained(t)
+        return trained, running
+
+    def _requeue(self, trials: list[FrozenTrial], reason: str) -> int:
+        closed = []
+        for t in trials:  # each closed by one driver only: the state change fails for all others
+            try:
+                fail_with(self._study, t, {"failure": reason, "status": "interrupted"})
+                closed.append(t)
+            except UpdateFinishedTrialError:
+                pass
+        if not closed:
+            return 0
+        waiting = [t for t in self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                   if storage_of(self._study).set_trial_state_values(trial_id(t), TrialState.RUNNING)]  # claimed
+        for t in waiting:
+            fail_with(self._study, t, {"failure": "queued again behind the interrupted", "status": "requeued"})
+        for t in closed + waiting:
+            attrs = {k: t.user_attrs[k] for k in _COPIED_ATTRS if k in t.user_attrs}
+            self._study.enqueue_trial(t.params or t.system_attrs.get("fixed_params", {}), user_attrs=attrs,
+                                      skip_if_exists=False)
+        return len(closed)
+
+    def _beat_forever(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+                closed = self.reap()
+            except Exception as err:  # a database away: the main thread meets it too, and says so
+                say(f"warning: no heartbeat recorded ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                    f"trying again in {self.interval} s")
+                continue
+            if closed:
+                say(f"closed {closed} trial(s) of a driver that is gone (no heartbeat for {self.grace} s, or its "
+                    f"process ended) and queued their candidates again")
+
+
+def _trained(t: FrozenTrial) -> bool:
+    return t.user_attrs.get("status") == TRAIN and t.state in (TrialState.COMPLETE, TrialState.FAIL)
+
+
+class Holding:
+    """A define-by-run function whose trials `lease` holds from the moment they are asked."""
+
+    def __init__(self, lease: Lease, define: Callable[[optuna.Trial], dict[str, Any]]) -> None:
+        self.lease, self.define = lease, define
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        self.lease.hold(trial)
+        return self.define(trial)
 
 
 def trained_count(study: optuna.Study) -> int:
     """Trials that trained or failed for real (not infeasible, duplicate or interrupted)."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.user_attrs.get("status") == TRAIN and t.state in (TrialState.COMPLETE, TrialState.FAIL))
+    return sum(1 for t in study.get_trials(deepcopy=False) if _trained(t))
 
 
 def paper_baselines(settings: SearchSettings) -> dict[str, ArchSpec]:

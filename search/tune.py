@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import ray
@@ -30,6 +30,7 @@ from .optuna_adapter import record_constraints
 from .ray_adapter import OptunaSearchAdapter
 from .settings import INFEASIBLE, LOST, TRAIN
 from .stop import STOP
+from .studies import DRIVER
 
 
 def train_candidate(config: dict[str, Any]) -> None:
@@ -128,9 +129,10 @@ class ConstrainedOptunaSearch(OptunaSearchAdapter):
     broken cluster: the search then stops proposing."""
 
     def __init__(self, *args: Any, objectives: tuple[str, ...], full_epochs: int, target: int,
-                 **kwargs: Any) -> None:
+                 elsewhere: Callable[[], tuple[int, int]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.objectives, self.full_epochs, self.target = objectives, full_epochs, target
+        self.elsewhere = elsewhere  # trials other drivers of the study trained since the start, and run now
         self.skips = Skips()  # candidates closed at once: over the budget, or trained already
         self.finished = self.lost = 0  # trials that trained (or failed by themselves); trials lost
         self._active: set[str] = set()  # Tune trial ids scheduled and not finished
@@ -141,16 +143,12 @@ class ConstrainedOptunaSearch(OptunaSearchAdapter):
         self._scheduled: set[int] = set()  # Optuna trial numbers this searcher sent to Ray
 
     # Ray annotates suggest as returning dict | None, but its searchers return Searcher.FINISHED (a str) too.
-    @property
-    def study(self) -> optuna.Study:
-        """Ray's OptunaSearch holds the study as `_ot_study`, None until it is set up."""
-        assert self._ot_study is not None, "the searcher is not set up"
-        return self._ot_study
-
     def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
-        if STOP.requested or self.finished >= self.target or self.lost > self.target or self.skips.exhausted:
+        trained_elsewhere, running_elsewhere = self.elsewhere() if self.elsewhere else (0, 0)
+        finished = self.finished + trained_elsewhere
+        if STOP.requested or finished >= self.target or self.lost > self.target or self.skips.exhausted:
             return Searcher.FINISHED if not self._active else None
-        if self.finished + len(self._active) >= self.target:
+        if finished + running_elsewhere + len(self._active) >= self.target:
             return None  # wait: a running trial may yet be lost and need a replacement
         while not self.skips.exhausted:
             config = super().suggest(trial_id)
@@ -168,12 +166,13 @@ class ConstrainedOptunaSearch(OptunaSearchAdapter):
         return Searcher.FINISHED if not self._active else None
 
     def _trained_value(self, spec_json: str, trial_number: int) -> tuple[list[float] | None, int] | None:
-        """The earlier trial of the same spec that trained (its values) or is training (None)."""
+        """The earlier trial of the same spec that trained (its values) or is training here or in
+        another driver (None)."""
         spec_id = ArchSpec.from_json(spec_json).id
         for t in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
             if t.number == trial_number or t.user_attrs.get("spec_id") != spec_id:
                 continue
-            if t.state == TrialState.RUNNING and t.number in self._scheduled:
+            if t.state == TrialState.RUNNING and (t.number in self._scheduled or DRIVER in t.system_attrs):
                 return None, t.number
             if t.state == TrialState.COMPLETE and t.user_attrs.get("full_fidelity") \
                     and t.user_attrs.get("status") == TRAIN:
