@@ -261,7 +261,8 @@ def step_audit(check: Check) -> dict:
         return {"skipped": f"{check.left():.0f} s left: too little for the paper's designs even at rung 1"}
     folder = check.out / "audit"
     folder.mkdir(parents=True, exist_ok=True)
-    tiny = ["--train-size", "100", "--val-size", "50", "--epochs", "1", "--batch-size", "25"] if check.tiny else []
+    tiny = ["--train-size", "100", "--val-size", "50", "--epochs", "1", "--batch-size", "25",
+            "--references", str(_tiny_references(folder))] if check.tiny else []
     cmd = [sys.executable, "-m", "audit", "--rungs", str(rung), "--seeds", "0", "--results-dir", str(folder),
            "--resamples", "1000", *check.data_args(), *tiny]
     started = time.monotonic()
@@ -272,6 +273,21 @@ def step_audit(check: Check) -> dict:
     if code != 0:
         figures["error"] = f"python -m audit exited with {code}: {_tail(folder / 'audit.log')}"
     return figures
+
+
+def _tiny_references(folder: Path) -> Path:
+    """Three of the paper's designs (DeiT-T, LocalViT-T and the best), enough for an audit to run
+    end to end on a CPU in seconds."""
+    import yaml
+
+    from space.references import PAPER_IMAGENET
+
+    paper = yaml.safe_load(PAPER_IMAGENET.read_text())
+    keep = {"I/deit-mlp-g4", "II/hswish-se192", "II/hswish-se4"}
+    path = folder / "references.yaml"
+    path.write_text(yaml.safe_dump({**paper, "name": "paper-imagenet-3",
+                                    "rows": [row for row in paper["rows"] if row["name"] in keep]}))
+    return path
 
 
 def pick_rung(check: Check) -> int | None:

@@ -272,6 +272,10 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
         path, key = supernet_checkpoint(settings, space, (data.in_chans, data.num_classes))
         supernet = {"path": str(path), "key": key["digest"]}
     study = open_study(settings, space, storage)
+    study.set_user_attr("proxy_data", data.describe())  # the summary says what the data held (skipped images)
+    if data.skipped:
+        log(f"{data.skipped} unreadable image(s) of {settings.protocol.data_dir} skipped, never a failure "
+            f"(the cache's manifest lists them)")
     return Plan(space, bounds, study, (data.in_chans, data.num_classes),
                 resolve_rank_by(settings, supernet, study.user_attrs.get("promotion")))
 

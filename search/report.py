@@ -227,7 +227,9 @@ def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSe
              f"{settings.protocol.val_size} val images at {settings.protocol.img_size}x{settings.protocol.img_size}"
              + (f", patch {settings.protocol.patch_size}, width x{settings.protocol.width_mult}"
                 if settings.backbone.startswith("deit") else "")
-             + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}; {_precision(study)}",
+             + f", {settings.protocol.epochs} epochs, seed {settings.protocol.seed}; {_precision(study)}"
+             + (f"; {skipped} unreadable image(s) skipped" if (skipped := study.user_attrs.get("proxy_data", {})
+                                                                 .get("skipped")) else ""),
              f"- ranking signal: {rank_by.why}",
              f"- the proxy's audit: "
              f"{describe_audit(audit)}",

@@ -131,6 +131,8 @@ def handling() -> Iterator[None]:
         _handling[0] -= 1
         for signum, handler in before.items():
             signal.signal(signum, handler)
+        if not _handling[0] and _console:  # the console of this block, not of whatever fd 2 is later
+            _console.pop().close()
 
 
 def reclaim() -> None:

@@ -15,6 +15,7 @@ from proxy import image_cache as prepare
 from proxy.data import ProxyData, image_cache_path
 from proxy.image_cache import MANIFEST, ensure_cache, open_cache
 from proxy.prepare import main
+from proxy.protocol import ProxyProtocol
 
 
 def _tree(root, train=7, val=2, classes=("cat", "dog", "owl"), size=(30, 22), seed=0):
@@ -195,3 +196,21 @@ def test_the_data_path_bench_runs_at_a_tiny_size(tmp_path):
     rows = json.loads((tmp_path / "data_path.json").read_text())["rows"]
     assert [r["path"] for r in rows] == ["before", "after", "model", "summary"]
     assert all(r["images_per_s"] > 0 for r in rows[:3]) and rows[3]["after_over_model"] > 0
+
+
+def test_a_search_logs_and_summarises_the_images_it_skipped(tmp_path, capsys, monkeypatch):
+    from search.driver import prepare as prepare_search
+    from search.report import write_reports
+    from search.settings import SearchSettings
+
+    monkeypatch.setenv("LOCALVIT_NAS_CACHE", str(tmp_path / "cache"))
+    root = _tree(tmp_path / "imgs")
+    (root / "train" / "owl" / "broken.JPEG").write_bytes(b"\xff\xd8 truncated")
+    settings = SearchSettings(study="s", results_dir=str(tmp_path / "r"), backbone="deit_tiny", confirm_seeds=0,
+                              protocol=ProxyProtocol(dataset="imagefolder", data_dir=str(root), img_size=16,
+                                                     patch_size=4, train_size=12, val_size=6))
+    plan = prepare_search(settings)
+    assert plan.study.user_attrs["proxy_data"]["skipped"] == 1
+    assert "1 unreadable image(s) of" in capsys.readouterr().out
+    summary = write_reports(plan.study, settings).read_text()
+    assert "1 unreadable image(s) skipped" in summary
