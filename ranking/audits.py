@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from proxy.protocol import ProxyProtocol
 
@@ -37,6 +37,17 @@ def audit_for(protocol: ProxyProtocol, results_dir: str | Path | None = None,
     def matches(audit: Mapping[str, Any]) -> bool:
         return audit.get("protocol_key") == key and references_key in (None, audit["references"].get("key"))
 
+    found = user_audits(results_dir, matches)
+    if found:
+        return found[0]
+    audit = shipped_audits().get(key)
+    return audit if audit is not None and matches(audit) else None
+
+
+def user_audits(results_dir: str | Path | None, matches: Callable[[Mapping[str, Any]], bool]
+                ) -> list[dict[str, Any]]:
+    """The audits under `results_dir` (`<study>/audit.json`) that `matches` accepts, newest first,
+    each with the `file` it was read from; unreadable files are left out."""
     found = []
     if results_dir and Path(results_dir).is_dir():
         for path in Path(results_dir).glob("*/audit.json"):
@@ -46,11 +57,12 @@ def audit_for(protocol: ProxyProtocol, results_dir: str | Path | None = None,
                 continue
             if matches(data):
                 found.append((path.stat().st_mtime, {**data, "file": str(path)}))
-    if found:
-        return max(found, key=lambda item: item[0])[1]
-    shipped = json.loads(SHIPPED_AUDITS.read_text()) if SHIPPED_AUDITS.is_file() else {}
-    audit = shipped.get(key)
-    return audit if audit is not None and matches(audit) else None
+    return [audit for _, audit in sorted(found, key=lambda item: -item[0])]
+
+
+def shipped_audits() -> dict[str, Any]:
+    """The project's audits of proxy protocols, by protocol key (`audited_protocols.json`)."""
+    return json.loads(SHIPPED_AUDITS.read_text()) if SHIPPED_AUDITS.is_file() else {}
 
 
 def describe_audit(audit: Mapping[str, Any] | None) -> str:
@@ -134,4 +146,5 @@ def supernet_imagenet_audit(supernet: dict[str, Any] | None) -> str | None:
 
 
 __all__ = ["SHIPPED_AUDITS", "SHIPPED_SUPERNET_AUDITS", "audit_for", "describe_audit", "describe_precision",
-           "protocol_key", "ranking_audit", "supernet_audit", "supernet_audit_files", "supernet_imagenet_audit"]
+           "protocol_key", "ranking_audit", "shipped_audits", "supernet_audit", "supernet_audit_files",
+           "supernet_imagenet_audit", "user_audits"]

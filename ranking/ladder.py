@@ -20,7 +20,7 @@ import numpy as np
 
 from space.paper import LOCALVIT_T_LAYER, MLP, tiny
 
-from .audits import SHIPPED_AUDITS
+from .audits import shipped_audits, user_audits
 from .signals import FREE, meets_goal
 
 #: The paper's headline pair: LocalViT-T beats DeiT-T by 2.6 points on ImageNet (74.8 vs 72.2);
@@ -46,20 +46,8 @@ def ladder_for(base_key: str, results_dir: str | Path | None = None, references_
     def matches(audit: Mapping[str, Any]) -> bool:
         return base_key_of(audit) == base_key and references_key in (None, audit["references"].get("key"))
 
-    found: dict[int, tuple[float, dict[str, Any]]] = {}
-    if results_dir and Path(results_dir).is_dir():
-        for path in Path(results_dir).glob("*/audit.json"):
-            try:
-                audit = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if matches(audit):
-                mtime = path.stat().st_mtime
-                if rung_of(audit) not in found or found[rung_of(audit)][0] < mtime:
-                    found[rung_of(audit)] = (mtime, {**audit, "file": str(path)})
-    ladder = {rung: audit for rung, (_, audit) in found.items()}
-    shipped = json.loads(SHIPPED_AUDITS.read_text()) if SHIPPED_AUDITS.is_file() else {}
-    for audit in shipped.values():
+    ladder: dict[int, dict[str, Any]] = {}
+    for audit in user_audits(results_dir, matches) + list(shipped_audits().values()):  # newest of the user's first
         if matches(audit):
             ladder.setdefault(rung_of(audit), audit)
     return dict(sorted(ladder.items()))
@@ -209,7 +197,7 @@ def ladder_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
                      f"{_regret(flops)} | | |")
     trend = crossing(rows)
     lines.append("")
-    trusted = next((r["rung"] for r in rows if r["default_signal"] not in FREE), None)
+    trusted = trusted_rung({r["rung"]: r for r in rows})
     if trusted is not None:
         lines.append(f"Rung {trusted} is the lowest whose audit beats counting out of sample: a search with "
                      f"`--rank-by auto` decides there.")

@@ -139,8 +139,8 @@ def resolve(settings: SearchSettings, supernet: Mapping[str, Any] | None = None,
         why += "; no audit fitted its weight, so z-scores count equally (weight 1)"
     if settings.rank_by == AUTO and trusted is not None and trusted > 1 and rung != trusted:
         why += (f"; the audit of rung {trusted} beats counting, but this search took no finalists there "
-                f"(--max-rung {settings.max_rung}"
-                + (f", resolved to {promotion_rung(settings)}" if settings.max_rung == AUTO else "") + ")")
+                f"(--max-rung {settings.max_rung}" + (f", resolved to {trusted}" if settings.max_rung == AUTO else "")
+                + ")")
     return RankBy(signal, measured, why=why, weights=weights, rung=rung, promoted=promoted).by(signal)
 
 
