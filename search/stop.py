@@ -54,8 +54,10 @@ _handling = [0]
 
 
 def resume_command() -> str:
-    """The command that continues what this process was doing: the same command."""
-    return shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "the same command"
+    """The command that continues what this process was doing: the same command, `-m module` included
+    (`sys.orig_argv` keeps the interpreter's options, which `sys.argv` replaces by the module's path)."""
+    args = sys.orig_argv[1:]
+    return shlex.join(["python", *args]) if args and sys.argv and sys.argv[0] else "the same command"
 
 
 def say(line: str) -> None:

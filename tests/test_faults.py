@@ -189,11 +189,21 @@ def test_sigterm_during_an_audit_stops_it_resumable(tmp_path) -> None:
     status, out, err = _signal_when(cmd, tmp_path, lambda: count_trials(db, "train") >= 1, env=env)
     assert status == 128 + signal.SIGTERM and "Traceback" not in out + err
     assert _last_line(err).startswith("stopped by SIGTERM: ") and "no audit was written" in _last_line(err)
+    assert "resume with: python -m audit --references" in _last_line(err)
     assert not (tmp_path / "a" / "audit.json").exists()
     result, seconds = _resume(cmd, tmp_path, env)
     _assert_complete(_study(f"sqlite:///{db}", "a-s0"), 4)
     assert len(json.loads((tmp_path / "a" / "audit.json").read_text())["rows"]) == 4
     _record("SIGTERM during an audit", status, 0, seconds)
+
+
+def test_the_resume_command_is_the_command_as_typed_module_form_included(tmp_path) -> None:
+    (tmp_path / "tool").mkdir()
+    (tmp_path / "tool" / "__main__.py").write_text("from search.stop import resume_command\nprint(resume_command())\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    printed = subprocess.run([sys.executable, "-m", "tool", "--seeds", "0", "--study", "a b"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert printed == "python -m tool --seeds 0 --study 'a b'"
 
 
 @pytest.fixture
