@@ -7,9 +7,12 @@ import signal
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
+
+from tests.servers import Postgres, postgres_server
 
 torch.set_num_threads(1)
 
@@ -29,6 +32,13 @@ def fvcore_cost(model: torch.nn.Module, img_size: int, in_chans: int = 3) -> tup
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return int(analysis.total()), sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server of the test's own (tests/servers.py); skipped where none is installed."""
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import psutil
+import pytest
 
 from search.stop import end_processes
 
@@ -102,6 +105,21 @@ class Postgres:
         """Shut the server down and remove its folder."""
         self._shut_down()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """A throw-away PostgreSQL server, stopped by its process id on the way out; the test is skipped
+    where PostgreSQL is not installed."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (make test installs it: scripts/ensure_postgres.sh)")
+    server = Postgres.start(bin_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert not psutil.pid_exists(server.pid)
 
 
 # --- Ray -------------------------------------------------------------------------------------------

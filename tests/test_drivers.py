@@ -197,39 +197,30 @@ def test_a_driver_killed_elsewhere_is_found_by_its_heartbeat_and_its_trial_train
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_two_drivers_on_one_postgres_study_share_it(tmp_path) -> None:
-    from tests.servers import Postgres, postgres_bin
+def test_two_drivers_on_one_postgres_study_share_it(tmp_path, postgres) -> None:
+    env = {**ENV, "PGPASSWORD": postgres.password}
+    cmd = _command("--trials", "4", "--storage", postgres.url())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()  # two "nodes": each its own results folder, one study in the database
+    first = _start(cmd, tmp_path / "a", env)
+    url = postgres.url(with_password=True)
 
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (make test installs it: scripts/ensure_postgres.sh)")
-    server = Postgres.start(bin_dir)
-    try:
-        env = {**ENV, "PGPASSWORD": server.password}
-        cmd = _command("--trials", "4", "--storage", server.url())
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()  # two "nodes": each its own results folder, one study in the database
-        first = _start(cmd, tmp_path / "a", env)
-        url = server.url(with_password=True)
-
-        def held() -> bool:
-            try:
-                return any(DRIVER in t.system_attrs for t in optuna.load_study(study_name="s", storage=url)
-                           .get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            except Exception:  # the study or its tables not made yet
-                return False
-        _wait(first, held)
-        second = _start(cmd, tmp_path / "b", env)
-        _finish(second)
-        _finish(first)
-        study = optuna.load_study(study_name="s", storage=url)
-        by = _end_state(study, 4)
-        assert set(by) == {"train"}, {k: len(v) for k, v in by.items()}
-        assert {t.system_attrs[DRIVER]["pid"] for t in by["train"]} == {first.pid, second.pid}
-        for node in ("a", "b"):
-            assert "4 trained (" in (tmp_path / node / "s" / "summary.md").read_text()
-    finally:
-        server.stop()
+    def held() -> bool:
+        try:
+            return any(DRIVER in t.system_attrs for t in optuna.load_study(study_name="s", storage=url)
+                       .get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        except Exception:  # the study or its tables not made yet
+            return False
+    _wait(first, held)
+    second = _start(cmd, tmp_path / "b", env)
+    _finish(second)
+    _finish(first)
+    study = optuna.load_study(study_name="s", storage=url)
+    by = _end_state(study, 4)
+    assert set(by) == {"train"}, {k: len(v) for k, v in by.items()}
+    assert {t.system_attrs[DRIVER]["pid"] for t in by["train"]} == {first.pid, second.pid}
+    for node in ("a", "b"):
+        assert "4 trained (" in (tmp_path / node / "s" / "summary.md").read_text()
 
 
 SPACE = """base: {embed_dim: 64, num_heads: 2, depth: 2}

@@ -24,7 +24,6 @@ import sqlalchemy.event
 
 from search.storage import StorageFault, open_storage
 from tests.conftest import count_trials, kill_family, trained_in
-from tests.servers import Postgres, postgres_bin
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "fashion-mnist", "--train-size", "300", "--val-size", "100", "--epochs", "3", "--batch-size",
@@ -237,29 +236,22 @@ def test_a_full_disk_is_one_line_and_the_search_resumes_once_there_is_room(small
 
 
 @pytest.mark.slow
-def test_a_postgres_restart_in_the_middle_of_a_search_is_ridden_out(tmp_path) -> None:
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (make test installs it: scripts/ensure_postgres.sh)")
-    server = Postgres.start(bin_dir)
-    try:
-        env = {**os.environ, "PGPASSWORD": server.password}
-        cmd = _command("p", "--trials", "6", "--storage", server.url())
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
-                                start_new_session=True)
-        deadline = time.time() + 300
-        while time.time() < deadline and not trained_in(server.url(with_password=True), "p") and proc.poll() is None:
-            time.sleep(1)
-        server.restart(down_s=8)  # every connection cut, the server away for 8 s
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-        assert "stopped answering" in err and "is back after" in err  # the outage was met, and ridden out
-        study = optuna.load_study(study_name="p", storage=server.url(with_password=True))
-        _assert_complete(study, 6)
-        assert not [t for t in study.trials if t.user_attrs.get("status") == "interrupted"]  # nothing lost
-        _record("PostgreSQL restarted for 8 s mid-search", proc.returncode, 0, 0.0)
-    finally:
-        server.stop()
+def test_a_postgres_restart_in_the_middle_of_a_search_is_ridden_out(tmp_path, postgres) -> None:
+    env = {**os.environ, "PGPASSWORD": postgres.password}
+    cmd = _command("p", "--trials", "6", "--storage", postgres.url())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not trained_in(postgres.url(with_password=True), "p") and proc.poll() is None:
+        time.sleep(1)
+    postgres.restart(down_s=8)  # every connection cut, the server away for 8 s
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped answering" in err and "is back after" in err  # the outage was met, and ridden out
+    study = optuna.load_study(study_name="p", storage=postgres.url(with_password=True))
+    _assert_complete(study, 6)
+    assert not [t for t in study.trials if t.user_attrs.get("status") == "interrupted"]  # nothing lost
+    _record("PostgreSQL restarted for 8 s mid-search", proc.returncode, 0, 0.0)
 
 
 def test_a_corrupt_supernet_checkpoint_is_one_line_and_exit_2(tmp_path) -> None:

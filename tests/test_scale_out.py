@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
-import psutil
 import pytest
 
 import run_search as run_search_module
 from search.cluster import lost_reason, node_check
 from search.settings import SearchSettings
 from search.storage import without_password
-from tests.servers import Postgres, RayCluster, postgres_bin
+from tests.servers import Postgres, RayCluster, postgres_server
 from tests.test_search import REPO, TINY, trained
 from tests.conftest import kill_family, trained_in
 
@@ -28,15 +27,9 @@ pytestmark = pytest.mark.timeout(1200)
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (make test installs it: scripts/ensure_postgres.sh)")
-    server = Postgres.start(bin_dir)
-    try:
+    """One server for the module's tests (the conftest's is one per test)."""
+    with postgres_server() as server:
         yield server
-    finally:
-        server.stop()
-    assert not psutil.pid_exists(server.pid)
 
 
 def run_search(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 600) \
