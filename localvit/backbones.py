@@ -124,13 +124,14 @@ def _named(name: str) -> ArchSpec:
 def make_spec(backbone: str, layers: Sequence[LayerSpec], num_heads: int | None = None, **fields: Any) -> ArchSpec:
     """A spec of `backbone` with one LayerSpec per block (`len(block_dims(backbone))` of them).
 
-    For `deit_*`, `num_heads` is the vit head count (default 4, LocalViT's; DeiT uses 3 / 6
-    and neither changes costs); stage backbones fix their heads and take none.
+    For `deit_*`, `num_heads` is the vit head count (default LocalViT's: 4 for T, 8 for S; DeiT
+    uses 3 / 6 and neither changes costs); stage backbones fix their heads and take none.
     """
     _check(backbone)
     if backbone in VIT_BACKBONES:
         return ArchSpec(layers=tuple(layers), embed_dim=VIT_BACKBONES[backbone]["embed_dim"],
-                        num_heads=4 if num_heads is None else num_heads, **fields)
+                        num_heads=localvit_spec(backbone).num_heads if num_heads is None else num_heads,
+                        **fields)
     if num_heads is not None:
         raise ValueError(f"num_heads={num_heads!r} is invalid; accepted: None for backbone={backbone!r}")
     return ArchSpec(layers=tuple(layers), backbone=backbone, **fields)
