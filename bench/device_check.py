@@ -13,8 +13,9 @@ time is recorded with its error and the next one runs:
 3. side by side: 1, 2, 4 and 8 default proxy trials as processes on the one device, their sum;
 4. search: the default search (`run_search.py`, `--gpus-per-trial auto`) for a few minutes, its
    trials counted from the study;
-5. audit: the paper's designs at the highest rung the time left allows, where `python -m audit`
-   has `--rungs` (else a line says why it was skipped).
+5. oneshot: a one-shot search (`--strategy oneshot`): its supernet trained on the GPU for one
+   epoch, then candidates scored on it for about a minute, with the devices both ran on;
+6. audit: the paper's designs at the highest rung the time left allows.
 
 Figures: `device_check.json` and `device_check.md` in `--out`, else `$OUT`, else
 bench/results/device-check-<date>/, written again after every step (a kill keeps what ran).
@@ -48,7 +49,7 @@ BUDGET_S, TINY_BUDGET_S = 450.0, 300.0
 #: Seconds a process of a step may take at --tiny whatever the budget (a busy CI machine).
 TINY_PART_S = 120.0
 #: Each step's share of the budget; a step also gets the time the earlier ones left unused.
-SHARES = {"environment": 0.04, "speed": 0.2, "side_by_side": 0.2, "search": 0.46, "audit": 0.1}
+SHARES = {"environment": 0.04, "speed": 0.2, "side_by_side": 0.2, "search": 0.34, "oneshot": 0.12, "audit": 0.1}
 #: Seconds a search takes beyond its --time-limit on a GPU machine: Ray's start, the reports.
 SEARCH_OVERHEAD_S = 70.0
 #: Side-by-side trial counts (processes on one device); --tiny runs the first two.
@@ -223,13 +224,46 @@ def step_search(check: Check) -> dict:
     return figures
 
 
-def _study_figures(db: Path) -> dict:
+def step_oneshot(check: Check) -> dict:
+    folder = check.out / "oneshot"
+    folder.mkdir(parents=True, exist_ok=True)
+    limit = 150.0 if check.tiny else min(60.0, check.left() - SEARCH_OVERHEAD_S)
+    if limit < 15:
+        return {"skipped": f"{check.left():.0f} s left, too little for a one-shot search"}
+    tiny = ["--dataset", "fashion-mnist", "--train-size", "100", "--val-size", "50", "--batch-size", "25",
+            "--epochs", "1", "--recalibration-images", "50", "--candidates", "6"] if check.tiny else []
+    cmd = [sys.executable, str(ROOT / "run_search.py"), "--strategy", "oneshot", "--budget-flops", "1.3G", "--study",
+           "device-check", "--results-dir", str(folder), "--time-limit", f"{limit:.0f}s", "--supernet-epochs", "1",
+           "--top-k", "1", "--no-baselines", "--confirm-seeds", "0", "--export-top", "0", *check.data_args(), *tiny]
+    started = time.monotonic()
+    code = run_command(cmd, limit + (240 if check.tiny else check.left() - limit), folder / "run_search.log")
+    figures: dict[str, Any] = {"command": " ".join(cmd[1:]), "exit": code,
+                               "seconds": round(time.monotonic() - started, 1), "time_limit_s": limit}
+    study = _load_study(folder / "device-check" / "study.db")
+    if study is not None:
+        supernet, scoring = study.user_attrs.get("supernet", {}), study.user_attrs.get("oneshot_scoring", {})
+        figures.update({"supernet_device": supernet.get("device"), "supernet_train_s": supernet.get("train_s"),
+                        "scoring_device": scoring.get("device"), "candidates_scored": scoring.get("scored"),
+                        "candidates_per_s": scoring.get("per_s")})
+    if code != 0:
+        figures["error"] = f"run_search.py exited with {code}: {_tail(folder / 'run_search.log')}"
+    return figures
+
+
+def _load_study(db: Path) -> Any:
+    """The check's study in `db`, None where the search made none."""
     if not db.is_file():
-        return {"trials_trained": 0}
+        return None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="device-check", storage=f"sqlite:///{db}")
+    return optuna.load_study(study_name="device-check", storage=f"sqlite:///{db}")
+
+
+def _study_figures(db: Path) -> dict:
+    study = _load_study(db)
+    if study is None:
+        return {"trials_trained": 0}
     trained = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "train"]
     done = [t for t in trained if t.state.name == "COMPLETE"]
     speeds = [t.user_attrs["train_images_per_s"] for t in done if t.user_attrs.get("train_images_per_s")]
@@ -251,11 +285,6 @@ def _tail(log: Path, lines: int = 3) -> str:
 
 
 def step_audit(check: Check) -> dict:
-    from audit.runner import build_parser
-
-    if "--rungs" not in build_parser().format_help():
-        return {"skipped": "python -m audit has no --rungs option in this checkout (the fidelity ladder, issue 28, "
-                           "is not merged): no audit run"}
     rung = pick_rung(check)
     if rung is None:
         return {"skipped": f"{check.left():.0f} s left: too little for the paper's designs even at rung 1"}
@@ -311,7 +340,7 @@ def pick_rung(check: Check) -> int | None:
 
 STEPS: dict[str, Callable[[Check], dict]] = {"environment": step_environment, "speed": step_speed,
                                               "side_by_side": step_side_by_side, "search": step_search,
-                                              "audit": step_audit}
+                                              "oneshot": step_oneshot, "audit": step_audit}
 
 
 # --- synthetic data where Fashion-MNIST is missing -------------------------------------------------

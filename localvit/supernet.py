@@ -242,8 +242,12 @@ class Supernet(nn.Module):
         return state
 
     def _template(self, spec: ArchSpec) -> nn.Module:
-        """The stand-alone module structure of `spec` (its own weights are never used); a few are kept."""
-        template = self._templates.pop(spec, None) or build_model(spec)
+        """The stand-alone module structure of `spec` (its own weights are never used; its buffers that
+        no state_dict holds are, so it lives on the supernet's device); a few are kept."""
+        device = next(self.parameters()).device
+        template = self._templates.pop(spec, None)
+        if template is None or next(template.parameters()).device != device:
+            template = build_model(spec).to(device)
         self._templates[spec] = template  # most recent last
         while len(self._templates) > 8:
             self._templates.pop(next(iter(self._templates)))
@@ -258,8 +262,9 @@ class Supernet(nn.Module):
         return functional_call(template, self._state(spec, template), (x,), strict=True)
 
     def extract(self, spec: ArchSpec) -> nn.Module:
-        """`build_model(spec)` carrying copies of the subnet's weights and statistics, in eval mode."""
-        model = build_model(self.check(spec))
+        """`build_model(spec)` carrying copies of the subnet's weights and statistics, in eval mode, on
+        the supernet's device."""
+        model = build_model(self.check(spec)).to(next(self.parameters()).device)
         state = self._state(spec, model)  # the model is its own template
         model.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
         return model.eval()

@@ -29,7 +29,7 @@ from space.space import ListSpace, SearchSpace, Space
 
 from .data import ProxyData
 from .protocol import ProxyProtocol, project_layer, proxy_of
-from .runtime import autocast, resolve_precision
+from .runtime import autocast, prepare_device, resolve_precision
 from .training import (NonFiniteLossError, TrainingStopped, evaluate, make_optimizer, scheduled_batches,
                        seed_everything)
 
@@ -132,13 +132,19 @@ def score(supernet: Supernet, spec: ArchSpec, data: ProxyData, protocol: ProxyPr
     """Validation top-1 of a target `spec` with the supernet's weights, after recalibrating its
     BatchNorm statistics on `recalibration_images` training images (deterministic in `seed`).
     `recalibration_images=0` keeps the supernet's own (mixed) statistics; `score_images` > 0
-    scores on the split's first that many images (the same ones for every candidate)."""
+    scores on the split's first that many images (the same ones for every candidate). Runs on
+    the supernet's device."""
+    device = str(_device_of(supernet))
     model = supernet.extract(proxy_of(spec, protocol, (data.in_chans, data.num_classes)))
-    precision = resolve_precision(protocol.precision)
+    precision = resolve_precision(protocol.precision, device)
     if recalibration_images:
-        with autocast(precision):
-            recalibrate_bn(model, recalibration_batches(data, protocol, recalibration_images, seed))
-    return evaluate(model, data, split, protocol.eval_batch_size, precision, images=score_images or None)
+        with autocast(precision, device):
+            recalibrate_bn(model, recalibration_batches(data.to(device), protocol, recalibration_images, seed))
+    return evaluate(model, data, split, protocol.eval_batch_size, precision, device, images=score_images or None)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def describe(supernet: Supernet) -> dict[str, Any]:
@@ -194,8 +200,8 @@ EpochReport = Callable[[int, dict[str, Any]], Any]
 
 
 def load_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, int], checkpoint: str | Path,
-                  epochs: int, sampling: str = DEFAULT_SAMPLING) -> Supernet:
-    """The supernet of a finished `train_supernet` checkpoint, in eval mode."""
+                  epochs: int, sampling: str = DEFAULT_SAMPLING, device: str = "cpu") -> Supernet:
+    """The supernet of a finished `train_supernet` checkpoint, in eval mode, on `device`."""
     supernet = space_supernet(space, protocol, data_shape)
     state = _load_checkpoint(Path(checkpoint), training_key(space, supernet, protocol, epochs, sampling))
     if state is None or len(state["history"]) < epochs:
@@ -203,7 +209,7 @@ def load_supernet(space: Space, protocol: ProxyProtocol, data_shape: tuple[int, 
         raise ValueError(f"supernet checkpoint {str(checkpoint)!r} holds {done} of {epochs} epochs; accepted: a "
                          f"finished one (train_supernet)")
     supernet.load_state_dict(state["model"])
-    return supernet.eval()
+    return supernet.to(device).eval()
 
 
 def _check_sampling(sampling: str) -> None:
@@ -213,8 +219,8 @@ def _check_sampling(sampling: str) -> None:
 
 def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, epochs: int,
                    sampling: str = DEFAULT_SAMPLING, checkpoint: str | Path | None = None,
-                   report: EpochReport | None = None, stop: Callable[[], bool] | None = None
-                   ) -> tuple[Supernet, list[dict[str, Any]]]:
+                   report: EpochReport | None = None, stop: Callable[[], bool] | None = None,
+                   device: str = "cpu") -> tuple[Supernet, list[dict[str, Any]]]:
     """Train the supernet of `space` on the proxy data; return it (in eval mode) and its figures per epoch.
 
     Every step trains a few subnets on one batch, their gradients accumulated (each loss
@@ -229,13 +235,16 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
     subnets, since both are seeded by the protocol's seed and the epoch); a finished
     checkpoint is returned without training. `report(epoch, figures)` is called per epoch;
     `stop()`, asked before every step, ends training with `TrainingStopped` (the checkpoint
-    holds the last finished epoch).
+    holds the last finished epoch). `device` is where it trains (the batches are made there, as
+    in `train_proxy`); the checkpoint is the same on every device.
     """
-    precision = resolve_precision(protocol.precision)
+    precision = prepare_device(protocol.precision, device)
+    data = data.to(device)
     with cpu_threads(protocol.threads):
         seed_everything(protocol.seed)
         supernet = space_supernet(space, protocol, (data.in_chans, data.num_classes))
         key = training_key(space, supernet, protocol, epochs, sampling)
+        supernet.to(device)
         optimizer = make_optimizer(supernet, protocol)
         path = Path(checkpoint) if checkpoint is not None else None
         state = _load_checkpoint(path, key) if path is not None else None
@@ -253,7 +262,7 @@ def train_supernet(space: Space, protocol: ProxyProtocol, data: ProxyData, *, ep
         supernet.train()
         for epoch in range(len(history) + 1, epochs + 1):
             figures = _train_epoch(supernet, subnets, sampling == "sandwich", optimizer, criterion, data, protocol,
-                                   precision, epoch, epochs, stop)
+                                   precision, epoch, epochs, stop, device)
             history.append(figures)
             if path is not None:
                 _save_checkpoint(path, {"key": key, "model": supernet.state_dict(),
@@ -269,7 +278,8 @@ def _extremes(space: Space) -> tuple[ArchSpec, ArchSpec]:
 
 
 def accumulate_gradients(supernet: Supernet, specs: list[ArchSpec], x: torch.Tensor, y: torch.Tensor,
-                         criterion: nn.Module, distill: bool, precision: str = "fp32") -> list[float]:
+                         criterion: nn.Module, distill: bool, precision: str = "fp32", device: str = "cpu"
+                         ) -> list[float]:
     """Add the gradients of one training step's subnets (proxy specs) to the supernet's and
     return their losses. Each loss counts 1/len(specs); one backward pass per subnet, so only
     one subnet's activations are held at a time. With `distill`, the first subnet learns from
@@ -278,7 +288,7 @@ def accumulate_gradients(supernet: Supernet, specs: list[ArchSpec], x: torch.Ten
     teacher: torch.Tensor | None = None
     losses = []
     for k, spec in enumerate(specs):
-        with autocast(precision):
+        with autocast(precision, device):
             logits = supernet(x, spec).float()
         if distill and k > 0:
             loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
@@ -294,7 +304,8 @@ def accumulate_gradients(supernet: Supernet, specs: list[ArchSpec], x: torch.Ten
 
 def _train_epoch(supernet: Supernet, subnets: Callable[[random.Random], list[ArchSpec]], distill: bool,
                  optimizer: torch.optim.Optimizer, criterion: nn.Module, data: ProxyData, protocol: ProxyProtocol,
-                 precision: str, epoch: int, epochs: int, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                 precision: str, epoch: int, epochs: int, stop: Callable[[], bool] | None = None,
+                 device: str = "cpu") -> dict[str, Any]:
     data_shape = (data.in_chans, data.num_classes)
     rng = random.Random(f"supernet-{protocol.seed}-{epoch}")
     started = time.perf_counter()
@@ -305,7 +316,7 @@ def _train_epoch(supernet: Supernet, subnets: Callable[[random.Random], list[Arc
         targets = subnets(rng)
         specs = [proxy_of(spec, protocol, data_shape) for spec in targets]
         optimizer.zero_grad(set_to_none=True)
-        losses = accumulate_gradients(supernet, specs, x, y, criterion, distill, precision)
+        losses = accumulate_gradients(supernet, specs, x, y, criterion, distill, precision, device)
         if not math.isfinite(losses[-1]):
             raise NonFiniteLossError(epoch, i, losses[-1], targets[len(losses) - 1].id)
         loss_sum += sum(losses) * len(y)

@@ -193,8 +193,8 @@ def gpu_share(trials: int) -> float:
 
 def planned_device(settings: SearchSettings) -> str:
     """Where the trials will train, as far as this machine tells (for the study's precision
-    record; every trial records its own device): `cuda` when they may get GPUs and this machine
-    sees one, else `cpu`."""
+    record; every trial records its own device), and where the driver trains a one-shot
+    supernet: `cuda` when they may get GPUs and this machine sees one, else `cpu`."""
     import torch
 
     return "cuda" if settings.gpus_per_trial != 0 and torch.cuda.is_available() else "cpu"

@@ -34,7 +34,7 @@ from space.cost import target_cost
 from space.space import ListSpace, make_space
 
 from .candidates import exhausted_message
-from .cluster import Cluster, ray_output, start_cluster
+from .cluster import Cluster, planned_device, ray_output, start_cluster
 from .optuna_adapter import storage_of
 from .rank_by import promotion_rung
 from .rank_by import record as record_rank_by
@@ -223,7 +223,7 @@ def run_oneshot(settings: SearchSettings, plan: Plan, cluster: Cluster, deadline
     settings = replace(settings, workers=cluster.workers)  # --workers, or as many as the GPUs hold
     threads = max(1, min(os.cpu_count() or 1, int(sum(n.cpus for n in cluster.nodes))))  # before any actor starts
     try:
-        checkpoint = ensure_supernet(settings, plan, threads)
+        checkpoint = ensure_supernet(settings, plan, threads, planned_device(settings))
     except TrainingStopped:  # a signal: the checkpoint holds the last finished epoch
         return
     resources = cluster.resources

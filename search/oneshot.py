@@ -42,7 +42,7 @@ from .rank_by import of_study, ranked
 from .stop import STOP
 from .settings import DUPLICATE, INFEASIBLE, SUPERNET, SearchSettings
 from .studies import BEATS_PER_GRACE, Plan, driver_record, gone_here
-from .tune import DefineByRun
+from .tune import DefineByRun, trial_device
 
 #: Candidates per actor call: Ray's overhead per call (milliseconds) is paid once for them.
 CHUNK = 4
@@ -116,15 +116,20 @@ def _remove(lock: Path, owner: dict) -> None:
             lock.unlink()
 
 
-def ensure_supernet(settings: SearchSettings, plan: Plan, threads: int) -> Path:
-    """Train the supernet (or resume or reuse it) in this process, with `threads` threads; another
-    driver training it is waited for (`checkpoint_lock`)."""
+def ensure_supernet(settings: SearchSettings, plan: Plan, threads: int, device: str = "cpu") -> Path:
+    """Train the supernet (or resume or reuse it) in this process, with `threads` threads, on
+    `device`; another driver training it is waited for (`checkpoint_lock`)."""
     path, key = supernet_checkpoint(settings, plan.space, plan.data_shape)
     with checkpoint_lock(path, settings.heartbeat_grace_s):
-        return _train_supernet(settings, plan, threads, path, key)
+        try:
+            return _train_supernet(settings, plan, threads, path, key, device)
+        finally:
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()  # the scoring actors share the GPU next
 
 
-def _train_supernet(settings: SearchSettings, plan: Plan, threads: int, path: Path, key: dict[str, Any]) -> Path:
+def _train_supernet(settings: SearchSettings, plan: Plan, threads: int, path: Path, key: dict[str, Any],
+                    device: str) -> Path:
     data = get_proxy_data(settings.protocol.data_config())
     started = time.perf_counter()
 
@@ -132,18 +137,20 @@ def _train_supernet(settings: SearchSettings, plan: Plan, threads: int, path: Pa
         log(f"supernet epoch {epoch}/{settings.supernet_epochs}: loss {figures['train_loss']:.3f}, "
             f"{figures['subnets']} subnets, {figures['seconds']:.0f} s")
 
-    log(f"supernet {key['digest']} ({key['supernet']['params'] / 1e6:.2f}M shared params): {path}")
+    log(f"supernet {key['digest']} ({key['supernet']['params'] / 1e6:.2f}M shared params, on {device}): {path}")
     _, history = train_supernet(plan.space, settings.protocol.replace(threads=threads), data,
                                 epochs=settings.supernet_epochs, sampling=settings.supernet_sampling,
-                                checkpoint=path, report=report, stop=lambda: STOP.requested)
+                                checkpoint=path, report=report, stop=lambda: STOP.requested, device=device)
     plan.study.set_user_attr("supernet", {"key": key["digest"], "path": str(path), "epochs": len(history),
+                                          "device": device,
                                           "train_s": round(sum(h["seconds"] for h in history), 1),
                                           "trained_now_s": round(time.perf_counter() - started, 1)})
     return path
 
 
 class SupernetEvaluator:
-    """What a Ray actor holds: the trained supernet and the proxy data, loaded once."""
+    """What a Ray actor holds: the trained supernet and the proxy data, loaded once, on the GPU Ray
+    gave the actor, else the CPU."""
 
     def __init__(self, space: str, backbone: str, protocol: dict[str, Any], checkpoint: str, epochs: int,
                  sampling: str, recalibration_images: int, score_images: int) -> None:
@@ -152,9 +159,14 @@ class SupernetEvaluator:
             torch.set_num_threads(self.protocol.threads)
         self.space = make_space(space, backbone)
         self.data = get_proxy_data(self.protocol.data_config())
+        self.device = trial_device()
         self.supernet = load_supernet(self.space, self.protocol, (self.data.in_chans, self.data.num_classes),
-                                      checkpoint, epochs, sampling)
+                                      checkpoint, epochs, sampling, self.device)
         self.recalibration_images, self.score_images = recalibration_images, score_images
+
+    def where(self) -> str:
+        """The device it scores on (`cuda` where Ray gave it a GPU)."""
+        return self.device
 
     def score(self, specs: list[str]) -> list[tuple[float, float]]:
         """Validation top-1 (%) and seconds of each spec (JSON), with inherited weights."""
@@ -266,6 +278,7 @@ def evaluate_candidates(settings: SearchSettings, plan: Plan, checkpoint: Path, 
     busy: dict[Any, tuple[int, list]] = {}
     started, last_log, scored = time.time(), time.time(), 0
     try:
+        device = ", ".join(sorted(set(ray.get([worker.where.remote() for worker in actors]))))  # once loaded
         while not STOP.requested:  # a signal: what was scored is stored, what is in flight was never stored
             for index, worker in enumerate(actors):  # a call queued behind the running one
                 while calls[index] < CALLS_AHEAD and (deadline is None or time.time() < deadline) \
@@ -295,7 +308,7 @@ def evaluate_candidates(settings: SearchSettings, plan: Plan, checkpoint: Path, 
         for worker in actors:
             ray.kill(worker)
     seconds = time.time() - started
-    figures = {"scored": len(proposer.scored), "scored_now": scored, "held_before": held,
+    figures = {"scored": len(proposer.scored), "scored_now": scored, "held_before": held, "device": device,
                "seconds_now": round(seconds, 1), "per_s": round(scored / seconds, 3) if seconds else 0.0,
                **{f"skipped_{k}": v for k, v in proposer.skips.counts.items()}}
     log(f"scored {scored} candidate(s) on the supernet in {seconds:.0f} s ({figures['per_s']:.2f}/s); "

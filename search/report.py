@@ -315,6 +315,11 @@ def signals_markdown(standing: Standing) -> list[str]:
     return lines
 
 
+def _on(record: dict[str, Any]) -> str:
+    """" on <device>" where a record names one (records before the GPU path name none)."""
+    return f" on {record['device']}" if record.get("device") else ""
+
+
 def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]:
     """The one-shot part of the summary: the supernet, the scoring, the top-k trained from scratch."""
     supernet = study.user_attrs.get("supernet")
@@ -322,10 +327,11 @@ def oneshot_markdown(study: optuna.Study, settings: SearchSettings) -> list[str]
     lines = ["", "One-shot (`--strategy oneshot`):", ""]
     if supernet:
         lines.append(f"- supernet `{supernet['key']}`: {supernet['epochs']} proxy epochs, {supernet['train_s']:.0f} s "
-                     f"of training (`{supernet['path']}`)")
+                     f"of training{_on(supernet)} (`{supernet['path']}`)")
     if scoring:
         lines.append(f"- {scoring['scored']} candidates scored with inherited weights ({scoring['per_s']:.2f} per s "
-                     f"in the last run), {scoring.get('skipped_infeasible', 0)} over the budget closed unscored")
+                     f"in the last run{_on(scoring)}), {scoring.get('skipped_infeasible', 0)} over the budget closed "
+                     f"unscored")
     lines.append(f"- the ranking rests on: {ranking_audit(supernet, settings.scoring_fidelity)}")
     imagenet = supernet_imagenet_audit(supernet)
     if imagenet:

@@ -38,7 +38,7 @@ def device_check(tmp_path: Path, *args: str, timeout: int) -> dict:
 
 
 def test_the_tiny_device_check_saves_every_steps_figures(tmp_path) -> None:
-    report = device_check(tmp_path, "--skip", "search", "--budget", "150", timeout=400)
+    report = device_check(tmp_path, "--skip", "search", "--skip", "oneshot", "--budget", "150", timeout=400)
     steps = report["steps"]
     assert list(steps) == list(STEPS) and all("step_seconds" in step for step in steps.values())
     env = steps["environment"]
@@ -52,9 +52,19 @@ def test_the_tiny_device_check_saves_every_steps_figures(tmp_path) -> None:
     assert all(r.get("images_per_s", 0) > 0 or r.get("error") for r in speed)
     assert any(r.get("images_per_s", 0) > 0 for r in speed), speed  # at least one measured, not all errors
     assert [r["trials"] for r in steps["side_by_side"]["rows"]] == [1, 2]
-    assert steps["search"] == {"skipped": "--skip", "step_seconds": 0.0}
+    assert steps["search"] == steps["oneshot"] == {"skipped": "--skip", "step_seconds": 0.0}
     audit = steps["audit"]
     assert "--rungs" in audit.get("skipped", "") or audit.get("rung") == 1, audit
+
+
+@pytest.mark.slow
+def test_the_tiny_one_shot_step_trains_and_scores_on_the_device_it_names(tmp_path) -> None:
+    skip = [arg for step in STEPS if step != "oneshot" for arg in ("--skip", step)]
+    oneshot = device_check(tmp_path, *skip, "--budget", "300", timeout=600)["steps"]["oneshot"]
+    where = "cuda" if torch.cuda.is_available() else "cpu"
+    assert oneshot["exit"] == 0 and "error" not in oneshot, oneshot
+    assert oneshot["supernet_device"] == oneshot["scoring_device"] == where
+    assert oneshot["candidates_scored"] == 6 and oneshot["supernet_train_s"] > 0
 
 
 def test_synthetic_idx_files_read_as_fashion_mnist(tmp_path) -> None:

@@ -191,3 +191,19 @@ def test_a_trial_given_a_gpu_trains_on_cuda_and_one_without_hides_them(monkeypat
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setattr(ray, "get_gpu_ids", list)
     assert trial_device() == "cpu" and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_one_shot_scoring_loads_the_supernet_on_the_gpu_ray_gives_its_actor(monkeypatch) -> None:
+    import ray
+
+    from proxy.protocol import ProxyProtocol
+    from search import oneshot
+
+    loaded: dict[str, str] = {}
+    monkeypatch.setattr(oneshot, "get_proxy_data", lambda config: type("Data", (), {"in_chans": 1, "num_classes": 10}))
+    monkeypatch.setattr(oneshot, "load_supernet", lambda *args: loaded.setdefault("device", args[-1]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: ["0"])
+    actor = oneshot.SupernetEvaluator("paper", "deit_tiny", ProxyProtocol().to_dict(), "s.pt", 4, "sandwich", 0, 0)
+    assert actor.where() == loaded["device"] == "cuda"
+    assert planned_device(SearchSettings(strategy="oneshot")) == "cuda"  # where the driver trains the supernet

@@ -100,6 +100,8 @@ def test_oneshot_search_end_to_end_killed_in_training_and_in_scoring(tmp_path) -
     assert set(frame["fidelity"].dropna()) == {"supernet", "trained"}
     summary = (out / "summary.md").read_text()
     assert "24 candidates scored with inherited weights" in summary and "the ranking rests on:" in summary
+    where = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"s of training on {where} (" in summary and f"in the last run on {where})" in summary
     assert "Re-trained with other seeds" in summary and list((out / "export").iterdir())
 
 
