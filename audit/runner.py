@@ -89,13 +89,24 @@ def plan_references(references: ReferenceSet, protocol: ProxyProtocol, seeds: Se
     return plans
 
 
+class LeftToOthers(Exception):
+    """Other drivers still train designs of the audit: the last of them to finish writes it."""
+
+
 def train_references(plans: Sequence[tuple[SearchSettings, Any, Any]]) -> dict[str, dict[str, ProxyScore]] | None:
     """Proxy-train every reference design with each seed (resuming what a study holds already);
-    None when a signal stopped it (`search.stop`: what ran is closed and queued again)."""
+    None when a signal stopped it (`search.stop`: what ran is closed and queued again).
+
+    Raises:
+        LeftToOthers: designs of a seed still train in other drivers of its study."""
     scores = {}
     for settings, plan, cluster in plans:
         log(f"audit: study {settings.study!r}, {plan.space.size()} reference designs, seed {settings.seed}")
-        interrupted = train_trials(settings, plan, cluster)
+        interrupted, elsewhere = train_trials(settings, plan, cluster)
+        if elsewhere and not STOP.requested:
+            raise LeftToOthers(f"{elsewhere} design(s) of study {settings.study!r} still train in other drivers: "
+                               f"the audit is theirs to write (the last to finish writes it; or run the same "
+                               f"command again once they have)")
         if STOP.requested:
             say(stopped_line(f"{len(read_scores(plan.study))} of {plan.space.size()} designs trained with seed "
                              f"{settings.seed}, {interrupted} interrupted and queued again; no audit was written"))
@@ -194,7 +205,11 @@ def _audit(args: argparse.Namespace) -> int:
         if len(rungs) > 1:
             log(f"audit: rung {rung} of {', '.join(map(str, rungs))}: {protocol.train_size} images x "
                 f"{protocol.epochs} epochs")
-        trained = train_references(plans)
+        try:
+            trained = train_references(plans)
+        except LeftToOthers as left:
+            log(str(left))
+            return 0
         if trained is None:
             return STOP.exit_status
         _write(args, references, trained, study, protocol, base, rung, precision, plans[0][0].storage_url)

@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.trial import TrialState
@@ -280,15 +280,25 @@ def prepare(settings: SearchSettings, resume: bool = False) -> Plan:
                 resolve_rank_by(settings, supernet, study.user_attrs.get("promotion")))
 
 
-def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> int:
+class Trained(NamedTuple):
+    """What `train_trials` left behind: trials a signal interrupted (closed and queued again), and
+    trials of the study that other drivers, alive by their heartbeats, still run."""
+
+    interrupted: int
+    elsewhere: int
+
+
+def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> Trained:
     """Close what lost drivers left running, queue baselines and warm starts, and train trials until
     the study holds as many as asked, with any other drivers of the study (one-shot: score
     candidates on the supernet first, then train its top-k), on the Ray `connect` gave (None:
-    nothing is left to train). Returns how many trials a signal left unfinished (closed and queued
-    again)."""
+    nothing is left to train)."""
     with Lease(plan.study, settings.storage_url, settings.heartbeat_grace_s, settings.storage_retry_s) as lease:
         _train_trials(settings, plan, cluster, lease, time.time())
-        return lease.release() if STOP.requested else 0
+        if STOP.requested:
+            return Trained(lease.release(), 0)
+        lease.reap()
+        return Trained(0, lease.elsewhere()[1])
 
 
 def _train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None, lease: Lease,
@@ -356,7 +366,11 @@ def _train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None,
 def run(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> int:
     """Run (or resume) the search `prepare` checked on the Ray `connect` gave, write its reports;
     returns the exit status: 0, or 128 + the signal that stopped it (`search.stop`)."""
-    interrupted = train_trials(settings, plan, cluster)
+    interrupted, elsewhere = train_trials(settings, plan, cluster)
+    if elsewhere:  # their results may change the best: the last driver to finish promotes and confirms
+        log(f"{elsewhere} trial(s) of this study still run in other drivers: the promotion and the seed "
+            f"confirmation are left to the last of them to finish, whose summary holds them")
+        cluster = None
     rung = promotion_rung(settings) if settings.strategy != ONESHOT else 1
     if rung > 1 and "promotion" not in plan.study.user_attrs and cluster is not None and not STOP.requested:
         promotion = promote(settings, plan.study, cluster, rung)

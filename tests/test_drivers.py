@@ -20,7 +20,7 @@ import run_search
 from search.optuna_adapter import set_system_attr, storage_of
 from search.storage import open_storage
 from search.studies import DRIVER, Lease, driver_record
-from tests.conftest import kill_family
+from tests.conftest import count_trials, kill_family
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "fashion-mnist", "--train-size", "100", "--val-size", "50", "--epochs", "1", "--batch-size", "50",
@@ -165,6 +165,21 @@ def test_a_second_driver_on_a_running_study_joins_it_and_fails_none_of_its_trial
     assert drivers == {first.pid, second.pid}  # each trained trials of its own
     assert "run in other drivers" in out2 and "--trials 4 counts the study's total" in out2
     assert "4 trained (" in (tmp_path / "s" / "summary.md").read_text()  # the reports cover the whole study
+
+
+@pytest.mark.slow
+def test_a_driver_that_finishes_while_others_train_leaves_the_confirmation_to_the_last(tmp_path) -> None:
+    db = tmp_path / "s" / "study.db"
+    longer = ["--train-size", "2000"]  # trials long enough for the second driver to see one running
+    first = _start(_command("--trials", "3", *longer), tmp_path)
+    _wait(first, lambda: count_trials(db, "train") >= 1 and _held(db) >= 1)
+    second = _start(_command("--trials", "1", "--confirm-seeds", "1", *longer), tmp_path)  # nothing left to train
+    out, _ = _finish(second)
+    assert "still run in other drivers: the promotion and the seed confirmation are left to the last" in out
+    assert "confirming:" not in out
+    _finish(first)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+    assert "confirmation" not in study.user_attrs and len(_end_state(study, 3)["train"]) == 3
 
 
 @pytest.mark.slow
