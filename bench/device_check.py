@@ -204,49 +204,49 @@ def step_side_by_side(check: Check) -> dict:
     return {"rows": rows}
 
 
-def step_search(check: Check) -> dict:
-    folder = check.out / "search"
+#: The tiny size's data for the searches (--tiny).
+TINY_SEARCH = ["--dataset", "fashion-mnist", "--train-size", "100", "--val-size", "50", "--epochs", "1",
+               "--batch-size", "25"]
+
+
+def _run_search(check: Check, step: str, limit: float, args: list[str]) -> tuple[dict[str, Any], Any]:
+    """`run_search.py` for `limit` seconds in the step's folder (no confirmation, no export): its
+    figures, and its study (None where it made none)."""
+    folder = check.out / step
     folder.mkdir(parents=True, exist_ok=True)
-    limit = 60.0 if check.tiny else min(180.0, check.left() - SEARCH_OVERHEAD_S)
-    if limit < 30:
-        return {"skipped": f"{check.left():.0f} s left, too little for a search"}
-    tiny = ["--dataset", "fashion-mnist", "--train-size", "100", "--val-size", "50", "--epochs", "1",
-            "--batch-size", "25", "--trials", "2", "--no-baselines", "--warm-start", "1"] if check.tiny else []
     cmd = [sys.executable, str(ROOT / "run_search.py"), "--budget-flops", "1.3G", "--study", "device-check",
            "--results-dir", str(folder), "--time-limit", f"{limit:.0f}s", "--confirm-seeds", "0", "--export-top",
-           "0", *check.data_args(), *tiny]
-    started = time.monotonic()
-    code = run_command(cmd, limit + (240 if check.tiny else check.left() - limit), folder / "run_search.log")
-    figures = {"command": " ".join(cmd[1:]), "exit": code, "seconds": round(time.monotonic() - started, 1),
-               "time_limit_s": limit, **_study_figures(folder / "device-check" / "study.db")}
-    if code != 0:
-        figures["error"] = f"run_search.py exited with {code}: {_tail(folder / 'run_search.log')}"
-    return figures
-
-
-def step_oneshot(check: Check) -> dict:
-    folder = check.out / "oneshot"
-    folder.mkdir(parents=True, exist_ok=True)
-    limit = 150.0 if check.tiny else min(60.0, check.left() - SEARCH_OVERHEAD_S)
-    if limit < 15:
-        return {"skipped": f"{check.left():.0f} s left, too little for a one-shot search"}
-    tiny = ["--dataset", "fashion-mnist", "--train-size", "100", "--val-size", "50", "--batch-size", "25",
-            "--epochs", "1", "--recalibration-images", "50", "--candidates", "6"] if check.tiny else []
-    cmd = [sys.executable, str(ROOT / "run_search.py"), "--strategy", "oneshot", "--budget-flops", "1.3G", "--study",
-           "device-check", "--results-dir", str(folder), "--time-limit", f"{limit:.0f}s", "--supernet-epochs", "1",
-           "--top-k", "1", "--no-baselines", "--confirm-seeds", "0", "--export-top", "0", *check.data_args(), *tiny]
+           "0", *check.data_args(), *args]
     started = time.monotonic()
     code = run_command(cmd, limit + (240 if check.tiny else check.left() - limit), folder / "run_search.log")
     figures: dict[str, Any] = {"command": " ".join(cmd[1:]), "exit": code,
                                "seconds": round(time.monotonic() - started, 1), "time_limit_s": limit}
-    study = _load_study(folder / "device-check" / "study.db")
+    if code != 0:
+        figures["error"] = f"run_search.py exited with {code}: {_tail(folder / 'run_search.log')}"
+    return figures, _load_study(folder / "device-check" / "study.db")
+
+
+def step_search(check: Check) -> dict:
+    limit = 60.0 if check.tiny else min(180.0, check.left() - SEARCH_OVERHEAD_S)
+    if limit < 30:
+        return {"skipped": f"{check.left():.0f} s left, too little for a search"}
+    tiny = [*TINY_SEARCH, "--trials", "2", "--no-baselines", "--warm-start", "1"] if check.tiny else []
+    figures, study = _run_search(check, "search", limit, tiny)
+    return {**figures, **_study_figures(study)}
+
+
+def step_oneshot(check: Check) -> dict:
+    limit = 150.0 if check.tiny else min(60.0, check.left() - SEARCH_OVERHEAD_S)
+    if limit < 15:
+        return {"skipped": f"{check.left():.0f} s left, too little for a one-shot search"}
+    tiny = [*TINY_SEARCH, "--recalibration-images", "50", "--candidates", "6"] if check.tiny else []
+    figures, study = _run_search(check, "oneshot", limit, ["--strategy", "oneshot", "--supernet-epochs", "1",
+                                                           "--top-k", "1", "--no-baselines", *tiny])
     if study is not None:
         supernet, scoring = study.user_attrs.get("supernet", {}), study.user_attrs.get("oneshot_scoring", {})
         figures.update({"supernet_device": supernet.get("device"), "supernet_train_s": supernet.get("train_s"),
                         "scoring_device": scoring.get("device"), "candidates_scored": scoring.get("scored"),
                         "candidates_per_s": scoring.get("per_s")})
-    if code != 0:
-        figures["error"] = f"run_search.py exited with {code}: {_tail(folder / 'run_search.log')}"
     return figures
 
 
@@ -260,8 +260,7 @@ def _load_study(db: Path) -> Any:
     return optuna.load_study(study_name="device-check", storage=f"sqlite:///{db}")
 
 
-def _study_figures(db: Path) -> dict:
-    study = _load_study(db)
+def _study_figures(study: Any) -> dict:
     if study is None:
         return {"trials_trained": 0}
     trained = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "train"]
