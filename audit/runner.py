@@ -40,6 +40,7 @@ from ranking.audits import protocol_key
 from ranking.evaluation import ProxyScore, score_audit, write_audit
 from ranking.ladder import ladder_for, write_ladder
 from search import stop
+from search.cluster import planned_device
 from search.driver import connect, prepare, quiet_libraries, train_trials
 from search.options import add_options, compute_from_args, protocol_from_args
 from search.settings import COMPUTE, TRAIN, SearchSettings
@@ -189,7 +190,8 @@ def _audit(args: argparse.Namespace) -> int:
             SearchSettings(study=study)  # the name is checked like a search's
         else:
             base = protocol_from_args(args, args.backbone, args.seeds[0])
-            precision = precision_record(base.precision)
+            trials_on = planned_device(SearchSettings(**compute_from_args(args)))  # a GPU where trials get one
+            precision = precision_record(base.precision, trials_on)
         planned = []
         for rung in () if args.from_study else rungs:
             protocol = protocol_at_rung(base, rung)
