@@ -49,6 +49,7 @@ class Lines:
         self.thread.start()
 
     def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None  # started with stdout=PIPE
         for line in proc.stdout:
             self.lines.append((time.monotonic(), line.rstrip()))
 
@@ -67,6 +68,8 @@ def throughput_run(cluster, results: Path, storage: str | None, workers: int, tr
         raise RuntimeError(f"search {study} failed ({proc.returncode})")
     start = lines.first(r"\| started ")
     end = lines.first(r"search finished")
+    if start is None or end is None:
+        raise RuntimeError(f"search {study} printed no start or no end of its trials")
     url = storage or f"sqlite:///{results / study / 'study.db'}"
     runs = [t for t in optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
             if t.user_attrs.get("status") == "train"]
@@ -98,11 +101,17 @@ def recovery_run(cluster, results: Path, env: dict) -> float:
     print(retry, flush=True)
     name = retry.split("| retrying ")[1].split()[0]
     again = lines.first(rf"\| started {name}", after=killed)
+    if again is None:
+        raise RuntimeError(f"search {study}: trial {name} was not started again")
     return again - killed
 
 
 def main(argv: list[str] | None = None) -> None:
     from tests.servers import Postgres, RayCluster, postgres_bin
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        raise SystemExit("PostgreSQL is not installed: scripts/ensure_postgres.sh installs it")
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8)
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kills", type=int, default=2)
     args = parser.parse_args(argv)
     results = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    server = Postgres.start(postgres_bin())
+    server = Postgres.start(bin_dir)
     os.environ["PGPASSWORD"] = server.password  # this process reads the studies too
     env = {**RayCluster.env(), "OMP_NUM_THREADS": "1"}
     rows, recovery = [], []
@@ -128,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                               f"{run['overhead_s']:.1f} s overhead per trial", flush=True)
             for (workers, storage), runs in samples.items():
                 row = {"at a time": workers, "storage": storage}
-                for key, label in (("trials_per_min", "trials/min"), ("overhead_s", "overhead s/trial")):
-                    values = [r[key] for r in runs]
+                for figure, label in (("trials_per_min", "trials/min"), ("overhead_s", "overhead s/trial")):
+                    values = [r[figure] for r in runs]
                     low, high, _ = median_interval(values)
                     row[label] = statistics.median(values)
                     row[f"{label} range"] = f"{low:.1f}-{high:.1f}"

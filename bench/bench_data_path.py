@@ -49,7 +49,7 @@ def _write_jpeg(job: tuple[str, int]) -> None:
 
 def make_tree(root: Path, images: int, classes: int, val_per_class: int = 2) -> Path:
     """An ImageNet-layout tree: `images` training JPEGs spread over `classes`, a few validation ones."""
-    jobs = []
+    jobs: list[tuple[str, int]] = []
     for split, per_class in (("train", -(-images // classes)), ("val", val_per_class)):
         for c in range(classes):
             folder = root / split / f"n{c:08d}"

@@ -50,6 +50,7 @@ def requeue_seconds(study, url: str, grace: float, elsewhere: bool) -> float:
         cmd = ["unshare", "--uts", "sh", "-c", 'hostname other-node && exec "$@"', "sh", *cmd]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     victim = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    assert victim.stdout is not None  # started with stdout=PIPE
     number = int(victim.stdout.readline())
     time.sleep(random.uniform(1.0, 1.0 + max(1.0, grace / 6)))  # any moment of its heartbeat cycle
     victim.send_signal(signal.SIGKILL)

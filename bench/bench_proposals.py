@@ -51,7 +51,10 @@ def proposal_seconds(sampler: str, trials: int, stored: bool, seed: int = 0) -> 
                 define(trial)
                 study.tell(trial, rng.uniform(0, 70))
             else:
-                trial, spec = proposer.next()
+                assert proposer is not None
+                candidate = proposer.next()
+                assert candidate is not None, "the sampler proposed nothing new"
+                trial, spec = candidate
                 proposer.record(trial, spec, rng.uniform(0, 70), 0.0)
             seconds.append(time.perf_counter() - started)
     return seconds

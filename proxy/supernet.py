@@ -16,7 +16,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypedDict
 
 import torch
 from torch import nn
@@ -33,8 +33,9 @@ from .runtime import autocast, prepare_device, resolve_precision
 from .training import (NonFiniteLossError, TrainingStopped, evaluate, make_optimizer, scheduled_batches,
                        seed_everything)
 
-__all__ = ["DEFAULT_SAMPLING", "SAMPLINGS", "check_checkpoint", "describe", "fair_specs", "load_supernet",
-           "recalibration_batches", "sandwich_specs", "score", "space_supernet", "train_supernet", "training_key"]
+__all__ = ["DEFAULT_SAMPLING", "SAMPLINGS", "ScoringFidelity", "check_checkpoint", "describe", "fair_specs",
+           "load_supernet", "recalibration_batches", "sandwich_specs", "score", "space_supernet", "train_supernet",
+           "training_key"]
 
 #: How supernet training picks a step's subnets: `fair_specs` or `sandwich_specs`.
 SAMPLINGS = ("fair", "sandwich")
@@ -125,6 +126,14 @@ def recalibration_batches(data: ProxyData, protocol: ProxyProtocol, images: int,
         taken += len(x)
         if taken >= images:
             return
+
+
+class ScoringFidelity(TypedDict):
+    """How `score` scores a candidate: BatchNorm recalibration images, and the validation images
+    it scores on (0: all)."""
+
+    recalibration_images: int
+    score_images: int
 
 
 def score(supernet: Supernet, spec: ArchSpec, data: ProxyData, protocol: ProxyProtocol, *,

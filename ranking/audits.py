@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from proxy.protocol import ProxyProtocol
+
+if TYPE_CHECKING:  # proxy.supernet brings torch; a type needs none of it
+    from proxy.supernet import ScoringFidelity
 
 #: Audits measured by the project (studies/protocol_study.py), read by `audit_for` beside the user's own.
 SHIPPED_AUDITS = Path(__file__).resolve().parent / "audited_protocols.json"
@@ -123,7 +126,7 @@ def supernet_audit(supernet: Mapping[str, Any] | None, kind: str) -> tuple[dict[
     return None, ""
 
 
-def ranking_audit(supernet: dict[str, Any] | None, fidelity: dict[str, int] | None = None) -> str:
+def ranking_audit(supernet: dict[str, Any] | None, fidelity: ScoringFidelity | None = None) -> str:
     """Which audit a supernet's ranking rests on: the one saved beside its checkpoint, else the
     project's of its training key, if any; says so when the search scored candidates otherwise
     than the audit did (`fidelity`: the search's `recalibration_images` and `score_images`)."""

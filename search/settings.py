@@ -14,7 +14,7 @@ from typing import Any
 from localvit.backbones import SEARCH_BACKBONES
 from localvit.cli import option as _option
 from proxy.protocol import ProxyProtocol
-from proxy.supernet import DEFAULT_SAMPLING, SAMPLINGS
+from proxy.supernet import DEFAULT_SAMPLING, SAMPLINGS, ScoringFidelity
 from ranking.signals import rank_by_choices
 from space.budget import Budget
 
@@ -268,7 +268,7 @@ class SearchSettings:
         return self.storage or f"sqlite:///{self.study_dir / 'study.db'}"
 
     @property
-    def scoring_fidelity(self) -> dict[str, int]:
+    def scoring_fidelity(self) -> ScoringFidelity:
         """How a one-shot candidate is scored, as `proxy.supernet.score` takes it and audits record it."""
         return {"recalibration_images": self.recalibration_images, "score_images": self.score_images}
 

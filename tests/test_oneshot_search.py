@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 import pytest
 import sqlalchemy
+import torch
 
 import run_search
 from proxy.data import ProxyData
