@@ -18,7 +18,7 @@ import json
 from bench.common import RESULTS, save
 from proxy.protocol import PROXY_GROUP
 from ranking.audits import protocol_key
-from ranking.ladder import crossing, ladder_for, ladder_markdown, ladder_rows, plot_ladder
+from ranking.ladder import crossing, ladder_for, ladder_page, ladder_rows, plot_ladder
 from search.options import add_options, protocol_from_args
 from space.references import PAPER_IMAGENET, load_references
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ladder = ladder_for(key, args.results_dir, references.key)
     rows = ladder_rows(ladder)
     title = f"Fidelity ladder of the proxy protocol `{key}` on {references.name}"
-    text = ladder_markdown(rows, title)
+    text = ladder_page(ladder, title)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot_ladder(rows, RESULTS / "ladder.png", title)

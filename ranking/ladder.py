@@ -253,6 +253,35 @@ def plot_ladder(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> No
     plt.close(fig)
 
 
+def designs_markdown(ladder: Mapping[int, Mapping[str, Any]]) -> str:
+    """Every reference design's score at every rung, a column a rung (its seeds' scores), beside
+    its target and parameter count: where each rung's ranking comes from."""
+    if not ladder:
+        return ""
+    audits = sorted(ladder.items())
+    names = [row["name"] for row in audits[0][1]["rows"]]
+    header = "| design | target | params (M) | " + " | ".join(
+        f"rung {rung}, seed{'s' if len(a['seeds']) > 1 else ''} {', '.join(map(str, a['seeds']))}"
+        for rung, a in audits) + " |"
+    lines = ["## The designs at each rung", "", header, "|---" * (3 + len(audits)) + "|"]
+    by_rung = [{row["name"]: row for row in a["rows"]} for _, a in audits]
+    for name in sorted(names, key=lambda n: -by_rung[0][n]["target"]):
+        first = by_rung[0][name]
+        cells = []
+        for (_, audit), rows in zip(audits, by_rung):
+            scores = rows.get(name, {}).get(audit.get("measured", "proxy"), {})
+            cells.append(" / ".join(f"{scores[seed]:.1f}" if scores.get(seed) is not None else "-"
+                                    for seed in map(str, audit["seeds"])))
+        lines.append(f"| {name} | {first['target']:.1f} | {first['signals']['params'] / 1e6:.2f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ladder_page(ladder: Mapping[int, Mapping[str, Any]], title: str) -> str:
+    """The ladder's page: the rungs beside the free baselines (`ladder_markdown`), then the designs."""
+    return ladder_markdown(ladder_rows(ladder), title) + "\n" + designs_markdown(ladder)
+
+
 def write_ladder(ladder: Mapping[int, Mapping[str, Any]], folder: Path, title: str) -> Path:
     """ladder.json (the rows and the trend), ladder.md and ladder.png under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -260,9 +289,10 @@ def write_ladder(ladder: Mapping[int, Mapping[str, Any]], folder: Path, title: s
     (folder / "ladder.json").write_text(json.dumps({"rows": rows, "trend": crossing(rows)}, indent=2) + "\n")
     plot_ladder(rows, folder / "ladder.png", title)
     path = folder / "ladder.md"
-    path.write_text(ladder_markdown(rows, title))
+    path.write_text(ladder_page(ladder, title))
     return path
 
 
-__all__ = ["HEADLINE_PAIR", "base_key_of", "crossing", "describe_ladder", "headline_gap", "ladder_for",
-           "ladder_markdown", "ladder_rows", "plot_ladder", "rung_of", "trusted_rung", "write_ladder"]
+__all__ = ["HEADLINE_PAIR", "base_key_of", "crossing", "describe_ladder", "designs_markdown", "headline_gap",
+           "ladder_for", "ladder_markdown", "ladder_page", "ladder_rows", "plot_ladder", "rung_of", "trusted_rung",
+           "write_ladder"]

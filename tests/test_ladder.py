@@ -14,8 +14,8 @@ from scipy import stats
 from proxy.protocol import ProxyProtocol, at_rung, parse_rungs, protocol_at_rung, training_pool
 from ranking.audits import SHIPPED_AUDITS, protocol_key
 from ranking.evaluation import ProxyScore, score_audit
-from ranking.ladder import (HEADLINE_PAIR, crossing, ladder_for, ladder_markdown, ladder_rows, trusted_rung,
-                            write_ladder)
+from ranking.ladder import (HEADLINE_PAIR, crossing, designs_markdown, ladder_for, ladder_markdown, ladder_rows,
+                            trusted_rung, write_ladder)
 from space.references import load_references
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +137,14 @@ def test_the_shipped_default_protocol_is_rung_one_of_its_ladder() -> None:
     assert ladder[1] == shipped[key]
     text = ladder_markdown(ladder_rows(ladder), "t")
     assert "| 1x | 4,000 x 3 (93) |" in text and "params (free)" in text
+    designs = designs_markdown(ladder).splitlines()
+    assert designs[2] == "| design | target | params (M) | rung 1, seeds 0, 1 |"
+    rows = sorted(shipped[key]["rows"], key=lambda r: -r["target"])
+    assert len(designs) == 4 + len(rows)
+    for line, row in zip(designs[4:], rows):  # best on ImageNet first, each seed's proxy score
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == row["name"] and float(cells[1]) == row["target"]
+        assert [float(v) for v in cells[3].split(" / ")] == [round(row["proxy"][s], 1) for s in ("0", "1")]
 
 
 def test_bad_rungs_are_one_line_exit_2(capsys, tmp_path) -> None:
