@@ -90,24 +90,19 @@ def plan_references(references: ReferenceSet, protocol: ProxyProtocol, seeds: Se
     return plans
 
 
-class LeftToOthers(Exception):
-    """Other drivers still train designs of the audit: the last of them to finish writes it."""
-
-
 def train_references(plans: Sequence[tuple[SearchSettings, Any, Any]]) -> dict[str, dict[str, ProxyScore]] | None:
-    """Proxy-train every reference design with each seed (resuming what a study holds already);
-    None when a signal stopped it (`search.stop`: what ran is closed and queued again).
-
-    Raises:
-        LeftToOthers: designs of a seed still train in other drivers of its study."""
+    """Proxy-train every reference design with each seed (resuming what a study holds already): the
+    scores of each seed, less the seeds whose designs still train in other drivers of the study
+    (theirs to finish); None when a signal stopped it (`search.stop`: what ran is closed and queued
+    again)."""
     scores = {}
     for settings, plan, cluster in plans:
         log(f"audit: study {settings.study!r}, {plan.space.size()} reference designs, seed {settings.seed}")
         interrupted, elsewhere = train_trials(settings, plan, cluster)
         if elsewhere and not STOP.requested:
-            raise LeftToOthers(f"{elsewhere} design(s) of study {settings.study!r} still train in other drivers: "
-                               f"the audit is theirs to write (the last to finish writes it; or run the same "
-                               f"command again once they have)")
+            log(f"{elsewhere} design(s) of study {settings.study!r} still train in other drivers: seed "
+                f"{settings.seed} is theirs to finish")
+            continue
         if STOP.requested:
             say(stopped_line(f"{len(read_scores(plan.study))} of {plan.space.size()} designs trained with seed "
                              f"{settings.seed}, {interrupted} interrupted and queued again; no audit was written"))
@@ -207,13 +202,13 @@ def _audit(args: argparse.Namespace) -> int:
         if len(rungs) > 1:
             log(f"audit: rung {rung} of {', '.join(map(str, rungs))}: {protocol.train_size} images x "
                 f"{protocol.epochs} epochs")
-        try:
-            trained = train_references(plans)
-        except LeftToOthers as left:
-            log(str(left))
-            return 0
+        trained = train_references(plans)
         if trained is None:
             return STOP.exit_status
+        if len(trained) < len(plans):
+            log(f"the audit {study!r} is left to the drivers that finish its designs (or to the same command "
+                f"run again once they have)")
+            continue
         _write(args, references, trained, study, protocol, base, rung, precision, plans[0][0].storage_url)
     if args.rungs:
         key = protocol_key(base)

@@ -488,6 +488,13 @@ class ProxyData:
         moved.device = device
         return moved
 
+    def release(self, device: str | torch.device) -> None:
+        """Drop the splits moved to `device` (every view of this data shares them), so that their
+        memory can go back to the device; the host's copies stay."""
+        name = str(torch.device(device))
+        for key in [k for k in self._tensors if k[1] == name and name != "cpu"]:
+            del self._tensors[key]
+
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 images (N, C, H, W) and int64 labels of a split, on the data's device."""
         _check_split(split)

@@ -335,5 +335,5 @@ def _train_epoch(supernet: Supernet, subnets: Callable[[random.Random], list[Arc
         optimizer.step()
         trained += len(specs)
     seconds = time.perf_counter() - started
-    return {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "lr": lr, "subnets": trained,
+    return {"epoch": epoch, "device": device, "train_loss": loss_sum / max(1, seen), "lr": lr, "subnets": trained,
             "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1) if seconds else 0.0}

@@ -269,7 +269,7 @@ def designs_markdown(ladder: Mapping[int, Mapping[str, Any]]) -> str:
         first = by_rung[0][name]
         cells = []
         for (_, audit), rows in zip(audits, by_rung):
-            scores = rows.get(name, {}).get(audit.get("measured", "proxy"), {})
+            scores = rows.get(name, {}).get("proxy", {})  # each seed's score of the measured signal
             cells.append(" / ".join(f"{scores[seed]:.1f}" if scores.get(seed) is not None else "-"
                                     for seed in map(str, audit["seeds"])))
         lines.append(f"| {name} | {first['target']:.1f} | {first['signals']['params'] / 1e6:.2f} | "

@@ -124,8 +124,9 @@ def ensure_supernet(settings: SearchSettings, plan: Plan, threads: int, device: 
         try:
             return _train_supernet(settings, plan, threads, path, key, device)
         finally:
-            if torch.device(device).type == "cuda":
-                torch.cuda.empty_cache()  # the scoring actors share the GPU next
+            if torch.device(device).type == "cuda":  # the scoring actors and the top-k trials share the GPU next
+                get_proxy_data(settings.protocol.data_config()).release(device)
+                torch.cuda.empty_cache()
 
 
 def _train_supernet(settings: SearchSettings, plan: Plan, threads: int, path: Path, key: dict[str, Any],
@@ -141,8 +142,9 @@ def _train_supernet(settings: SearchSettings, plan: Plan, threads: int, path: Pa
     _, history = train_supernet(plan.space, settings.protocol.replace(threads=threads), data,
                                 epochs=settings.supernet_epochs, sampling=settings.supernet_sampling,
                                 checkpoint=path, report=report, stop=lambda: STOP.requested, device=device)
+    devices = sorted({h["device"] for h in history if "device" in h})  # where each epoch trained, run by run
     plan.study.set_user_attr("supernet", {"key": key["digest"], "path": str(path), "epochs": len(history),
-                                          "device": device,
+                                          "device": ", ".join(devices) or None,
                                           "train_s": round(sum(h["seconds"] for h in history), 1),
                                           "trained_now_s": round(time.perf_counter() - started, 1)})
     return path
@@ -278,7 +280,6 @@ def evaluate_candidates(settings: SearchSettings, plan: Plan, checkpoint: Path, 
     busy: dict[Any, tuple[int, list]] = {}
     started, last_log, scored = time.time(), time.time(), 0
     try:
-        device = ", ".join(sorted(set(ray.get([worker.where.remote() for worker in actors]))))  # once loaded
         while not STOP.requested:  # a signal: what was scored is stored, what is in flight was never stored
             for index, worker in enumerate(actors):  # a call queued behind the running one
                 while calls[index] < CALLS_AHEAD and (deadline is None or time.time() < deadline) \
@@ -304,6 +305,8 @@ def evaluate_candidates(settings: SearchSettings, plan: Plan, checkpoint: Path, 
                 last_log = time.time()
                 log(f"scored {len(proposer.scored)}/{settings.candidates} on the supernet "
                     f"({scored / (time.time() - started):.2f}/s), best {proposer.best():.2f}%", out)
+        placed, _ = ray.wait([worker.where.remote() for worker in actors], num_returns=len(actors), timeout=5.0)
+        device = ", ".join(sorted(set(ray.get(placed)))) or None
     finally:
         for worker in actors:
             ray.kill(worker)

@@ -387,3 +387,17 @@ def test_the_shipped_audits_rescored_from_their_rows_give_their_figures_again() 
         for key, value in shipped.items():
             assert computed[key] == (pytest.approx(value, abs=1e-12, nan_ok=True) if isinstance(value, float)
                                      else value), key
+
+
+def test_a_seed_whose_designs_still_train_in_other_drivers_is_left_to_them(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from audit import runner
+    from search.driver import Trained
+
+    elsewhere = {0: 0, 1: 2}  # seed 1's study: two designs still train in another driver
+    monkeypatch.setattr(runner, "train_trials", lambda settings, plan, cluster: Trained(0, elsewhere[settings.seed]))
+    monkeypatch.setattr(runner, "read_scores", lambda study: {"a": study})
+    plans = [(SimpleNamespace(seed=seed, study=f"s{seed}"), SimpleNamespace(space=make_space("paper"), study=seed),
+              None) for seed in (0, 1)]
+    assert runner.train_references(plans) == {"0": {"a": 0}}  # seed 1 is the other driver's to finish

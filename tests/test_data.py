@@ -222,6 +222,9 @@ def test_batches_are_made_on_the_data_device_without_host_copies(tmp_path):
             assert x.shape[1:] == (1, 28, 28)
     assert data.tensors("train")[0].device.type == "cpu"
     assert on_meta.steps_per_epoch(16) == data.steps_per_epoch(16) == 4
+    host = data.tensors("train")[0]
+    data.release("meta")  # every view's device copies go; the host's stay
+    assert on_meta.tensors("train")[0] is not images and data.tensors("train")[0] is host
 
 
 def _write_idx(path, array, magic_ndim=None):
