@@ -138,7 +138,8 @@ def test_the_shipped_default_protocol_is_rung_one_of_its_ladder() -> None:
     text = ladder_markdown(ladder_rows(ladder), "t")
     assert "| 1x | 4,000 x 3 (93) |" in text and "params (free)" in text
     designs = designs_markdown(ladder).splitlines()
-    assert designs[2] == "| design | target | params (M) | rung 1, seeds 0, 1 |"
+    assert designs[2].startswith("| design | target | params (M) | rung 1, seeds 0, 1 |")
+    assert designs[2].count("| rung ") == len(ladder)  # a column a shipped rung
     rows = sorted(shipped[key]["rows"], key=lambda r: -r["target"])
     assert len(designs) == 4 + len(rows)
     for line, row in zip(designs[4:], rows):  # best on ImageNet first, each seed's proxy score
