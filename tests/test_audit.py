@@ -188,13 +188,16 @@ def test_tiny_audit_end_to_end_killed_and_resumed_trains_nothing_twice(tmp_path)
            str(tmp_path), "--seeds", "0", "1", "--train-size", "200", "--val-size", "100", "--epochs", "1",
            "--batch-size", "50", "--resamples", "300"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env,
-                            start_new_session=True)
+    err = tmp_path / "first-run.err"  # what it said, should it end before the kill
+    with open(err, "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink, cwd=tmp_path, env=env,
+                                start_new_session=True)
     db = tmp_path / "a" / "study.db"
     deadline = time.time() + 300
     while time.time() < deadline and _completed(db) < 2 and proc.poll() is None:
         time.sleep(1)
-    assert proc.poll() is None and _completed(db) >= 2, "the audit did not get going, or ended before the kill"
+    assert proc.poll() is None and _completed(db) >= 2, \
+        f"the audit did not get going, or ended before the kill (exit {proc.poll()}): {err.read_text()[-2000:]}"
     kill_family(proc)  # the driver and the Ray processes it started
     storage = f"sqlite:///{db}"
     before = {(s.study_name, t.user_attrs["spec_id"]): t.values
