@@ -189,6 +189,11 @@ class Supernet(nn.Module):
         """Per block, the largest design it holds of each FFN type."""
         return [cast(_SharedBlock, block).caps for block in self.blocks]
 
+    @property
+    def device(self) -> torch.device:
+        """Where its weights are: the subnets it runs and extracts are put there too."""
+        return next(self.parameters()).device
+
     def why_not(self, spec: ArchSpec) -> str | None:
         """None when the supernet holds `spec`, else the first reason it does not."""
         for name in _GLOBAL_FIELDS:
@@ -244,10 +249,9 @@ class Supernet(nn.Module):
     def _template(self, spec: ArchSpec) -> nn.Module:
         """The stand-alone module structure of `spec` (its own weights are never used; its buffers that
         no state_dict holds are, so it lives on the supernet's device); a few are kept."""
-        device = next(self.parameters()).device
         template = self._templates.pop(spec, None)
-        if template is None or next(template.parameters()).device != device:
-            template = build_model(spec).to(device)
+        if template is None or next(template.parameters()).device != self.device:
+            template = build_model(spec).to(self.device)
         self._templates[spec] = template  # most recent last
         while len(self._templates) > 8:
             self._templates.pop(next(iter(self._templates)))
@@ -264,7 +268,7 @@ class Supernet(nn.Module):
     def extract(self, spec: ArchSpec) -> nn.Module:
         """`build_model(spec)` carrying copies of the subnet's weights and statistics, in eval mode, on
         the supernet's device."""
-        model = build_model(self.check(spec)).to(next(self.parameters()).device)
+        model = build_model(self.check(spec)).to(self.device)
         state = self._state(spec, model)  # the model is its own template
         model.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
         return model.eval()

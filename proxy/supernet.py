@@ -143,17 +143,13 @@ def score(supernet: Supernet, spec: ArchSpec, data: ProxyData, protocol: ProxyPr
     `recalibration_images=0` keeps the supernet's own (mixed) statistics; `score_images` > 0
     scores on the split's first that many images (the same ones for every candidate). Runs on
     the supernet's device."""
-    device = str(_device_of(supernet))
+    device = str(supernet.device)
     model = supernet.extract(proxy_of(spec, protocol, (data.in_chans, data.num_classes)))
     precision = resolve_precision(protocol.precision, device)
     if recalibration_images:
         with autocast(precision, device):
             recalibrate_bn(model, recalibration_batches(data.to(device), protocol, recalibration_images, seed))
     return evaluate(model, data, split, protocol.eval_batch_size, precision, device, images=score_images or None)
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def describe(supernet: Supernet) -> dict[str, Any]:

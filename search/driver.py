@@ -370,15 +370,16 @@ def run(settings: SearchSettings, plan: Plan, cluster: Cluster | None) -> int:
     if elsewhere:  # their results may change the best: the last driver to finish promotes and confirms
         log(f"{elsewhere} trial(s) of this study still run in other drivers: the promotion and the seed "
             f"confirmation are left to the last of them to finish, whose summary holds them")
-        cluster = None
+    ours = not elsewhere  # the steps after the trials are this driver's: no other still trains
     rung = promotion_rung(settings) if settings.strategy != ONESHOT else 1
-    if rung > 1 and "promotion" not in plan.study.user_attrs and cluster is not None and not STOP.requested:
+    if rung > 1 and "promotion" not in plan.study.user_attrs and ours and cluster is not None \
+            and not STOP.requested:
         promotion = promote(settings, plan.study, cluster, rung)
         if promotion:
             rank_by = resolve_rank_by(settings, None, promotion)
             record_rank_by(plan.study, rank_by)
             log(f"ranking by {rank_by.why}")
-    if settings.confirm_seeds and "confirmation" not in plan.study.user_attrs and cluster is not None \
+    if settings.confirm_seeds and "confirmation" not in plan.study.user_attrs and ours and cluster is not None \
             and not STOP.requested:
         confirm(settings, plan.study, cluster)
     partial = STOP.requested and needs_ray(settings, plan)  # else the signal came when all was done
