@@ -29,20 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """0 when the search finished; 2 for bad input, 74 for a storage fault (a full disk, a database
-    away for longer than --storage-retry), 128 + the signal when SIGTERM or SIGINT stopped it:
+    away for longer than --storage-retry), 75 for a cluster that kept losing trial workers
+    (`search.cluster.ClusterFault`), 128 + the signal when SIGTERM or SIGINT stopped it:
     each ends in one line, and the same command resumes."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from search import stop
     from search.driver import connect, prepare, quiet_libraries, run
     from search.options import settings_from_args
-    from search.storage import storage_faults
 
     quiet_libraries()
     with stop.handling():
         with usage_errors():  # bad input: one line, exit 2, nothing in the study changed
             settings = settings_from_args(args)
-        with storage_faults(settings.study_dir):
+        with stop.faults(settings.study_dir):
             with usage_errors():
                 plan = prepare(settings, resume=args.resume)
                 cluster = connect(settings, plan)

@@ -45,7 +45,7 @@ from search.driver import connect, prepare, quiet_libraries, train_trials
 from search.options import add_options, compute_from_args, protocol_from_args
 from search.settings import COMPUTE, TRAIN, SearchSettings
 from search.stop import STOP, say, stopped_line
-from search.storage import open_storage, storage_faults, without_password
+from search.storage import open_storage, without_password
 from space.references import PAPER_IMAGENET, ReferenceSet, load_references
 
 
@@ -161,11 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """0 when the audit is written; 2 for bad input, 74 for a storage fault, 128 + the signal when
+    """0 when the audit is written; 2 for bad input, 74 for a storage fault, 75 for a cluster that
+    kept losing trial workers, 128 + the signal when
     SIGTERM or SIGINT stopped it (the same command resumes)."""
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    with stop.handling(), storage_faults(Path(args.results_dir).resolve()):
+    with stop.handling(), stop.faults(Path(args.results_dir).resolve()):
         return _audit(args)
 
 

@@ -25,6 +25,7 @@ from proxy.protocol import ProxyProtocol
 from proxy.runtime import CUDA_CONTEXT_BYTES, jemalloc_env
 
 from . import stop
+from .storage import causes
 from .settings import AUTO, CPU_WORKERS, SearchSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,6 +301,32 @@ def lost_reason(error: BaseException | None, node_ip: str | None, epoch: int) ->
     else:
         what = f"its worker on {where} died"
     return f"{what} during epoch {epoch}"
+
+
+#: The exit status when Ray Tune itself kept stopping on lost workers (sysexits' EX_TEMPFAIL).
+CLUSTER_FAULT = 75
+
+
+class ClusterFault(stop.Fault):
+    """Ray Tune stopped on a lost worker or node more often in a row than `--max-retries` allows."""
+
+    exit_status = CLUSTER_FAULT
+
+
+def tune_loss(error: BaseException) -> str:
+    """What the infrastructure took when Ray Tune's run raised `error`, in words; '' when `error`
+    is no such loss. Tune retries a trial whose worker dies while it trains, but a worker lost
+    while Tune starts or resets it (Ray's memory monitor kills the newest task first) raises out
+    of `Tuner.fit` instead: the search treats that as a lost trial too."""
+    from ray import exceptions
+
+    losses = (exceptions.OutOfMemoryError, exceptions.WorkerCrashedError, exceptions.NodeDiedError,
+              exceptions.RayActorError, exceptions.ObjectLostError)
+    lost = next((e for e in causes(error) if isinstance(e, losses)), None)
+    if lost is None:
+        return ""
+    first = str(lost).strip().splitlines()[0] if str(lost).strip() else ""
+    return f"{type(lost).__name__}: {first}" if first else type(lost).__name__
 
 
 def node_alive(ip: str, wait_s: float = 0.0) -> bool:

@@ -11,6 +11,7 @@ started beside a running one join it, Optuna's way: each trains trials of its ow
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import sys
@@ -34,13 +35,13 @@ from space.cost import target_cost
 from space.space import ListSpace, make_space
 
 from .candidates import exhausted_message
-from .cluster import Cluster, planned_device, ray_output, start_cluster
+from .cluster import Cluster, ClusterFault, planned_device, ray_output, start_cluster, tune_loss
 from .optuna_adapter import storage_of
 from .rank_by import promotion_rung
 from .rank_by import record as record_rank_by
 from .rank_by import resolve as resolve_rank_by
 from .settings import ONESHOT, SearchSettings
-from .stop import STOP, say, stopped_line
+from .stop import STOP, resume_command, say, stopped_line
 from .storage import open_storage
 from .studies import (Holding, Lease, Plan, enqueue_baselines, enqueue_warm_starts, open_study,
                       paper_baselines, trained_count)
@@ -143,7 +144,14 @@ def _train_grid(settings: SearchSettings, cluster: Cluster, configs: list[dict[s
                                   progress_reporter=None,
                                   failure_config=tune.FailureConfig(max_failures=settings.max_retries)))
     with ray_output(cluster.log):
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except Exception as err:
+            loss = tune_loss(err)
+            if not loss:
+                raise
+            raise ClusterFault(f"Ray Tune stopped on a lost worker ({loss}) while it trained the {name} runs; the "
+                               f"study keeps every trial trained; resume with: {resume_command()}") from err
     done = (results[i] for i in range(len(results)))  # ResultGrid is indexed; it declares no __iter__
     return [((result.config or {})["candidate"], (result.metrics or {}).get("accuracy")) for result in done]
 
@@ -294,7 +302,25 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
     candidates on the supernet first, then train its top-k), on the Ray `connect` gave (None:
     nothing is left to train)."""
     with Lease(plan.study, settings.storage_url, settings.heartbeat_grace_s, settings.storage_retry_s) as lease:
-        _train_trials(settings, plan, cluster, lease, time.time())
+        started = time.time()
+        for retry in itertools.count(1):
+            try:
+                _train_trials(settings, plan, cluster, lease, started)
+                break
+            except Exception as err:  # a worker Ray lost where Tune does not retry it: the trials go on
+                loss = tune_loss(err)
+                if not loss:
+                    raise
+                queued = lease.release(f"Ray lost its worker: {loss}")
+                if retry > settings.max_retries:
+                    raise ClusterFault(
+                        f"Ray Tune stopped {retry} times in a row on a lost worker ({loss}); the study keeps every "
+                        f"trial trained and queued the {queued} it ran again; give each trial more memory (more "
+                        f"--cpus-per-trial, fewer --workers) or more nodes, then resume with: {resume_command()}"
+                        ) from err
+                log(f"Ray Tune stopped on a lost worker ({loss}): {queued} trial(s) closed and queued again; "
+                    f"going on (retry {retry} of {settings.max_retries}; Ray's log: "
+                    f"{cluster.log if cluster else '-'})")
         if STOP.requested:
             return Trained(lease.release(), 0)
         lease.reap()

@@ -19,12 +19,10 @@ import functools
 import os
 import shutil
 import sqlite3
-import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import optuna
 import sqlalchemy
@@ -33,7 +31,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .optuna_adapter import PRIVATE_STORAGE_CALLS
-from .stop import say
+from .stop import Fault, say
 
 #: SQLAlchemy dialects whose driver is libpq (it reads PGPASSWORD and ~/.pgpass by itself).
 _LIBPQ_DIALECTS = ("postgresql",)
@@ -67,8 +65,14 @@ def has_password(url: str | None) -> bool:
         return False
 
 
-class StorageFault(RuntimeError):
+#: The exit status of a storage fault (sysexits' EX_IOERR): the study is intact and resumable.
+STORAGE_FAULT = 74
+
+
+class StorageFault(Fault):
     """The storage failed in a way the user must act on; the message is the one line to print."""
+
+    exit_status = STORAGE_FAULT
 
 
 def _sqlite_full(err: BaseException) -> bool:
@@ -219,26 +223,6 @@ def full_disk_message(folder: Path | None) -> str:
     free = shutil.disk_usage(where).free
     return (f"the disk holding {where} is full ({free / 2**20:.1f} MiB free): the study keeps every trial stored "
             f"before; free some space and run the same command to resume")
-
-
-#: The exit status of a storage fault (sysexits' EX_IOERR): the study is intact and resumable.
-STORAGE_FAULT = 74
-
-
-@contextmanager
-def storage_faults(folder: Path) -> Iterator[None]:
-    """Inside, a storage that stayed away (`StorageFault`) or a full disk under `folder` ends the
-    command with one line and exit status `STORAGE_FAULT`, never a traceback."""
-    try:
-        yield
-    except StorageFault as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(STORAGE_FAULT)
-    except Exception as err:
-        if not disk_full(err):
-            raise
-        print(f"error: {full_disk_message(folder)}", file=sys.stderr, flush=True)
-        sys.exit(STORAGE_FAULT)
 
 
 def _commit_without_fsync_each(engine: sqlalchemy.engine.Engine) -> None:

@@ -215,13 +215,14 @@ class Lease:
                 gone.append(t)
         return self._requeue(gone, "interrupted (its driver stopped)")
 
-    def release(self) -> int:
-        """Close the trials this driver leaves running (a stop) and queue them again, first in line."""
+    def release(self, why: str = "the driver stopped") -> int:
+        """Close the trials this driver leaves running (a stop, or a loss Ray Tune stopped on) and
+        queue them again, first in line."""
         with self._lock:
             held, self._held = set(self._held), set()
         mine = [t for t in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                 if trial_id(t) in held]
-        return self._requeue(mine, "interrupted (the driver stopped)")
+        return self._requeue(mine, f"interrupted ({why})")
 
     def elsewhere(self) -> tuple[int, int]:
         """Trials of this search that other drivers trained since this one started, and those they

@@ -1,6 +1,7 @@
 """Faults a user meets under a scheduler, each started for real: SIGTERM (during proxy training,
 supernet training, one-shot scoring and the final reports), a second signal, a full disk, a
-PostgreSQL server restarted in the middle of a search, a corrupt supernet checkpoint. Each ends
+PostgreSQL server restarted in the middle of a search, a corrupt supernet checkpoint, a trial
+worker lost where Ray Tune raises instead of retrying. Each ends
 in completion or one line with a documented exit status, and the same command then completes
 the search with the trials asked for, none trained twice.
 
@@ -252,6 +253,45 @@ def test_a_postgres_restart_in_the_middle_of_a_search_is_ridden_out(tmp_path, po
     _assert_complete(study, 6)
     assert not [t for t in study.trials if t.user_attrs.get("status") == "interrupted"]  # nothing lost
     _record("PostgreSQL restarted for 8 s mid-search", proc.returncode, 0, 0.0)
+
+
+def _worker_lost_as_ray_tune_raises_it(*_: object, **__: object) -> None:
+    """What Ray Tune's actor manager raises out of `Tuner.fit` when Ray's memory monitor kills a
+    trial process it is starting (the node's memory check picks the newest task first)."""
+    from ray import exceptions
+
+    oom = exceptions.OutOfMemoryError("1 worker(s) were killed due to the node running low on memory. Memory on "
+                                      "the node (IP: 192.0.2.2) was 22.42GB used / 23.54GB limit (0.952289)\n"
+                                      "OOM kill reason: Memory usage exceeded threshold")
+    raise RuntimeError(f"Caught unexpected exception: {oom}") from oom
+
+
+def test_a_worker_lost_where_ray_tune_raises_is_retried_then_one_line_and_the_same_command_completes(
+        tmp_path, monkeypatch, capfd) -> None:
+    import run_search
+    from search.progress import Progress
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--study", "lost", "--results-dir", ".", *TINY, "--trials", "2", "--max-retries", "1"]
+    with monkeypatch.context() as patched:  # every trial's start meets the loss
+        patched.setattr(Progress, "on_trial_start", _worker_lost_as_ray_tune_raises_it)
+        with pytest.raises(SystemExit) as ended:
+            run_search.main(argv)
+    out, err = capfd.readouterr()
+    assert ended.value.code == 75, err[-3000:]
+    retried = [line for line in out.splitlines() if "Ray Tune stopped on a lost worker" in line]
+    assert len(retried) == 1 and "OutOfMemoryError: 1 worker(s) were killed" in retried[0] \
+        and "retry 1 of 1" in retried[0], out[-3000:]
+    last = _last_line(err)
+    assert last.startswith("error: Ray Tune stopped 2 times in a row on a lost worker (OutOfMemoryError") \
+        and "resume with: python" in last and "Traceback" not in err, err[-3000:]
+    storage = f"sqlite:///{tmp_path / 'lost' / 'study.db'}"
+    closed = [t for t in _study(storage, "lost").trials if t.user_attrs.get("status") == "interrupted"]
+    assert len(closed) >= 2 and all("Ray lost its worker: OutOfMemoryError" in t.user_attrs["failure"]
+                                    for t in closed)
+    assert run_search.main(argv) == 0  # the cause gone, the same command completes
+    _assert_complete(_study(storage, "lost"), 2)
+    _record("a trial worker killed for memory as Ray Tune starts it", ended.value.code, 0, 0.0)
 
 
 def test_a_corrupt_supernet_checkpoint_is_one_line_and_exit_2(tmp_path) -> None:

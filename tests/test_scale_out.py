@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 import run_search as run_search_module
-from search.cluster import lost_reason, node_check
+from search.cluster import lost_reason, node_check, tune_loss
 from search.settings import SearchSettings
 from search.storage import without_password
 from tests.servers import Postgres, RayCluster, postgres_server
@@ -60,6 +60,23 @@ def test_lost_reasons_name_the_cause_and_the_epoch() -> None:
     oom = RuntimeError("Task was killed due to the node running low on memory (OOM)")
     assert lost_reason(oom, "10.0.0.7", 1) == "its worker on node 10.0.0.7 was killed for lack of memory during epoch 1"
     assert lost_reason(None, None, 2) == "its worker on its node died during epoch 2"
+
+
+def test_only_what_the_infrastructure_took_counts_as_a_loss_out_of_ray_tune() -> None:
+    from ray import exceptions
+
+    died = exceptions.NodeDiedError("node 10.0.0.7 died\nits state: ...")
+    try:
+        try:
+            raise died
+        except exceptions.NodeDiedError as err:
+            raise RuntimeError("Caught unexpected exception") from err
+    except RuntimeError as raised:
+        assert tune_loss(raised) == "NodeDiedError: node 10.0.0.7 died"
+    try:
+        raise RuntimeError("a bug in a callback") from ValueError("not Ray's")
+    except RuntimeError as raised:
+        assert tune_loss(raised) == ""
 
 
 @pytest.mark.parametrize("args", [["--cpus-per-trial", "64"], ["--gpus-per-trial", "1"]])
