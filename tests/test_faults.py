@@ -272,7 +272,7 @@ def test_a_worker_lost_where_ray_tune_raises_is_retried_then_one_line_and_the_sa
     from search.progress import Progress
 
     monkeypatch.chdir(tmp_path)
-    argv = ["--study", "lost", "--results-dir", ".", *TINY, "--trials", "2", "--max-retries", "1"]
+    argv = ["--study", "lost", "--results-dir", ".", *TINY, "--trials", "1", "--max-retries", "1"]
     with monkeypatch.context() as patched:  # every trial's start meets the loss
         patched.setattr(Progress, "on_trial_start", _worker_lost_as_ray_tune_raises_it)
         with pytest.raises(SystemExit) as ended:
@@ -292,7 +292,7 @@ def test_a_worker_lost_where_ray_tune_raises_is_retried_then_one_line_and_the_sa
     started = time.time()
     assert run_search.main(argv) == 0  # the cause gone, the same command completes
     resume_s = time.time() - started
-    _assert_complete(_study(storage, "lost"), 2)
+    _assert_complete(_study(storage, "lost"), 1)
     _record("a trial worker killed for memory as Ray Tune starts it", ended.value.code, 0, resume_s)
 
 
