@@ -36,13 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from search import stop
     from search.driver import connect, prepare, quiet_libraries, run
+    from search.faults import faults
     from search.options import settings_from_args
 
     quiet_libraries()
     with stop.handling():
         with usage_errors():  # bad input: one line, exit 2, nothing in the study changed
             settings = settings_from_args(args)
-        with stop.faults(settings.study_dir):
+        with faults(settings.study_dir):
             with usage_errors():
                 plan = prepare(settings, resume=args.resume)
                 cluster = connect(settings, plan)

@@ -45,6 +45,7 @@ from search.driver import connect, prepare, quiet_libraries, train_trials
 from search.options import add_options, compute_from_args, protocol_from_args
 from search.settings import COMPUTE, TRAIN, SearchSettings
 from search.stop import STOP, say, stopped_line
+from search.faults import faults
 from search.storage import open_storage, without_password
 from space.references import PAPER_IMAGENET, ReferenceSet, load_references
 
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGTERM or SIGINT stopped it (the same command resumes)."""
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    with stop.handling(), stop.faults(Path(args.results_dir).resolve()):
+    with stop.handling(), faults(Path(args.results_dir).resolve()):
         return _audit(args)
 
 

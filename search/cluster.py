@@ -25,7 +25,7 @@ from proxy.protocol import ProxyProtocol
 from proxy.runtime import CUDA_CONTEXT_BYTES, jemalloc_env
 
 from . import stop
-from .storage import causes
+from .faults import Fault, causes
 from .settings import AUTO, CPU_WORKERS, SearchSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -307,7 +307,7 @@ def lost_reason(error: BaseException | None, node_ip: str | None, epoch: int) ->
 CLUSTER_FAULT = 75
 
 
-class ClusterFault(stop.Fault):
+class ClusterFault(Fault):
     """Ray Tune stopped on a lost worker or node more often in a row than `--max-retries` allows."""
 
     exit_status = CLUSTER_FAULT

@@ -1,5 +1,4 @@
-"""How a command ends before its work is done: a graceful stop on SIGTERM or SIGINT (what
-schedulers such as Slurm, Kubernetes and systemd, and Ctrl+C, send), or a fault outside the input.
+"""A graceful stop on SIGTERM or SIGINT, what schedulers (Slurm, Kubernetes, systemd) and Ctrl+C send.
 
 The first signal asks the search to stop: no new trial starts, the running ones are stopped and
 closed as interrupted (queued again for a resume), and the reports of what finished are written
@@ -7,9 +6,7 @@ and marked partial; the command then ends with one line that says why and how to
 exit status 128 + the signal (143 for SIGTERM, 130 for SIGINT). A second signal stops at once:
 the study stays resumable (a resume closes what was left running). While Ray Tune runs trials,
 the request reaches it through Tune's own interrupt (its SIGUSR1 handler), so that it stops its
-trials and saves its state before it returns. A fault (`Fault`: a storage that stayed away, a
-cluster that kept losing workers, a full disk) ends the command in one line with its own exit
-status (`faults`).
+trials and saves its state before it returns.
 """
 from __future__ import annotations
 
@@ -19,19 +16,10 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
 from typing import Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class Fault(RuntimeError):
-    """A fault outside the input that the user must act on (a storage that stayed away, a cluster
-    that kept losing workers): its message is the one line to print, `exit_status` (sysexits')
-    the status the command ends with, and the same command resumes once the cause is gone."""
-
-    exit_status = 1
 
 
 class Stop:
@@ -70,24 +58,6 @@ def resume_command() -> str:
     (`sys.orig_argv` keeps the interpreter's options, which `sys.argv` replaces by the module's path)."""
     args = sys.orig_argv[1:]
     return shlex.join(["python", *args]) if args and sys.argv and sys.argv[0] else "the same command"
-
-
-@contextmanager
-def faults(folder: Path) -> Iterator[None]:
-    """Inside, a `Fault` or a full disk under `folder` ends the command with one line and the
-    fault's exit status, never a traceback."""
-    from .storage import STORAGE_FAULT, disk_full, full_disk_message
-
-    try:
-        yield
-    except Fault as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_status)
-    except Exception as err:
-        if not disk_full(err):
-            raise
-        print(f"error: {full_disk_message(folder)}", file=sys.stderr, flush=True)
-        sys.exit(STORAGE_FAULT)
 
 
 def say(line: str) -> None:
@@ -179,5 +149,5 @@ def stopped_line(what: str) -> str:
     return f"stopped by {STOP.name}: {what}; resume with: {resume_command()}"
 
 
-__all__ = ["STOP", "Fault", "Stop", "end_processes", "faults", "handling", "install", "reclaim", "resume_command",
+__all__ = ["STOP", "Stop", "end_processes", "handling", "install", "reclaim", "resume_command",
            "say", "stopped_line"]

@@ -14,10 +14,8 @@ search moves it there (this process only) and records the URL without it.
 """
 from __future__ import annotations
 
-import errno
 import functools
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -31,7 +29,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .optuna_adapter import PRIVATE_STORAGE_CALLS
-from .stop import Fault, say
+from .faults import STORAGE_FAULT, Fault, causes, disk_full, full_disk_message
+from .stop import say
 
 #: SQLAlchemy dialects whose driver is libpq (it reads PGPASSWORD and ~/.pgpass by itself).
 _LIBPQ_DIALECTS = ("postgresql",)
@@ -65,32 +64,10 @@ def has_password(url: str | None) -> bool:
         return False
 
 
-#: The exit status of a storage fault (sysexits' EX_IOERR): the study is intact and resumable.
-STORAGE_FAULT = 74
-
-
 class StorageFault(Fault):
     """The storage failed in a way the user must act on; the message is the one line to print."""
 
     exit_status = STORAGE_FAULT
-
-
-def _sqlite_full(err: BaseException) -> bool:
-    return isinstance(err, sqlite3.OperationalError) and "disk is full" in str(err)
-
-
-def causes(err: BaseException | None) -> list[BaseException]:
-    """`err` and every exception it was raised from or during."""
-    chain: list[BaseException] = []
-    while err is not None and err not in chain:
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    return chain
-
-
-def disk_full(err: BaseException) -> bool:
-    """Whether `err` comes from a full disk (SQLite's or any file's)."""
-    return any(_sqlite_full(e) or (isinstance(e, OSError) and e.errno == errno.ENOSPC) for e in causes(err))
 
 
 def _transient(err: BaseException) -> bool:
@@ -213,16 +190,6 @@ def _sqlite_folder(url: str) -> Path | None:
         return None
     return Path(parsed.database).resolve().parent if parsed.get_backend_name() == "sqlite" and parsed.database \
         else None
-
-
-def full_disk_message(folder: Path | None) -> str:
-    """One line for a full disk: which folder, how much is free, how to go on."""
-    where = folder or Path.cwd()
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    free = shutil.disk_usage(where).free
-    return (f"the disk holding {where} is full ({free / 2**20:.1f} MiB free): the study keeps every trial stored "
-            f"before; free some space and run the same command to resume")
 
 
 def _commit_without_fsync_each(engine: sqlalchemy.engine.Engine) -> None:
