@@ -11,7 +11,7 @@ COMMA := ,
 # proxy/runtime.py (JEMALLOC_PATH, JEMALLOC_CONF) is the home of the path and settings the trials use;
 # make cannot import it, and here it also finds the arm64 library for commands run through make.
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
-RUN_ENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=oversize_threshold:0$(COMMA)dirty_decay_ms:-1$(COMMA)muzzy_decay_ms:-1)
+RUN_ENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=dirty_decay_ms:-1$(COMMA)muzzy_decay_ms:-1)
 
 .PHONY: search test lint test-slow bench study data venv
 

@@ -38,7 +38,7 @@ echo "device check: $pick ($("$pick" -c 'import torch; print("torch", torch.__ve
 # jemalloc for the CPU work of the trials (as `make search` preloads it), where installed.
 JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 if [ -f "$JEMALLOC" ]; then
-    export LD_PRELOAD="$JEMALLOC" MALLOC_CONF="oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    export LD_PRELOAD="$JEMALLOC" MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1"  # proxy/runtime.py JEMALLOC_CONF
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "$pick" -m bench.device_check "$@"

@@ -26,7 +26,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: workspaces): about 0.5 GiB with torch 2.x; rounded up.
 CUDA_CONTEXT_BYTES = 1 << 30
 JEMALLOC_PATH = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+#: Freed pages stay with the process for the next step (as fast as the old `oversize_threshold:0`
+#: beside it, which made a Ray trial worker grow by 150-300 MB/s on IV/gamma2-se4 at rung 10:
+#: docs/results/2026-12-07-ladder.md).
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:
