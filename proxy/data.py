@@ -576,8 +576,7 @@ def _check_split(split: str) -> None:
 
 @lru_cache(maxsize=4)
 def get_proxy_data(config: DataConfig) -> ProxyData:
-    """A per-process memo: the driver, the audit and the zero-cost scores of one process share one
-    `ProxyData` per configuration."""
+    """A per-process memo: trials in one (reused) Ray worker share one `ProxyData`."""
     return ProxyData(config)
 
 

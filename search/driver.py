@@ -76,13 +76,6 @@ def connect(settings: SearchSettings, plan: Plan) -> Cluster | None:
     return start_cluster(settings) if needs_ray(settings, plan) else None
 
 
-#: Whether Ray Tune trains a trial in the process of the trial before. No: a process that had
-#: trained one rung-10 design grew to 20 GB on the next (one training alone holds 1.5 GB) until
-#: Ray's memory monitor killed it; a fresh process costs about 5 s a trial on two CPU cores
-#: (docs/results/2026-12-07-ladder.md), under 1% of a rung-10 trial and 5% of the default's.
-TRIAL_PROCESS_REUSE = False
-
-
 def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSpec], remaining: int,
                cluster: Cluster, lease: Lease) -> None:
     from ray import tune
@@ -111,10 +104,9 @@ def run_trials(settings: SearchSettings, plan: Plan, baselines: dict[str, ArchSp
         tuner = tune.Tuner(
             tune.with_resources(train_candidate, resources),
             # No sample limit: the searcher ends the search when `remaining` trials trained, not
-            # counting those lost to the infrastructure. Each trial in a process of its own
-            # (`TRIAL_PROCESS_REUSE`).
+            # counting those lost to the infrastructure.
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
-                                        max_concurrent_trials=settings.workers, reuse_actors=TRIAL_PROCESS_REUSE,
+                                        max_concurrent_trials=settings.workers, reuse_actors=True,
                                         time_budget_s=settings.time_limit_s),
             run_config=tune.RunConfig(name="ray", storage_path=cluster.storage_path, verbose=0,
                                       callbacks=[progress], progress_reporter=None,
@@ -147,7 +139,7 @@ def _train_grid(settings: SearchSettings, cluster: Cluster, configs: list[dict[s
     tuner = tune.Tuner(
         tune.with_resources(confirm_candidate, cluster.resources),
         param_space={"candidate": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=cluster.workers, reuse_actors=TRIAL_PROCESS_REUSE),
+        tune_config=tune.TuneConfig(max_concurrent_trials=cluster.workers, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=cluster.storage_path, verbose=0,
                                   progress_reporter=None,
                                   failure_config=tune.FailureConfig(max_failures=settings.max_retries)))
