@@ -84,3 +84,14 @@ def count_trials(db: Path, status: str) -> int:
                 f"where t.state = 'COMPLETE' and a.key = 'status' and a.value_json = '\"{status}\"'").fetchone()[0]
     except sqlite3.OperationalError:  # the file exists before its schema does
         return 0
+
+
+@pytest.fixture
+def local_ray() -> Iterator[None]:
+    """For a test that starts Ray in its own process (a search run in-process, a task): the local
+    Ray is shut down after it, as the end of a `run_search.py` process would, so that no later
+    test finds it."""
+    yield
+    import ray
+
+    ray.shutdown()

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 import pytest
@@ -265,16 +264,6 @@ def _worker_lost_as_ray_tune_raises_it(*_: object, **__: object) -> None:
                                       "the node (IP: 192.0.2.2) was 22.42GB used / 23.54GB limit (0.952289)\n"
                                       "OOM kill reason: Memory usage exceeded threshold")
     raise RuntimeError(f"Caught unexpected exception: {oom}") from oom
-
-
-@pytest.fixture
-def local_ray() -> Iterator[None]:
-    """A test that searches in its own process: the local Ray it starts is shut down after it, as
-    the end of a `run_search.py` process would, so that no later test finds it."""
-    yield
-    import ray
-
-    ray.shutdown()
 
 
 def test_a_worker_lost_where_ray_tune_raises_is_retried_then_one_line_and_the_same_command_completes(

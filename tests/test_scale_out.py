@@ -79,6 +79,41 @@ def test_only_what_the_infrastructure_took_counts_as_a_loss_out_of_ray_tune() ->
         assert tune_loss(raised) == ""
 
 
+def _rss_while_training(design: str, rung: int, seconds: float) -> list[int]:
+    """In a Ray worker: RSS (MB) every 10 s while `design` trains at `rung`, for `seconds`."""
+    import threading
+
+    from proxy.protocol import ProxyProtocol, protocol_at_rung
+    from proxy.training import train_proxy
+    from space.references import load_references
+
+    def rss() -> int:
+        return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]) // 1024
+
+    row = next(r for r in load_references().rows if r.name == design)
+    protocol = protocol_at_rung(ProxyProtocol(), rung).replace(threads=2)
+    threading.Thread(target=train_proxy, args=(row.spec, protocol), daemon=True).start()
+    samples = []
+    for _ in range(int(seconds // 10)):
+        time.sleep(10)
+        samples.append(rss())
+    return samples
+
+
+@pytest.mark.slow
+def test_a_ray_trial_worker_trains_a_rung_10_design_in_bounded_memory(local_ray) -> None:
+    """IV/gamma2-se4 at rung 10 grew a Ray trial worker by 150-300 MB/s under the trials' old
+    jemalloc settings (docs/results/2026-12-07-ladder.md); one training holds about 1.5 GB."""
+    import ray
+
+    from search.cluster import worker_env
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {**worker_env(SearchSettings(cpus_per_trial=2)), "PYTHONPATH": str(REPO)}})
+    samples = ray.get(ray.remote(num_cpus=2)(_rss_while_training).remote("IV/gamma2-se4", 10, 50))
+    assert max(samples) < 3000 and samples[-1] - samples[0] < 300, samples
+
+
 @pytest.mark.parametrize("args", [["--cpus-per-trial", "64"], ["--gpus-per-trial", "1"]])
 def test_a_trial_bigger_than_this_machine_is_one_line_exit_2_before_ray_starts(tmp_path, capsys, monkeypatch,
                                                                               args) -> None:
