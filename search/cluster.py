@@ -25,7 +25,7 @@ from proxy.protocol import ProxyProtocol
 from proxy.runtime import CUDA_CONTEXT_BYTES, jemalloc_env
 
 from . import stop
-from .faults import Fault, causes
+from .faults import Fault, causes, disk_full
 from .settings import AUTO, CPU_WORKERS, SearchSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,12 +317,18 @@ def tune_loss(error: BaseException) -> str:
     """What the infrastructure took when Ray Tune's run raised `error`, in words; '' when `error`
     is no such loss. Tune retries a trial whose worker dies while it trains, but a worker lost
     while Tune starts or resets it (Ray's memory monitor kills the newest task first) raises out
-    of `Tuner.fit` instead: the search treats that as a lost trial too."""
+    of `Tuner.fit` instead: the search treats that as a lost trial too. Only what `error` was
+    raised *from* counts (Tune chains the loss so): an error of ours met while Tune handled a
+    loss is not one, nor a `Fault` or a full disk."""
     from ray import exceptions
 
     losses = (exceptions.OutOfMemoryError, exceptions.WorkerCrashedError, exceptions.NodeDiedError,
-              exceptions.RayActorError, exceptions.ObjectLostError)
-    lost = next((e for e in causes(error) if isinstance(e, losses)), None)
+              exceptions.RayActorError, exceptions.OwnerDiedError)
+    if any(isinstance(e, Fault) for e in causes(error)) or disk_full(error):
+        return ""
+    lost: BaseException | None = error
+    while lost is not None and not isinstance(lost, losses):
+        lost = lost.__cause__
     if lost is None:
         return ""
     first = str(lost).strip().splitlines()[0] if str(lost).strip() else ""

@@ -11,7 +11,6 @@ started beside a running one join it, Optuna's way: each trains trials of its ow
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import os
 import sys
@@ -300,27 +299,40 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
     """Close what lost drivers left running, queue baselines and warm starts, and train trials until
     the study holds as many as asked, with any other drivers of the study (one-shot: score
     candidates on the supernet first, then train its top-k), on the Ray `connect` gave (None:
-    nothing is left to train)."""
+    nothing is left to train). Where Ray Tune itself stops on a lost worker, the trials it ran
+    are queued again and the training goes on, within the time limit; more than
+    `--max-retries` such stops with no trial trained between them is a `ClusterFault`."""
     with Lease(plan.study, settings.storage_url, settings.heartbeat_grace_s, settings.storage_retry_s) as lease:
-        started = time.time()
-        for retry in itertools.count(1):
+        started, losses, trained_at_loss = time.time(), 0, -1
+        while True:
             try:
                 _train_trials(settings, plan, cluster, lease, started)
                 break
             except Exception as err:  # a worker Ray lost where Tune does not retry it: the trials go on
+                if STOP.requested:  # a stop that reached the workers first is a stop
+                    break
                 loss = tune_loss(err)
                 if not loss:
                     raise
                 queued = lease.release(f"Ray lost its worker: {loss}")
-                if retry > settings.max_retries:
+                trained = trained_count(plan.study)
+                losses = 1 if trained > trained_at_loss >= 0 else losses + 1
+                trained_at_loss = trained
+                if losses > settings.max_retries:
                     raise ClusterFault(
-                        f"Ray Tune stopped {retry} times in a row on a lost worker ({loss}); the study keeps every "
+                        f"Ray Tune stopped {losses} times in a row on a lost worker ({loss}); the study keeps every "
                         f"trial trained and queued the {queued} it ran again; give each trial more memory (more "
                         f"--cpus-per-trial, fewer --workers) or more nodes, then resume with: {resume_command()}"
                         ) from err
+                left = settings.time_limit_s - (time.time() - started) if settings.time_limit_s else None
+                if left is not None and left <= 0:
+                    log(f"Ray Tune stopped on a lost worker ({loss}) at the time limit: {queued} trial(s) closed "
+                        f"and queued again for a resume")
+                    break
                 log(f"Ray Tune stopped on a lost worker ({loss}): {queued} trial(s) closed and queued again; "
-                    f"going on (retry {retry} of {settings.max_retries}; Ray's log: "
+                    f"going on (retry {losses} of {settings.max_retries}; Ray's log: "
                     f"{cluster.log if cluster else '-'})")
+                settings, started = replace(settings, time_limit_s=left), time.time()  # the same deadline
         if STOP.requested:
             return Trained(lease.release(), 0)
         lease.reap()

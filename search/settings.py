@@ -120,7 +120,8 @@ class SearchSettings:
         COMPUTE, metavar="PATH_OR_URI", default_text="the study folder, enough for one machine"))
     max_retries: int = field(default=2, metadata=_option(
         "retry a trial lost to the infrastructure (a node or worker died) this many times on another node; it "
-        "keeps its candidate and does not count as a trial", COMPUTE))
+        "keeps its candidate and does not count as a trial; also how many times in a row Ray Tune itself may "
+        "stop on a lost worker before the search ends (exit status 75)", COMPUTE))
     protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
     asha: bool = field(default=True, metadata=_option(
         "train every trial for all epochs (no early stopping)", SEARCH, flag="--no-asha"))

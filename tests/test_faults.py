@@ -266,34 +266,48 @@ def _worker_lost_as_ray_tune_raises_it(*_: object, **__: object) -> None:
     raise RuntimeError(f"Caught unexpected exception: {oom}") from oom
 
 
-def test_a_worker_lost_where_ray_tune_raises_is_retried_then_one_line_and_the_same_command_completes(
+def test_a_worker_lost_where_ray_tune_raises_is_retried_and_the_search_completes(
         tmp_path, monkeypatch, capfd, local_ray) -> None:
     import run_search
     from search.progress import Progress
 
+    starts = []
+    start = Progress.on_trial_start
+
+    def lost_once(self: Progress, *args: object, **kwargs: object) -> None:
+        starts.append(1)
+        if len(starts) == 1:
+            _worker_lost_as_ray_tune_raises_it()
+        start(self, *args, **kwargs)
+
+    monkeypatch.setattr(Progress, "on_trial_start", lost_once)
     monkeypatch.chdir(tmp_path)
-    argv = ["--study", "lost", "--results-dir", ".", *TINY, "--trials", "1", "--max-retries", "1"]
-    with monkeypatch.context() as patched:  # every trial's start meets the loss
-        patched.setattr(Progress, "on_trial_start", _worker_lost_as_ray_tune_raises_it)
-        with pytest.raises(SystemExit) as ended:
-            run_search.main(argv)
+    started = time.time()
+    assert run_search.main(["--study", "lost", "--results-dir", ".", *TINY, "--trials", "1"]) == 0
     out, err = capfd.readouterr()
-    assert ended.value.code == 75, err[-3000:]
     retried = [line for line in out.splitlines() if "Ray Tune stopped on a lost worker" in line]
     assert len(retried) == 1 and "OutOfMemoryError: 1 worker(s) were killed" in retried[0] \
-        and "retry 1 of 1" in retried[0], out[-3000:]
+        and "retry 1 of 2" in retried[0] and "Traceback" not in err, out[-3000:] + err[-3000:]
+    study = _study(f"sqlite:///{tmp_path / 'lost' / 'study.db'}", "lost")
+    closed = [t for t in study.trials if t.user_attrs.get("status") == "interrupted"]
+    assert closed and all("Ray lost its worker: OutOfMemoryError" in t.user_attrs["failure"] for t in closed)
+    _assert_complete(study, 1)  # the lost trial's candidate trained in the same run
+    _record("a trial worker killed for memory as Ray Tune starts it", 0, 0, time.time() - started)
+
+
+def test_a_worker_lost_at_every_start_is_one_line_and_exit_75(tmp_path, monkeypatch, capfd, local_ray) -> None:
+    import run_search
+    from search.progress import Progress
+
+    monkeypatch.setattr(Progress, "on_trial_start", _worker_lost_as_ray_tune_raises_it)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as ended:
+        run_search.main(["--study", "lost", "--results-dir", ".", *TINY, "--trials", "1", "--max-retries", "0"])
+    err = capfd.readouterr().err
     last = _last_line(err)
-    assert last.startswith("error: Ray Tune stopped 2 times in a row on a lost worker (OutOfMemoryError") \
-        and "resume with: python" in last and "Traceback" not in err, err[-3000:]
-    storage = f"sqlite:///{tmp_path / 'lost' / 'study.db'}"
-    closed = [t for t in _study(storage, "lost").trials if t.user_attrs.get("status") == "interrupted"]
-    assert len(closed) >= 2 and all("Ray lost its worker: OutOfMemoryError" in t.user_attrs["failure"]
-                                    for t in closed)
-    started = time.time()
-    assert run_search.main(argv) == 0  # the cause gone, the same command completes
-    resume_s = time.time() - started
-    _assert_complete(_study(storage, "lost"), 1)
-    _record("a trial worker killed for memory as Ray Tune starts it", ended.value.code, 0, resume_s)
+    assert ended.value.code == 75 and "Traceback" not in err, err[-3000:]
+    assert last.startswith("error: Ray Tune stopped 1 times in a row on a lost worker (OutOfMemoryError") \
+        and "resume with: python" in last, err[-3000:]
 
 
 def test_a_corrupt_supernet_checkpoint_is_one_line_and_exit_2(tmp_path) -> None:
