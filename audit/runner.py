@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """0 when the audit is written; 2 for bad input, 74 for a storage fault, 75 for a cluster that
-    kept losing trial workers, 128 + the signal when
-    SIGTERM or SIGINT stopped it (the same command resumes)."""
+    kept losing trial workers, 128 + the signal when SIGTERM or SIGINT stopped it (the same
+    command resumes)."""
     args = build_parser().parse_args(argv)
     quiet_libraries()
     with stop.handling(), faults(Path(args.results_dir).resolve()):

@@ -331,8 +331,8 @@ def tune_loss(error: BaseException) -> str:
         lost = lost.__cause__
     if lost is None:
         return ""
-    first = str(lost).strip().splitlines()[0] if str(lost).strip() else ""
-    return f"{type(lost).__name__}: {first}" if first else type(lost).__name__
+    text = str(lost).strip()
+    return f"{type(lost).__name__}: {text.splitlines()[0]}" if text else type(lost).__name__
 
 
 def node_alive(ip: str, wait_s: float = 0.0) -> bool:

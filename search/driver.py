@@ -316,7 +316,7 @@ def train_trials(settings: SearchSettings, plan: Plan, cluster: Cluster | None) 
                     raise
                 queued = lease.release(f"Ray lost its worker: {loss}")
                 trained = trained_count(plan.study)
-                losses = 1 if trained > trained_at_loss >= 0 else losses + 1
+                losses = losses + 1 if trained == trained_at_loss else 1
                 trained_at_loss = trained
                 if losses > settings.max_retries:
                     raise ClusterFault(

@@ -28,8 +28,8 @@ import sqlalchemy.event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .optuna_adapter import PRIVATE_STORAGE_CALLS
 from .faults import STORAGE_FAULT, Fault, causes, disk_full, full_disk_message
+from .optuna_adapter import PRIVATE_STORAGE_CALLS
 from .stop import say
 
 #: SQLAlchemy dialects whose driver is libpq (it reads PGPASSWORD and ~/.pgpass by itself).
