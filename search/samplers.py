@@ -1,10 +1,10 @@
 """The samplers a search can propose candidates with (`--sampler`)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from space.space import ListSpace, Space
 
@@ -16,7 +16,8 @@ def make_sampler(settings: SearchSettings, space: Space, offset: int = 0) -> opt
     """Constraints reach the samplers through `trial.set_constraint` (Optuna 5), not constraints_func.
 
     The seed is offset by the trials the study holds, so that a resumed search does not replay
-    the proposals of the run it continues."""
+    the proposals of the run it continues; not the grid's, whose order must be the study's: its
+    trials name their points by index, and every driver and every resume must read them alike."""
     seed = settings.seed + offset
     if settings.sampler == "tpe":
         # Few random trials beyond the queued baselines and warm starts, and many EI candidates:
@@ -32,7 +33,7 @@ def make_sampler(settings: SearchSettings, space: Space, offset: int = 0) -> opt
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     assert isinstance(space, ListSpace)
-    return GridSampler(space.distributions(), seed=seed)
+    return GridSampler(space.distributions(), seed=settings.seed)
 
 
 class GridSampler(optuna.samplers.GridSampler):
@@ -44,6 +45,14 @@ class GridSampler(optuna.samplers.GridSampler):
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         pass
+
+    def grid_point(self, trial: FrozenTrial) -> dict[str, Any]:
+        """The point this grid gave `trial` that it never recorded as params (its driver stopped
+        between Optuna's `ask` and the first suggestion): once failed, the grid counts the point
+        visited, so it must be queued again. Empty when the grid gave it none."""
+        if "grid_id" not in trial.system_attrs or trial.system_attrs.get("search_space") != self._search_space:
+            return {}
+        return dict(zip(self._param_names, self._all_grids[trial.system_attrs["grid_id"]]))
 
 
 __all__ = ["GridSampler", "make_sampler"]

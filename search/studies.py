@@ -33,7 +33,7 @@ from space.space import ListSpace, Space
 from .cluster import planned_device
 from .optuna_adapter import fail_with, heartbeat_storage, set_system_attr, stale_trial_ids, storage_of, trial_id
 from .rank_by import RankBy
-from .samplers import make_sampler
+from .samplers import GridSampler, make_sampler
 from .settings import TRAIN, SearchSettings
 from .stop import say
 from .storage import RetryingRDBStorage
@@ -252,9 +252,7 @@ class Lease:
         for t in waiting:
             fail_with(self._study, t, {"failure": "queued again behind the interrupted", "status": "requeued"})
         for t in closed + waiting:
-            attrs = {k: t.user_attrs[k] for k in _COPIED_ATTRS if k in t.user_attrs}
-            self._study.enqueue_trial(t.params or t.system_attrs.get("fixed_params", {}), user_attrs=attrs,
-                                      skip_if_exists=False)
+            enqueue_again(self._study, t, self.study.sampler)
         return len(closed)
 
     def _beat_forever(self) -> None:
@@ -269,6 +267,26 @@ class Lease:
             if closed:
                 say(f"closed {closed} trial(s) of a driver that is gone (no heartbeat for {self.grace} s, or its "
                     f"process ended) and queued their candidates again")
+
+
+def enqueue_again(study: optuna.Study, trial: FrozenTrial,
+                  sampler: optuna.samplers.BaseSampler | None = None) -> bool:
+    """Queue the candidate of an interrupted or lost trial again, with the attributes that say where
+    it came from; False when it held none yet (a driver stopped between Optuna's `ask` and the
+    first suggestion, before any sampler but the grid had chosen).
+
+    Args:
+        study: the study to queue it in.
+        trial: the closed trial.
+        sampler: the sampler the driver asks with (the grid's points are recovered from it).
+    """
+    params = trial.params or trial.system_attrs.get("fixed_params") or (
+        sampler.grid_point(trial) if isinstance(sampler, GridSampler) else {})
+    if not params:
+        return False
+    attrs = {k: trial.user_attrs[k] for k in _COPIED_ATTRS if k in trial.user_attrs}
+    study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+    return True
 
 
 def _trained(t: FrozenTrial) -> bool:

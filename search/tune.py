@@ -26,11 +26,12 @@ from space.cost import model_cost, target_cost
 from space.space import Space
 
 from .candidates import Skips, tell_values
-from .optuna_adapter import record_constraints
+from .optuna_adapter import record_constraints, storage_of
+from .optuna_adapter import trial_id as stored_id
 from .ray_adapter import OptunaSearchAdapter
 from .settings import INFEASIBLE, LOST, TRAIN
 from .stop import STOP
-from .studies import DRIVER
+from .studies import DRIVER, enqueue_again
 
 
 def train_candidate(config: dict[str, Any]) -> None:
@@ -250,5 +251,4 @@ class ConstrainedOptunaSearch(OptunaSearchAdapter):
             return
         ot_trial.set_user_attr("failure", reason)
         super().on_trial_complete(trial_id, None, error=True)
-        attrs = {k: ot_trial.user_attrs[k] for k in ("baseline", "warm_start") if k in ot_trial.user_attrs}
-        self.optuna_study.enqueue_trial(ot_trial.params, user_attrs=attrs, skip_if_exists=False)
+        enqueue_again(self.optuna_study, storage_of(self.optuna_study).get_trial(stored_id(ot_trial)))

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 import run_search
 from search.optuna_adapter import set_system_attr, storage_of
+from search.samplers import GridSampler
 from search.storage import open_storage
 from search.studies import DRIVER, Lease, driver_record
 from tests.conftest import count_trials, kill_family
@@ -140,6 +141,35 @@ def test_a_driver_that_ended_on_this_machine_is_gone_at_once_and_a_trial_that_ne
     assert trials[old.number].user_attrs["status"] == "interrupted"
     assert trials[2].user_attrs["status"] == "requeued"  # the waiting one: claimed, closed, queued behind
     assert [t.system_attrs["fixed_params"]["x"] for t in trials if t.state == TrialState.WAITING] == [2, 1, 9]
+
+
+def _gone(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Mark a trial as held by a process of this machine that has ended (a driver killed)."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    set_system_attr(storage_of(study), trial, DRIVER, {**driver_record(), "pid": int(child.stdout)})
+
+
+def test_a_grid_point_asked_but_never_suggested_by_a_killed_driver_is_queued_again(tmp_path) -> None:
+    grid = {"x": [1, 2, 3]}
+    study = optuna.create_study(study_name="g", storage=open_storage(f"sqlite:///{tmp_path / 'g.db'}"),
+                                sampler=GridSampler(grid, seed=0))
+    killed = study.ask()  # the grid chose its point; the driver died before the first suggestion recorded it
+    _gone(study, killed)
+    assert Lease(study, _url(study), 60, 5).reap() == 1
+    trained = []
+    for _ in grid["x"]:
+        trial = study.ask()
+        trained.append(trial.suggest_categorical("x", grid["x"]))
+        study.tell(trial, 0.0)
+    assert sorted(trained) == grid["x"]  # every point once: the lost one queued again, none twice
+
+
+def test_a_trial_killed_before_any_sampler_chose_is_closed_and_queues_nothing(study) -> None:
+    killed = study.ask()  # Optuna's default sampler chooses nothing before the first suggestion
+    _gone(study, killed)
+    assert Lease(study, _url(study), 60, 5).reap() == 1
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.FAIL]
 
 
 def test_the_grace_option_is_checked_in_one_line(tmp_path, capsys) -> None:

@@ -1,6 +1,7 @@
 """The search end to end, through Ray Tune and Optuna, on a tiny real Fashion-MNIST proxy."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import subprocess
@@ -15,8 +16,11 @@ import pytest
 
 import run_search
 from localvit.spec import ArchSpec
+from search.samplers import GridSampler, make_sampler
+from search.settings import SearchSettings
 from space.cost import target_cost
 from space.paper import PAPER_NAMED_SPECS
+from space.space import ListSpace
 from tests.conftest import count_trials, kill_family
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +217,6 @@ def test_each_combination_ranks_with_the_weight_its_audit_fitted(tmp_path) -> No
 
     from ranking.audits import SHIPPED_AUDITS, protocol_key
     from search.rank_by import resolve
-    from search.settings import SearchSettings
 
     settings = SearchSettings(results_dir=str(tmp_path))  # the default protocol, audited on the paper's designs
     audit = json.loads(SHIPPED_AUDITS.read_text())[protocol_key(settings.protocol)]
@@ -335,11 +338,22 @@ def test_tiny_search_on_every_other_backbone(backbone: str, tmp_path) -> None:
     _tiny_search_on(backbone, tmp_path)
 
 
-def test_the_grid_samplers_last_point_can_be_told_outside_study_optimize() -> None:
-    from search.samplers import GridSampler as _GridSampler
+def test_a_resumed_grid_reads_the_points_of_the_run_it_continues_and_other_samplers_do_not_replay() -> None:
+    space, settings = ListSpace(), SearchSettings(sampler="grid")
 
+    def first_points(sampler: optuna.samplers.BaseSampler, n: int = 5) -> list[str]:
+        study = optuna.create_study(sampler=sampler)
+        trials = [study.ask() for _ in range(n)]
+        return [t.suggest_categorical(space.param, list(space.points)) for t in trials]
+
+    assert first_points(make_sampler(settings, space)) == first_points(make_sampler(settings, space, offset=7))
+    random = dataclasses.replace(settings, sampler="random")
+    assert first_points(make_sampler(random, space)) != first_points(make_sampler(random, space, offset=7))
+
+
+def test_the_grid_samplers_last_point_can_be_told_outside_study_optimize() -> None:
     grid = {"x": [0, 1]}
-    for sampler, raises in ((optuna.samplers.GridSampler(grid, seed=0), True), (_GridSampler(grid, seed=0), False)):
+    for sampler, raises in ((optuna.samplers.GridSampler(grid, seed=0), True), (GridSampler(grid, seed=0), False)):
         study = optuna.create_study(sampler=sampler)
         trials = [study.ask() for _ in grid["x"]]
         assert sorted(t.suggest_categorical("x", grid["x"]) for t in trials) == grid["x"]
