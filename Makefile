@@ -6,12 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SEARCH_ARGS ?= --budget-flops 1.3G
-COMMA := ,
-# jemalloc makes CPU training up to 2x faster (docs/proxy.md, "Speed"); used when installed.
-# proxy/runtime.py (JEMALLOC_PATH, JEMALLOC_CONF) is the home of the path and settings the trials use;
-# make cannot import it, and here it also finds the arm64 library for commands run through make.
-JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
-RUN_ENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=dirty_decay_ms:-1$(COMMA)muzzy_decay_ms:-1)
+# jemalloc makes CPU training up to 2x faster (docs/proxy.md, "Speed on a CPU"); used when installed.
+# proxy/allocator.py is the home of its path and settings; it prints them for the commands below.
+RUN_ENV = env $$($(PY) -m proxy.allocator)
 
 .PHONY: search test lint test-slow bench study data venv
 

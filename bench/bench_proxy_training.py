@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from proxy.runtime import jemalloc_env  # noqa: E402 (the path above first)
+from proxy.allocator import jemalloc_env  # noqa: E402 (the path above first)
 
 RESULTS = ROOT / "bench" / "results"
 

@@ -35,10 +35,8 @@ if [ -z "$pick" ]; then
     exit 3
 fi
 echo "device check: $pick ($("$pick" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.cuda.is_available())'))"
-# jemalloc for the CPU work of the trials (as `make search` preloads it), where installed.
-JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
-if [ -f "$JEMALLOC" ]; then
-    export LD_PRELOAD="$JEMALLOC" MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1"  # proxy/runtime.py JEMALLOC_CONF
-fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# jemalloc for the CPU work of the trials (as `make search` preloads it), where installed.
+allocator=$("$pick" -m proxy.allocator)
+if [ -n "$allocator" ]; then export $allocator; fi
 exec "$pick" -m bench.device_check "$@"

@@ -48,7 +48,7 @@ class ProxyProtocol:
     * speed: ``precision="auto"`` (bf16 autocast only on CPUs with native bf16, where it is
       about 1.4x faster; `proxy.runtime`), no torch.compile (16-50 s of
       compilation per new architecture against a <=10% gain on a ~2-minute trial), 1 thread
-      (two trials side by side on 2 cores), jemalloc preloaded by the driver (`jemalloc_env`),
+      (two trials side by side on 2 cores), jemalloc preloaded by the driver (`proxy.allocator`),
       evaluation in batches of 128 (500 images took 1.8 s in batches of 500 and 1.2 s in
       batches of 128 here, with the same predictions: smaller batches stay in the caches).
 

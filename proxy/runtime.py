@@ -1,6 +1,5 @@
 """How proxy training runs on this machine: the precision (`auto` resolves by device),
-the device's set-up, what a trial needs of a GPU's memory, and jemalloc for the processes
-that train.
+the device's set-up, and what a trial needs of a GPU's memory (jemalloc: `proxy.allocator`).
 
 On the CPU, bf16 autocast pays only where the CPU computes bf16 natively (AVX512-BF16 or AMX:
 about 1.4x fp32 for a LocalViT-T proxy); on AVX2-only CPUs oneDNN falls back to slow kernels,
@@ -12,9 +11,7 @@ about 1.4x fp32 for a LocalViT-T proxy); on AVX2-only CPUs oneDNN falls back to 
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,11 +22,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: GPU memory a training process holds before its first tensor (CUDA context, cuBLAS/cuDNN
 #: workspaces): about 0.5 GiB with torch 2.x; rounded up.
 CUDA_CONTEXT_BYTES = 1 << 30
-JEMALLOC_PATH = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-#: Freed pages stay with the process for the next step (as fast as the old `oversize_threshold:0`
-#: beside it, which made a Ray trial worker grow by 150-300 MB/s on IV/gamma2-se4 at rung 10:
-#: docs/results/2026-12-07-ladder.md).
-JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:
@@ -116,15 +108,5 @@ def training_bytes(model: nn.Module, batch: int, img_size: int, in_chans: int, p
     return int(sum(seen.values()) * batch / probe) + 16 * params
 
 
-def jemalloc_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for a child process (e.g. a Ray worker's ``runtime_env["env_vars"]``) that
-    preloads jemalloc when it is installed (Debian ``libjemalloc2``); unchanged otherwise."""
-    env = dict(os.environ if env is None else env)
-    if Path(JEMALLOC_PATH).is_file() and JEMALLOC_PATH not in env.get("LD_PRELOAD", ""):
-        env["LD_PRELOAD"] = ":".join(x for x in (JEMALLOC_PATH, env.get("LD_PRELOAD", "")) if x)
-        env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
-    return env
-
-
-__all__ = ["CUDA_CONTEXT_BYTES", "JEMALLOC_CONF", "JEMALLOC_PATH", "PRECISIONS", "autocast", "cpu_name",
-           "cuda_bf16", "jemalloc_env", "precision_record", "prepare_device", "resolve_precision", "training_bytes"]
+__all__ = ["CUDA_CONTEXT_BYTES", "PRECISIONS", "autocast", "cpu_name",
+           "cuda_bf16", "precision_record", "prepare_device", "resolve_precision", "training_bytes"]

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from proxy.protocol import ProxyProtocol
-from proxy.runtime import CUDA_CONTEXT_BYTES, jemalloc_env
+from proxy.allocator import jemalloc_env
+from proxy.runtime import CUDA_CONTEXT_BYTES
 
 from . import stop
 from .faults import Fault, causes, disk_full

@@ -5,6 +5,8 @@ import json
 import os
 import math
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ TINY = ArchSpec.uniform(LayerSpec("local", "hswish", "se", se_ratio=4, gamma=2),
 # a tiny protocol: 2 easy classes (trouser vs bag), 240 train / 100 val images, full width
 FAST = ProxyProtocol(dataset="fashion-mnist", train_size=240, val_size=100, epochs=3, batch_size=32, width_mult=1.0,
                      lr=3e-3, warmup_epochs=0.5, precision="fp32", threads=1)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -191,14 +195,32 @@ def test_default_protocol_localvit_beats_deit():
 
 
 def test_jemalloc_env_preloads_when_installed(tmp_path):
-    from proxy.runtime import JEMALLOC_CONF, JEMALLOC_PATH, jemalloc_env
+    from proxy.allocator import JEMALLOC_CONF, jemalloc_env, jemalloc_path
 
-    env = jemalloc_env({"PATH": "/bin"})
-    if os.path.isfile(JEMALLOC_PATH):
-        assert env["LD_PRELOAD"] == JEMALLOC_PATH and env["MALLOC_CONF"] == JEMALLOC_CONF
-        assert jemalloc_env(env)["LD_PRELOAD"] == JEMALLOC_PATH  # not added twice
+    env, path = jemalloc_env({"PATH": "/bin"}), jemalloc_path()
+    if path:
+        assert env["LD_PRELOAD"] == path and env["MALLOC_CONF"] == JEMALLOC_CONF
+        assert jemalloc_env(env)["LD_PRELOAD"] == path  # not added twice
     else:
         assert "LD_PRELOAD" not in env
+
+
+def test_the_allocators_shell_words_preload_jemalloc_in_the_command_they_run() -> None:
+    """`make` and bench/device_check.sh run their commands with `python -m proxy.allocator`'s words:
+    the child's own memory map and environment say whether they took."""
+    from proxy.allocator import JEMALLOC_CONF, jemalloc_path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    words = subprocess.run([sys.executable, "-m", "proxy.allocator"], env=env, cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    child = subprocess.run(["env", *words, sys.executable, "-c", "import os; print(os.environ.get('MALLOC_CONF')); "
+                            "print(open('/proc/self/maps').read())"], env=env, capture_output=True, text=True,
+                           check=True).stdout
+    path = jemalloc_path()
+    if path:
+        assert child.splitlines()[0] == JEMALLOC_CONF and path in child
+    else:
+        assert words == [] and "libjemalloc" not in child
 
 
 def test_get_proxy_data_is_memoised(tmp_path):

@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 import run_search as run_search_module
-from proxy.runtime import JEMALLOC_PATH
+from proxy.allocator import jemalloc_path
 from search.cluster import lost_reason, node_check, tune_loss
 from search.settings import SearchSettings
 from search.storage import without_password
@@ -120,7 +120,7 @@ def _rss_while_training(design: str, rung: int, seconds: float) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path(JEMALLOC_PATH).is_file(), reason="no jemalloc here: the trials use glibc's malloc")
+@pytest.mark.skipif(jemalloc_path() is None, reason="no jemalloc here: the trials use glibc's malloc")
 def test_a_ray_trial_worker_trains_a_rung_10_design_in_bounded_memory(local_ray) -> None:
     """IV/gamma2-se4 at rung 10 grew a Ray trial worker by 150-300 MB/s under the trials' old
     jemalloc settings (docs/results/2026-12-07-ladder.md); one training holds about 1.5 GB."""
