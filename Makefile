@@ -8,7 +8,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SEARCH_ARGS ?= --budget-flops 1.3G
 # jemalloc makes CPU training up to 2x faster (docs/proxy.md, "Speed on a CPU"); used when installed.
 # proxy/allocator.py is the home of its path and settings; it prints them for the commands below.
-RUN_ENV = env $$($(PY) -m proxy.allocator)
+RUN_ENV = env $$($(PY) proxy/allocator.py)
 
 .PHONY: search test lint test-slow bench study data venv
 

@@ -37,6 +37,6 @@ fi
 echo "device check: $pick ($("$pick" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.cuda.is_available())'))"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # jemalloc for the CPU work of the trials (as `make search` preloads it), where installed.
-allocator=$("$pick" -m proxy.allocator)
+allocator=$("$pick" proxy/allocator.py)
 if [ -n "$allocator" ]; then export $allocator; fi
 exec "$pick" -m bench.device_check "$@"

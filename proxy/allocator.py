@@ -1,14 +1,15 @@
 """jemalloc for the processes that train, the one home of its path and settings: the search sets
-them for its Ray workers, and `python -m proxy.allocator` prints them for the shell (`make` and
+them for its Ray workers, and `python proxy/allocator.py` prints them for the shell (`make` and
 `bench/device_check.sh` run their commands with them).
 
 With glibc's malloc, the large tensors of a training step are mapped and unmapped every step;
-jemalloc keeps the freed pages for the next one (docs/proxy.md, "Allocator"). Imports nothing
-heavy, so that the shell pays nothing to ask.
+jemalloc keeps the freed pages for the next one (docs/proxy.md, "Speed on a CPU"). Run as a
+file, not with `-m` (the `proxy` package imports torch): the shell pays nothing to ask.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -34,8 +35,9 @@ def jemalloc_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """
     env = dict(os.environ if env is None else env)
     path = jemalloc_path()
-    if path and path not in env.get("LD_PRELOAD", ""):
-        env["LD_PRELOAD"] = ":".join(x for x in (path, env.get("LD_PRELOAD", "")) if x)
+    preloaded = re.split(r"[:\s]+", env.get("LD_PRELOAD", ""))  # the loader takes either separator
+    if path and path not in preloaded:
+        env["LD_PRELOAD"] = ":".join(x for x in (path, *preloaded) if x)
         env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
     return env
 

@@ -1,6 +1,7 @@
 """The samplers a search can propose candidates with (`--sampler`)."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import optuna
@@ -45,6 +46,14 @@ class GridSampler(optuna.samplers.GridSampler):
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         pass
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """A trial queued with no params (by a version that queued again what a driver killed
+        before the first suggestion held) takes a point of its own, as an asked one does."""
+        if trial.system_attrs.get("fixed_params") == {}:
+            trial = copy.copy(trial)
+            trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != "fixed_params"}
+        super().before_trial(study, trial)
 
     def grid_point(self, trial: FrozenTrial) -> dict[str, Any]:
         """The point this grid gave `trial` that it never recorded as params (its driver stopped

@@ -206,13 +206,15 @@ def test_jemalloc_env_preloads_when_installed(tmp_path):
 
 
 def test_the_allocators_shell_words_preload_jemalloc_in_the_command_they_run() -> None:
-    """`make` and bench/device_check.sh run their commands with `python -m proxy.allocator`'s words:
-    the child's own memory map and environment say whether they took."""
+    """`make` and bench/device_check.sh run their commands with what `python proxy/allocator.py`
+    prints (as a file: without torch): the child's own memory map and environment say whether they
+    took."""
     from proxy.allocator import JEMALLOC_CONF, jemalloc_path
 
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
-    words = subprocess.run([sys.executable, "-m", "proxy.allocator"], env=env, cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
+    words = subprocess.run([sys.executable, "-c", "import runpy, sys; runpy.run_path('proxy/allocator.py', "
+                            "run_name='__main__'); assert 'torch' not in sys.modules, 'it imports torch'"],
+                           env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     child = subprocess.run(["env", *words, sys.executable, "-c", "import os; print(os.environ.get('MALLOC_CONF')); "
                             "print(open('/proc/self/maps').read())"], env=env, capture_output=True, text=True,
                            check=True).stdout

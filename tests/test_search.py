@@ -351,6 +351,18 @@ def test_a_resumed_grid_reads_the_points_of_the_run_it_continues_and_other_sampl
     assert first_points(make_sampler(random, space)) != first_points(make_sampler(random, space, offset=7))
 
 
+def test_a_grid_trial_queued_empty_by_an_older_version_takes_a_point_of_its_own() -> None:
+    grid = {"x": [1, 2, 3]}
+    study = optuna.create_study(sampler=GridSampler(grid, seed=0))
+    study.enqueue_trial({})  # what a resume queued for a trial killed before its first suggestion
+    trained = []
+    for _ in grid["x"]:
+        trial = study.ask()
+        trained.append(trial.suggest_categorical("x", grid["x"]))
+        study.tell(trial, 0.0)
+    assert sorted(trained) == grid["x"]
+
+
 def test_the_grid_samplers_last_point_can_be_told_outside_study_optimize() -> None:
     grid = {"x": [0, 1]}
     for sampler, raises in ((optuna.samplers.GridSampler(grid, seed=0), True), (GridSampler(grid, seed=0), False)):
