@@ -183,18 +183,19 @@ def test_the_grace_option_is_checked_in_one_line(tmp_path, capsys) -> None:
 
 def test_a_second_driver_on_a_running_study_joins_it_and_fails_none_of_its_trials(tmp_path) -> None:
     db = tmp_path / "s" / "study.db"
-    first = _start(_command("--trials", "4"), tmp_path)
+    trials = "6"  # the first trains one in about 10 s and the second starts in 15-30: it must find some left
+    first = _start(_command("--trials", trials), tmp_path)
     _wait(first, lambda: _held(db) >= 1)
-    second = _start(_command("--trials", "4"), tmp_path)
+    second = _start(_command("--trials", trials), tmp_path)
     out2, _ = _finish(second)
     _finish(first)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
-    by = _end_state(study, 4)
+    by = _end_state(study, int(trials))
     assert set(by) == {"train"}, {k: len(v) for k, v in by.items()}  # nothing failed, interrupted or repeated
     drivers = {(t.system_attrs[DRIVER]["pid"]) for t in by["train"]}
     assert drivers == {first.pid, second.pid}  # each trained trials of its own
-    assert "run in other drivers" in out2 and "--trials 4 counts the study's total" in out2
-    assert "4 trained (" in (tmp_path / "s" / "summary.md").read_text()  # the reports cover the whole study
+    assert "run in other drivers" in out2 and f"--trials {trials} counts the study's total" in out2
+    assert f"{trials} trained (" in (tmp_path / "s" / "summary.md").read_text()  # the reports cover the whole study
 
 
 @pytest.mark.slow
