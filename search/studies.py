@@ -269,10 +269,9 @@ class Lease:
                     f"process ended) and queued their candidates again")
 
 
-def enqueue_again(study: optuna.Study, trial: FrozenTrial,
-                  sampler: optuna.samplers.BaseSampler | None = None) -> bool:
+def enqueue_again(study: optuna.Study, trial: FrozenTrial, sampler: optuna.samplers.BaseSampler | None = None) -> None:
     """Queue the candidate of an interrupted or lost trial again, with the attributes that say where
-    it came from; False when it held none yet (a driver stopped between Optuna's `ask` and the
+    it came from; nothing when it held none yet (a driver stopped between Optuna's `ask` and the
     first suggestion, before any sampler but the grid had chosen).
 
     Args:
@@ -282,11 +281,9 @@ def enqueue_again(study: optuna.Study, trial: FrozenTrial,
     """
     params = trial.params or trial.system_attrs.get("fixed_params") or (
         sampler.grid_point(trial) if isinstance(sampler, GridSampler) else {})
-    if not params:
-        return False
-    attrs = {k: trial.user_attrs[k] for k in _COPIED_ATTRS if k in trial.user_attrs}
-    study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
-    return True
+    if params:
+        attrs = {k: trial.user_attrs[k] for k in _COPIED_ATTRS if k in trial.user_attrs}
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
 
 
 def _trained(t: FrozenTrial) -> bool:

@@ -119,14 +119,18 @@ def test_a_trial_is_closed_only_when_its_heartbeat_is_silent_for_the_grace_perio
     assert other.reap() == 0  # closed once: the state change fails for any other driver
 
 
+def _gone(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Mark a trial as held by a process of this machine that has ended (a driver killed)."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    set_system_attr(storage_of(study), trial, DRIVER, {**driver_record(), "pid": int(child.stdout)})
+
+
 def test_a_driver_that_ended_on_this_machine_is_gone_at_once_and_a_trial_that_never_beat_after_the_grace(
         study) -> None:
     old = _ask(study, None, 2)  # never beat: judged by its start, once the grace period has passed
     dead = _ask(study, None, 1)
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                           check=True)
-    record = {**driver_record(), "pid": int(child.stdout)}  # a process of this machine that has ended
-    set_system_attr(storage_of(study), dead, DRIVER, record)
+    _gone(study, dead)
     storage_of(study).record_heartbeat(dead._trial_id)  # its heartbeat is fresh: the process table decides
     study.enqueue_trial({"x": 9})
     assert Lease(study, _url(study), 60, 5).reap() == 1
@@ -141,13 +145,6 @@ def test_a_driver_that_ended_on_this_machine_is_gone_at_once_and_a_trial_that_ne
     assert trials[old.number].user_attrs["status"] == "interrupted"
     assert trials[2].user_attrs["status"] == "requeued"  # the waiting one: claimed, closed, queued behind
     assert [t.system_attrs["fixed_params"]["x"] for t in trials if t.state == TrialState.WAITING] == [2, 1, 9]
-
-
-def _gone(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Mark a trial as held by a process of this machine that has ended (a driver killed)."""
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                           check=True)
-    set_system_attr(storage_of(study), trial, DRIVER, {**driver_record(), "pid": int(child.stdout)})
 
 
 def test_a_grid_point_asked_but_never_suggested_by_a_killed_driver_is_queued_again(tmp_path) -> None:
