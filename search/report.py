@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from localvit.spec import ArchSpec
 from ranking.audits import audit_for, describe_audit, ranking_audit, supernet_imagenet_audit
 from ranking.ladder import describe_ladder
-from ranking.signals import combinations
+from ranking.signals import FREE, combinations
 
 from .export import export_trials
 from .rank_by import RankBy, ladder_of, measured_value, of_study, ranked, reference_set, values
@@ -198,6 +198,13 @@ def _row(label: str, t: FrozenTrial) -> str:
             f"{a['params'] / 1e6:.2f} | {a.get('wall_time_s', 0):.0f} |")
 
 
+def _decided(rank_by: RankBy) -> str:
+    """Which rung decided the finalists' order, in plain words (none when a free count ranked them)."""
+    if rank_by.signal in FREE:
+        return f"no rung decided: {rank_by.signal} ranked the finalists, which costs no training"
+    return (f"rung {rank_by.rung} decided: the finalists were ranked by {rank_by.signal} at rung {rank_by.rung}"
+            + (f" ({len(rank_by.promoted)} of them trained there again)" if rank_by.promoted else ""))
+
 def _precision(study: optuna.Study) -> str:
     """What `precision` resolved to, and whether a resume on another machine changed it."""
     first = study.user_attrs.get("precision")
@@ -233,7 +240,8 @@ def summary_markdown(study: optuna.Study, standing: Standing, settings: SearchSe
              f"- ranking signal: {rank_by.why}",
              f"- the proxy's audit: "
              f"{describe_audit(audit)}",
-             *([f"- the fidelity ladder (`--max-rung`, docs/audit.md): {describe_ladder(ladder_of(settings))}"]
+             *([f"- the fidelity ladder (`--max-rung`, docs/audit.md): {describe_ladder(ladder_of(settings))}; "
+                f"{_decided(rank_by)}"]
                if settings.strategy != ONESHOT and references is not None else []),
              f"- trials: {len(trained)} trained ({stopped} stopped early by ASHA, {failed} failed), "
              f"{counts.get('infeasible', 0)} infeasible (never trained), {counts.get('duplicate', 0)} duplicates, "
