@@ -266,7 +266,7 @@ class Lease:
                 continue
             if closed:
                 say(f"closed {closed} trial(s) of a driver that is gone (no heartbeat for {self.grace} s, or its "
-                    f"process ended) and queued their candidates again")
+                    f"process ended) and queued again the candidates they held")
 
 
 def enqueue_again(study: optuna.Study, trial: FrozenTrial, sampler: optuna.samplers.BaseSampler | None = None) -> None:
