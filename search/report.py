@@ -202,8 +202,9 @@ def _decided(rank_by: RankBy) -> str:
     """Which rung decided the finalists' order, in plain words (none when a free count ranked them)."""
     if rank_by.signal in FREE:
         return f"no rung decided: {rank_by.signal} ranked the finalists, which costs no training"
-    return (f"rung {rank_by.rung} decided: the finalists were ranked by {rank_by.signal} at rung {rank_by.rung}"
+    return (f"rung {rank_by.rung} decided: {rank_by.signal} ranked the finalists there"
             + (f" ({len(rank_by.promoted)} of them trained there again)" if rank_by.promoted else ""))
+
 
 def _precision(study: optuna.Study) -> str:
     """What `precision` resolved to, and whether a resume on another machine changed it."""

@@ -240,4 +240,4 @@ def test_a_search_takes_its_finalists_to_the_trusted_rung_and_ranks_them_there(t
     assert "rung 2" in summary.split("- ranking signal:")[1].split("\n")[0]
     ladder = summary.split("- the fidelity ladder")[1].split("\n")[0]
     assert ("no rung decided" if standing.rank_by.signal in ("params", "flops") else
-            f"rung 2 decided: the finalists were ranked by {standing.rank_by.signal} at rung 2 (2 of them") in ladder
+            f"rung 2 decided: {standing.rank_by.signal} ranked the finalists there (2 of them") in ladder
